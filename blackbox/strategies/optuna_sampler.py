@@ -1,0 +1,126 @@
+"""Optuna samplers (TPE, CMA-ES, GP, random, QMC, NSGA-II) through Optuna's ask-and-tell.
+
+An in-memory study (``direction="maximize"``) holds this strategy's own trials; it is not the
+runner's record of evaluations.  Each dimension is one parameter named after ``box.names``:
+``IntDistribution`` for integer dims, ``FloatDistribution`` otherwise.  Non-finite values are
+told as failed trials (``TrialState.FAIL``), which every sampler ignores.
+
+Extra dependencies: ``"cmaes"`` needs the ``cmaes`` package, ``"gp"`` needs torch (and scipy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import Trial, TrialState
+
+from blackbox.strategies.base import Box, Strategy
+
+SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
+
+
+@dataclass(frozen=True)
+class OptunaSettings:
+    """Settings of :class:`OptunaSampler`.
+
+    Attributes:
+        sampler: one of ``SAMPLERS`` (case-insensitive).
+    """
+
+    sampler: str = "tpe"
+
+    def __post_init__(self) -> None:
+        if str(self.sampler).lower() not in SAMPLERS:
+            raise ValueError(f"optuna.sampler: {self.sampler!r} is not one of {SAMPLERS}")
+
+
+def build_sampler(
+    name: str, seed: int, population: int, has_integer: bool
+) -> optuna.samplers.BaseSampler:
+    """Build a seeded Optuna sampler.
+
+    Args:
+        name: one of ``SAMPLERS`` (case-insensitive).
+        seed: the sampler's seed.
+        population: CMA-ES population size and NSGA-II population size (at least 2).
+        has_integer: whether the box has integer dims (CMA-ES then uses margin, CMAwM).
+
+    Returns:
+        The sampler.
+    """
+    name = name.lower()
+    samplers = optuna.samplers
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed)
+    if name == "cmaes":
+        # pycma-style CMA-ES needs popsize >= 2; margin keeps integer dims from freezing.
+        return samplers.CmaEsSampler(seed=seed, popsize=max(population, 2), with_margin=has_integer)
+    if name == "gp":
+        return samplers.GPSampler(seed=seed)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        # Unscrambled Sobol ignores the seed; scrambling makes seeds matter.
+        return samplers.QMCSampler(seed=seed, scramble=True)
+    if name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed, population_size=max(population, 2))
+    raise ValueError(f"optuna.sampler: {name!r} is not one of {SAMPLERS}")
+
+
+class OptunaSampler(Strategy):
+    """An Optuna sampler as a maximising ask/tell strategy.
+
+    ``ask(n)`` asks ``n`` trials and keeps them pending in ask order; ``tell(x, values)`` tells
+    the oldest ``len(x)`` pending trials, which must be ``x`` in the same order.
+
+    Args:
+        box: the search box.
+        seed: seed of the private generator (the sampler's seed is drawn from it).
+        population: default batch size; population of CMA-ES and NSGA-II.
+        **settings: fields of :class:`OptunaSettings`.
+    """
+
+    name: ClassVar[str] = "optuna"
+    settings_schema: ClassVar[type] = OptunaSettings
+
+    def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
+        super().__init__(box, seed=seed, population=population, **settings)
+        self.config = OptunaSettings(**settings)
+        sampler_seed = int(self.rng.integers(2**31 - 1))
+        self.sampler = build_sampler(
+            self.config.sampler, sampler_seed, population, bool(box.integer.any())
+        )
+        self.study = optuna.create_study(direction="maximize", sampler=self.sampler)
+        self.distributions: dict[str, BaseDistribution] = {
+            name: IntDistribution(int(lo), int(hi)) if is_int else FloatDistribution(lo, hi)
+            for name, lo, hi, is_int in zip(box.names, box.lower, box.upper, box.integer)
+        }
+        self._pending: list[Trial] = []
+
+    def _to_array(self, trial: Trial) -> np.ndarray:
+        """``(dim,)`` box point of one trial's parameters."""
+        return np.array([trial.params[name] for name in self.box.names], dtype=float)
+
+    def _ask(self, n: int) -> np.ndarray:
+        trials = [self.study.ask(self.distributions) for _ in range(n)]
+        self._pending.extend(trials)
+        return np.stack([self._to_array(t) for t in trials]).reshape(n, self.box.dim)
+
+    def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
+        n = len(values)
+        if n > len(self._pending):
+            raise ValueError(f"optuna: told {n} candidates but only {len(self._pending)} pending")
+        told = self._pending[:n]
+        asked = np.stack([self._to_array(t) for t in told])
+        if not np.allclose(self.box.clip(asked), x):
+            raise ValueError("optuna: tell x must be the pending trials' points in ask order")
+        for trial, value in zip(told, values):
+            if np.isfinite(value):
+                self.study.tell(trial, float(value))
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        del self._pending[:n]

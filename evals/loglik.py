@@ -1,0 +1,219 @@
+"""Batched log-likelihood scoring of many candidates (interventions) on fixed token rows.
+
+The rows are the unique input sequences of a task (lm-eval's ``(context + continuation)[:-1]``,
+merged across requests that share them, as lm-eval's own one-token-continuation cache does);
+each row has a few *queries* ``(position, target token)``.  One forward pass scores a block of
+``candidates x rows``: rows of the batch are candidate-major (``n * E + e``).  The LM head runs
+only at the queried positions, on 2-D hidden states.
+
+When the search space supports it, the layers below a block's lowest steered layer run once per
+example and the batch branches there (see :func:`search_spaces.steering_hooks.add_per_row`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from blackbox.layers import num_layers
+
+
+@dataclass
+class Rows:
+    """Token rows and the queries read from them.
+
+    Attributes:
+        tokens: ``R`` input sequences (lists of token ids).
+        q_row: ``(Q,)`` row of each query.
+        q_pos: ``(Q,)`` position in its row whose next-token distribution is read.
+        q_tok: ``(Q,)`` the target token scored there.
+    """
+
+    tokens: list[list[int]]
+    q_row: np.ndarray
+    q_pos: np.ndarray
+    q_tok: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class QueryScores:
+    """Per candidate and query: log-probability of the target and whether it is the argmax.
+
+    Attributes:
+        logprob: ``(N, Q)`` float64.
+        greedy: ``(N, Q)`` bool.
+    """
+
+    logprob: np.ndarray
+    greedy: np.ndarray
+
+
+ApplyFn = Callable[[torch.nn.Module, Sequence[Any], torch.Tensor, int], Any]
+"""``apply(model, candidates, rows, repeat)``: a context manager installing the interventions."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class LoglikScorer:
+    """Scores queries on fixed rows under many candidates.
+
+    Args:
+        model: a Hugging Face causal LM.
+        pad_id: token used for right padding (never read: causal attention).
+        max_batch_tokens: upper bound on ``batch rows x padded length`` per forward pass;
+            halved on out-of-memory errors.
+        branch: run the unsteered trunk once per example and branch at the lowest steered
+            layer (needs ``lowest_layer`` in :meth:`score`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int = 0,
+        max_batch_tokens: int = 32768,
+        branch: bool = True,
+    ) -> None:
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.branch = branch
+        self.device = next(model.parameters()).device
+        self.n_layers = num_layers(model)
+        self.lm_head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    @torch.no_grad()
+    def score(
+        self,
+        rows: Rows,
+        candidates: Sequence[Any],
+        apply: ApplyFn,
+        lowest_layer: Callable[[Any], int | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> QueryScores:
+        """Score every query of ``rows`` under every candidate.
+
+        Args:
+            rows: the rows and queries.
+            candidates: ``N`` candidates.
+            apply: installs a block's interventions: ``apply(model, cands, row_index, repeat)``.
+            lowest_layer: candidate -> lowest layer it changes (``None``: changes nothing).
+                Enables branching; without it every row runs the full model.
+            progress: called with the number of (candidate, row) pairs done after each pass.
+
+        Returns:
+            ``(N, Q)`` log-probabilities and greedy flags.
+        """
+        n_cand, n_q = len(candidates), len(rows.q_row)
+        logprob = np.zeros((n_cand, n_q))
+        greedy = np.zeros((n_cand, n_q), dtype=bool)
+        if n_cand == 0:
+            return QueryScores(logprob, greedy)
+        lowest = [(lowest_layer(c) if lowest_layer is not None else -1) for c in candidates]
+        order_c = sorted(
+            range(n_cand), key=lambda i: self.n_layers if lowest[i] is None else lowest[i]
+        )
+        lengths = np.array([len(t) for t in rows.tokens])
+        order_r = np.argsort(-lengths, kind="stable")
+        queries_of_row: list[np.ndarray] = [np.zeros(0, dtype=int)] * len(rows)
+        by_row = np.argsort(rows.q_row, kind="stable")
+        starts = np.searchsorted(rows.q_row[by_row], np.arange(len(rows) + 1))
+        for r in range(len(rows)):
+            queries_of_row[r] = by_row[starts[r] : starts[r + 1]]
+
+        r0 = 0
+        while r0 < len(rows):
+            width = int(lengths[order_r[r0]])
+            budget_rows = max(1, self.max_batch_tokens // max(width, 1))
+            e_count = max(1, min(len(rows) - r0, budget_rows // n_cand))
+            c_count = max(1, min(n_cand, budget_rows // e_count))
+            block_rows = order_r[r0 : r0 + e_count]
+            try:
+                for c0 in range(0, n_cand, c_count):
+                    block_c = order_c[c0 : c0 + c_count]
+                    self._run_block(
+                        rows,
+                        block_rows,
+                        [candidates[i] for i in block_c],
+                        block_c,
+                        [lowest[i] for i in block_c],
+                        apply,
+                        queries_of_row,
+                        logprob,
+                        greedy,
+                    )
+                    if progress is not None:
+                        progress(len(block_c) * len(block_rows))
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or self.max_batch_tokens <= 64:
+                    raise
+                self.max_batch_tokens //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue  # retry this block of rows with a smaller budget
+            r0 += e_count
+        return QueryScores(logprob, greedy)
+
+    def _run_block(
+        self,
+        rows: Rows,
+        block_rows: np.ndarray,
+        cands: list[Any],
+        cand_index: list[int],
+        lowest: list[int | None],
+        apply: ApplyFn,
+        queries_of_row: list[np.ndarray],
+        logprob: np.ndarray,
+        greedy: np.ndarray,
+    ) -> None:
+        e, n = len(block_rows), len(cands)
+        width = max(len(rows.tokens[r]) for r in block_rows)
+        ids = torch.full((e, width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(block_rows):
+            toks = rows.tokens[r]
+            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)  # right padding
+        ids = ids.to(self.device)
+        row_cand = torch.arange(n).repeat_interleave(e)  # (n*e,) candidate-major
+        all_none = all(x is None for x in lowest)
+        if all_none:
+            hidden = self._trunk(ids)  # (e, T, d): nothing steers, run once
+            hidden = hidden.repeat(n, 1, 1)
+        elif self.branch and -1 not in lowest:
+            with apply(self.model, cands, row_cand, n):
+                hidden = self._trunk(ids)  # (n*e, T, d), branched at the lowest layer
+        else:
+            with apply(self.model, cands, row_cand, 1):
+                hidden = self._trunk(ids.repeat(n, 1))  # (n*e, T, d)
+        # Gather the queried positions of every (candidate, row) pair.
+        q_idx = [queries_of_row[r] for r in block_rows]
+        local_row = np.concatenate([np.full(len(q), i) for i, q in enumerate(q_idx)])
+        q_flat = np.concatenate(q_idx)
+        if q_flat.size == 0:
+            return
+        pos = torch.as_tensor(rows.q_pos[q_flat], device=self.device)
+        tok = torch.as_tensor(rows.q_tok[q_flat], device=self.device)
+        for c in range(n):
+            b = torch.as_tensor(c * e + local_row, device=self.device)
+            h = hidden[b, pos]  # (q, d)
+            logits = self.lm_head(h).float()  # (q, V)
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logp = torch.log_softmax(logits, dim=-1)
+            lp = logp.gather(1, tok[:, None])[:, 0]
+            gr = logits.argmax(dim=-1) == tok
+            logprob[cand_index[c], q_flat] = lp.double().cpu().numpy()
+            greedy[cand_index[c], q_flat] = gr.cpu().numpy()
+
+    def _trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` ids -> ``(B', T, d)`` final (normed) hidden states (``B'`` may branch)."""
+        out = self.model.base_model(input_ids=ids, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

@@ -1,0 +1,194 @@
+"""Activation-steering search space: per steering vector, a layer and a coefficient.
+
+Genome layout (one block per vector, in order): ``[layer, coeff]``, or ``[coeff]`` for a vector
+whose layer is fixed.  Coefficients are *relative*: the addition at layer ``l`` is
+``coeff * scale[l] * unit(v_l)`` with ``scale[l]`` the typical residual norm there
+(:mod:`steering_vectors`), so one coefficient range means the same at every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from blackbox.search_spaces.base import SearchSpace
+from blackbox.search_spaces.steering_hooks import add_per_row
+from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.strategies.base import Box
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One steering vector applied at one layer with one relative coefficient."""
+
+    vector: str
+    layer: int
+    coeff: float
+
+
+SteeringCandidate = tuple[Edit, ...]
+"""A candidate: one :class:`Edit` per steering vector (empty tuple = no steering)."""
+
+
+class SteeringSpace(SearchSpace[SteeringCandidate]):
+    """Layers and coefficients of a set of steering vectors.
+
+    Args:
+        vectors: the steering vectors (all with the same number of layers).
+        layer_range: inclusive ``(lo, hi)`` layer range searched for vectors without a fixed layer.
+        coeff_range: inclusive ``(lo, hi)`` relative coefficient range.
+        fixed_layers: vector name -> layer, for vectors whose layer is not searched.
+    """
+
+    name = "steering"
+
+    def __init__(
+        self,
+        vectors: Sequence[SteeringVector],
+        layer_range: tuple[int, int],
+        coeff_range: tuple[float, float] = (-1.0, 1.0),
+        fixed_layers: dict[str, int] | None = None,
+    ) -> None:
+        if not vectors:
+            raise ValueError("steering: need at least one steering vector")
+        names = [v.name for v in vectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"steering: vector names must be unique, got {names}")
+        n_layers = vectors[0].num_layers
+        lo, hi = int(layer_range[0]), int(layer_range[1])
+        if not 0 <= lo <= hi < n_layers:
+            raise ValueError(
+                f"steering.layers: [{lo}, {hi}] is outside the model's layers [0, {n_layers - 1}]"
+            )
+        fixed = dict(fixed_layers or {})
+        for key, layer in fixed.items():
+            if key not in names:
+                raise ValueError(f"steering.fixed_layers: unknown vector {key!r}; vectors: {names}")
+            if not 0 <= layer < n_layers:
+                raise ValueError(
+                    f"steering.fixed_layers.{key}: layer {layer} is outside [0, {n_layers - 1}]"
+                )
+        self.vectors = list(vectors)
+        self.by_name = {v.name: v for v in vectors}
+        self.layer_range = (lo, hi)
+        self.coeff_range = (float(coeff_range[0]), float(coeff_range[1]))
+        self.fixed_layers = fixed
+        lower, upper, integer, dim_names = [], [], [], []
+        for v in self.vectors:
+            if v.name not in fixed:
+                lower.append(lo), upper.append(hi), integer.append(True)
+                dim_names.append(f"{v.name}.layer")
+            lower.append(self.coeff_range[0]), upper.append(self.coeff_range[1])
+            integer.append(False), dim_names.append(f"{v.name}.coeff")
+        self._box = Box(np.array(lower), np.array(upper), np.array(integer), tuple(dim_names))
+
+    @property
+    def box(self) -> Box:
+        return self._box
+
+    def decode(self, x: np.ndarray) -> list[SteeringCandidate]:
+        x = self.box.clip(np.atleast_2d(x))
+        out: list[SteeringCandidate] = []
+        for row in x:
+            edits, j = [], 0
+            for v in self.vectors:
+                if v.name in self.fixed_layers:
+                    layer = self.fixed_layers[v.name]
+                else:
+                    layer, j = int(row[j]), j + 1
+                edits.append(Edit(v.name, layer, float(row[j])))
+                j += 1
+            out.append(tuple(edits))
+        return out
+
+    def encode(self, candidates: Sequence[SteeringCandidate]) -> np.ndarray:
+        rows = []
+        for cand in candidates:
+            by_vec = {e.vector: e for e in cand}
+            row: list[float] = []
+            for v in self.vectors:
+                e = by_vec.get(v.name)
+                if e is None:
+                    raise ValueError(f"steering: candidate has no edit for vector {v.name!r}")
+                if v.name not in self.fixed_layers:
+                    row.append(float(e.layer))
+                row.append(float(e.coeff))
+            rows.append(row)
+        return np.asarray(rows, dtype=float).reshape(len(rows), self.dim)
+
+    def additions(
+        self, candidates: Sequence[SteeringCandidate], rows: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Per-layer additions for a batch.
+
+        Args:
+            candidates: the batch's candidates.
+            rows: ``(B,)`` candidate index per batch row, or ``None`` for one candidate on all rows.
+
+        Returns:
+            layer -> ``(B, d)`` (or ``(d,)`` when ``rows`` is None); layers with no edit or
+            only zero coefficients are omitted.
+        """
+        if rows is None and len(candidates) != 1:
+            raise ValueError("steering: rows=None needs exactly one candidate")
+        per_layer: dict[int, torch.Tensor] = {}
+        width = len(candidates)
+        for c, cand in enumerate(candidates):
+            for e in cand:
+                if e.coeff == 0.0:
+                    continue
+                delta = self.by_name[e.vector].delta(e.layer, e.coeff)  # (d,)
+                if e.layer not in per_layer:
+                    per_layer[e.layer] = torch.zeros(width, delta.shape[0])
+                per_layer[e.layer][c] += delta
+        if rows is None:
+            return {layer: t[0] for layer, t in per_layer.items()}
+        idx = rows.to("cpu", torch.long)
+        return {layer: t[idx] for layer, t in per_layer.items()}  # (B, d)
+
+    @contextmanager
+    def apply(
+        self,
+        model: torch.nn.Module,
+        candidates: Sequence[SteeringCandidate],
+        rows: torch.Tensor | None = None,
+        repeat: int = 1,
+    ) -> Iterator[None]:
+        """Steer ``model`` with ``candidates`` inside the block (hooks always removed).
+
+        Args:
+            model: the model.
+            candidates: the candidates.
+            rows: ``(B,)`` candidate index of each row; ``None`` = one candidate on all rows.
+            repeat: branch factor (see :func:`add_per_row`).
+        """
+        with add_per_row(model, self.additions(candidates, rows), repeat=repeat):
+            yield
+
+    def baseline(self) -> SteeringCandidate:
+        """The unsteered candidate: every coefficient 0 (layers at the range's lower end)."""
+        return tuple(
+            Edit(v.name, self.fixed_layers.get(v.name, self.layer_range[0]), 0.0)
+            for v in self.vectors
+        )
+
+    def lowest_layer(self, candidate: SteeringCandidate) -> int | None:
+        """The lowest layer the candidate changes (``None`` if it changes nothing)."""
+        layers = [e.layer for e in candidate if e.coeff != 0.0]
+        return min(layers) if layers else None
+
+    def describe(self, candidate: SteeringCandidate) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for e in candidate:
+            out[f"{e.vector}.layer"] = e.layer
+            out[f"{e.vector}.coeff"] = round(e.coeff, 6)
+        return out
+
+    def steer_config(self, candidate: SteeringCandidate) -> dict[int, torch.Tensor]:
+        """layer -> ``(d,)`` total addition of one candidate (for export)."""
+        return self.additions([candidate])

@@ -1,0 +1,123 @@
+"""Bundled tasks load through lm-eval's own TaskManager, build requests and run simple_evaluate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blackbox.evals.data import read_split
+from blackbox.evals.lm_eval_tasks import (
+    BUNDLED_GROUPS,
+    BUNDLED_TASKS,
+    PLACEHOLDER,
+    TEMPLATES,
+    load_tasks,
+    materialise_tasks,
+    quiet_lm_eval,
+    task_manager_for,
+)
+
+
+def test_materialise_writes_absolute_paths_once(tmp_path: Path) -> None:
+    out = materialise_tasks(tmp_path)
+    files = sorted(p.name for p in out.glob("*.yaml"))
+    assert files == sorted(p.name for p in TEMPLATES.glob("*.yaml"))
+    text = (out / "bb_rotten_tomatoes.yaml").read_text()
+    assert PLACEHOLDER not in text
+    assert f"'{tmp_path.as_posix()}/rotten_tomatoes/test.jsonl'" in text
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.yaml")}
+    (out / "bb_old_task.yaml").write_text("task: bb_old_task\n")
+    assert materialise_tasks(tmp_path) == out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.yaml")} == mtimes  # stale one removed
+
+
+def test_bundled_names_index_only_bundled_yamls(bundled_data_dir: Path) -> None:
+    manager = task_manager_for(["bb_strategyqa", "bb_bigbench"])
+    assert set(manager.task_index) == set(BUNDLED_TASKS) | set(BUNDLED_GROUPS)
+    assert set(manager.all_groups) == set(BUNDLED_GROUPS)
+
+
+def test_unknown_bundled_name_fails_fast_on_one_line() -> None:
+    with pytest.raises(ValueError, match="bb_rotten_tomatoes") as err:
+        task_manager_for(["bb_rotten_tomato"])
+    assert "\n" not in str(err.value) and "bb_rotten_tomato'" in str(err.value)
+
+
+@pytest.mark.slow
+def test_other_names_fall_back_to_lm_eval_builtins(bundled_data_dir: Path) -> None:
+    """One built-in index (~8 s): a built-in name passes, an unknown one is named."""
+    with pytest.raises(ValueError) as err:
+        task_manager_for(["bb_navigate", "arc_easy", "no_such_task_xyz"])
+    message = str(err.value)
+    assert "'no_such_task_xyz'" in message and "arc_easy" not in message
+    assert "bb_navigate" in message  # the hint lists the bundled tasks
+
+
+def test_group_flattens_to_its_tasks(bundled_data_dir: Path) -> None:
+    with quiet_lm_eval():
+        tasks = load_tasks("bb_bigbench")
+    assert set(tasks) == set(BUNDLED_GROUPS["bb_bigbench"])
+
+
+@pytest.mark.parametrize("name", list(BUNDLED_TASKS))
+def test_task_builds_multiple_choice_requests(bundled_data_dir: Path, name: str) -> None:
+    with quiet_lm_eval():
+        task = load_tasks([name])[name]
+        task.build_all_requests(limit=4, rank=0, world_size=1)
+    docs = list(task.test_docs())
+    assert task.OUTPUT_TYPE == "multiple_choice"
+    assert len(docs) == len(read_split(BUNDLED_TASKS[name], "test", bundled_data_dir))
+    expected = [(i, j) for i, doc in enumerate(docs[:4]) for j in range(len(doc["choices"]))]
+    assert [(inst.doc_id, inst.idx) for inst in task.instances] == expected
+    for inst in task.instances:
+        context, continuation = inst.arguments
+        doc = docs[inst.doc_id]
+        assert inst.request_type == "loglikelihood"
+        assert context.endswith("Answer:") and doc["query"] in context
+        assert continuation == " " + doc["choices"][inst.idx]
+    doc = docs[0]
+    n = len(doc["choices"])
+    right = [(0.0 if j == doc["gold"] else -5.0, False) for j in range(n)]
+    wrong = [(-5.0 if j == doc["gold"] else 0.0, False) for j in range(n)]
+    assert task.process_results(doc, right)["acc"] == 1.0
+    assert task.process_results(doc, wrong)["acc"] == 0.0
+
+
+def test_simple_evaluate_on_tiny_llama(
+    bundled_data_dir: Path, tiny_llama: Any, tokenizer: Any
+) -> None:
+    import lm_eval
+    import lm_eval.evaluator
+    from lm_eval.models.huggingface import HFLM
+
+    names, limit = ["bb_rotten_tomatoes", "bb_social_iqa"], 6
+    real_hash = lm_eval.evaluator.get_git_commit_hash
+    level = logging.getLogger("lm_eval").level
+    with quiet_lm_eval():
+        lm = HFLM(pretrained=tiny_llama, tokenizer=tokenizer, batch_size=8, max_length=256)
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            task_manager=task_manager_for(names),
+            limit=limit,
+            bootstrap_iters=0,
+        )
+    assert results is not None
+    for name in names:
+        metrics = results["results"][name]
+        assert 0.0 <= metrics["acc,none"] <= 1.0 and 0.0 <= metrics["acc_norm,none"] <= 1.0
+        assert results["n-samples"][name]["effective"] == limit
+        assert len(results["samples"][name]) == limit
+    assert results["git_hash"] is None  # quiet_lm_eval skipped the git subprocess
+    assert lm_eval.evaluator.get_git_commit_hash is real_hash  # ... and restored it
+    assert logging.getLogger("lm_eval").level == level
+
+
+def test_quiet_lm_eval_silences_progress_bars(bundled_data_dir: Path, capfd: Any) -> None:
+    with quiet_lm_eval():
+        task = load_tasks("bb_navigate")["bb_navigate"]
+        task.build_all_requests(limit=20, rank=0, world_size=1)
+    assert "it/s" not in capfd.readouterr().err

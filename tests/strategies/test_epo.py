@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from blackbox.evals.base import Evaluation
+from blackbox.evals.token_objective import TokenGradients
+from blackbox.pareto import non_dominated
+from blackbox.strategies.base import Box
+from blackbox.strategies.epo import EPO, GCG, lambda_grid
+
+
+class LinearSpace:
+    """n positions over A tokens; allowed ids are 0..A-1 (no model)."""
+
+    def __init__(self, n: int = 6, a: int = 200) -> None:
+        self.allowed_ids = np.arange(a)
+        self.box = Box(np.zeros(n), np.full(n, a - 1.0), np.ones(n, dtype=bool))
+
+    def decode(self, x):
+        return [tuple(int(v) for v in row) for row in np.asarray(x)]
+
+
+class LinearObjective:
+    """f(t) = sum_i W[i, t_i]; xentropy(t) = mean_i C[t_i] (closed form, exact gradients)."""
+
+    extra_names = ("xentropy",)
+
+    def __init__(self, n: int = 6, a: int = 200, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(n, a))
+        self.c = rng.uniform(0, 5, size=a)
+
+    def _fx(self, ids):
+        ids = np.asarray(ids)
+        f = self.w[np.arange(ids.shape[1]), ids].sum(1)
+        return f, self.c[ids].mean(1)
+
+    def evaluate(self, cands, split="search", limit=None):
+        f, c = self._fx(np.array(cands))
+        return Evaluation(values=f, extra=c[:, None], cost=float(len(cands)))
+
+    def token_gradients(self, ids, lam=0.0):
+        ids = np.asarray(ids)
+        b, n = ids.shape
+        lam = np.broadcast_to(np.asarray(lam, dtype=float), (b,))
+        grad = self.w[None] - lam[:, None, None] * self.c[None, None, :] / n
+        f, c = self._fx(ids)
+        logits = np.zeros((b, n, self.w.shape[1]))
+        return TokenGradients(grad, f, c, logits, cost=3.0 * b)
+
+
+def run(strategy, space, obj, budget):
+    spent = 0.0
+    strategy.bind(space, obj)
+    while spent < budget:
+        x = strategy.ask()
+        ev = obj.evaluate(space.decode(x))
+        strategy.tell(x, ev.values, extra=ev.extra)
+        spent += ev.cost + strategy.pop_extra_cost()
+    return strategy.best_value, spent
+
+
+def random_search(space, obj, budget, seed):
+    rng = np.random.default_rng(seed)
+    x = space.box.sample(int(budget), rng)
+    return float(obj.evaluate(space.decode(x)).values.max())
+
+
+def test_lambda_grid() -> None:
+    g = lambda_grid(4, 0.1, 10.0)
+    assert np.allclose(g, [0.1, 10 ** (-1 / 3), 10 ** (1 / 3), 10.0])
+    assert lambda_grid(1, 0.0, 0.0).tolist() == [0.0]
+
+
+@pytest.mark.parametrize(
+    "cls,kw", [(EPO, {"lambda_min": 0.01, "lambda_max": 0.1}), (GCG, {"search_width": 16})]
+)
+def test_beats_random_search_at_equal_budget(cls, kw) -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    best, spent = run(cls(space.box, seed=0, topk=8, **kw), space, obj, 600)
+    rs = random_search(space, obj, spent, seed=0)
+    optimum = obj.w.max(1).sum()
+    assert best > rs + 2.0, (best, rs, optimum)
+    assert best > 0.8 * optimum
+
+
+def test_ask_cost_restarts_and_front() -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    s = EPO(space.box, seed=1, population=3, children=4, restart_every=2, topk=8)
+    s.bind(space, obj)
+    x = s.ask()  # initial random population: no gradient yet
+    assert x.shape == (12, 6) and s.pop_extra_cost() == 0.0
+    ev = obj.evaluate(space.decode(x))
+    s.tell(x, ev.values, extra=ev.extra)
+    for _ in range(4):
+        x = s.ask()
+        assert s.pop_extra_cost() == 9.0  # 3 parents x (forward + backward)
+        assert ((x >= 0) & (x <= 199)).all()
+        ev = obj.evaluate(space.decode(x))
+        s.tell(x, ev.values, extra=ev.extra)
+    assert len(s.restarts) == 2
+    f = np.array([p.value for p in s.front])
+    c = np.array([p.xentropy for p in s.front])
+    assert non_dominated(f, c).all() and len(s.front) >= 1
+    # parents are the per-lambda best of what was seen
+    assert s.parents.shape == (3, 6)
+
+
+def test_rejected_children_never_selected() -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    s = EPO(space.box, seed=0, population=2, children=4, topk=8)
+    s.bind(space, obj)
+    x = s.ask()
+    ev = obj.evaluate(space.decode(x))
+    vals = ev.values.copy()
+    vals[np.argmax(vals)] = np.nan
+    s.tell(x, vals, extra=ev.extra)
+    bad = tuple(x[np.argmax(ev.values)].astype(int))
+    assert all(tuple(p.astype(int)) != bad for p in s.parents)
+
+
+def test_init_prompt_is_scored_by_the_gradient_pass() -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    init = np.arange(6, dtype=float)
+    s = GCG(space.box, seed=0, search_width=5, topk=4, init=init)
+    s.bind(space, obj)
+    x = s.ask()
+    assert s.pop_extra_cost() == 3.0  # one gradient pass, no separate evaluation
+    assert np.isclose(s.parent_values[0], obj.evaluate([tuple(range(6))]).values[0])
+    assert ((x != init).sum(1) <= 1).all()
+    assert s.best_value == s.parent_values[0] and s.front[0].x == tuple(range(6))
+
+
+def test_without_extra_the_strategy_computes_and_charges_xentropy() -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    s = EPO(space.box, seed=0, population=2, children=3, topk=8)
+    s.bind(space, obj)
+    x = s.ask()
+    s.tell(x, obj.evaluate(space.decode(x)).values)
+    assert s.pop_extra_cost() == 6.0
+
+
+@pytest.mark.slow
+def test_epo_end_to_end_on_embedded_model() -> None:
+    from blackbox.evals.activation import NeuronObjective
+    from blackbox.models import load_model
+    from blackbox.search_spaces.tokens import TokenSpace
+
+    t0 = time.time()
+    lm = load_model()
+    space = TokenSpace(lm.tokenizer, n_tokens=4, prefix="<|im_start|>user\n", banned=["the"])
+    obj = NeuronObjective(lm.model, layer=15, index=100, context=space.context)
+    s = EPO(space.box, seed=0, population=2, children=4, topk=32, restart_every=2)
+    s.bind(space, obj)
+    first = None
+    spent = 0.0
+    for _ in range(3):
+        x = s.ask()
+        cands = space.decode(x)
+        ev = obj.evaluate(cands)
+        assert not any("the" in c.text.lower() for c, v in zip(cands, ev.values) if np.isfinite(v))
+        s.tell(x, ev.values, extra=ev.extra)
+        spent += ev.cost + s.pop_extra_cost()
+        first = ev.values[np.isfinite(ev.values)].max() if first is None else first
+    assert s.best_value >= first and s.front
+    assert spent <= 3 * 8 + 3 * 2 * 2
+    assert time.time() - t0 < 60
+
+
+def test_banned_strings_never_evaluated_tiny_model() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from blackbox.evals.logit import LogitObjective
+    from blackbox.models import load_tokenizer
+    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.strategies.genetic import TokenGA
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    tok = load_tokenizer()
+    banned = ["an", "e"]
+    space = TokenSpace(tok, n_tokens=3, banned=banned, prefix="Hi")
+    obj = LogitObjective(
+        model, target_id=tok.encode(" cat", add_special_tokens=False)[0], context=space.context
+    )
+    for s in (
+        EPO(space.box, seed=0, population=2, children=4, topk=16),
+        TokenGA(
+            space.box, seed=0, population=6, mutation={"gradient_topk": 0.5, "multi_resample": 0.5}
+        ),
+    ):
+        s.bind(space, obj)
+        scored = 0
+        for _ in range(3):
+            x = s.ask()
+            cands = space.decode(x)
+            ev = obj.evaluate(cands)
+            for c, v in zip(cands, ev.values):
+                if np.isfinite(v):
+                    scored += 1
+                    assert not any(b in c.text.lower() for b in banned), c.text
+            s.tell(x, ev.values, extra=ev.extra)
+        assert scored > 0

@@ -1,0 +1,96 @@
+"""Config validation: every bad field is one line naming it and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blackbox.config import ConfigError, apply_overrides, load_config, validate
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def _demo() -> dict:
+    return yaml.safe_load((STUDIES / "steer_rotten_tomatoes.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("steer_*.yaml")), ids=lambda p: p.name)
+def test_bundled_studies_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.space.vectors and cfg.task.name.startswith("bb_")
+
+
+def test_unknown_key_names_field_and_allowed() -> None:
+    data = _demo()
+    data["space"]["layer"] = [1, 2]
+    with pytest.raises(ConfigError) as info:
+        validate(data)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "'space.layer'" in msg and "layers" in msg and "coeff" in msg
+
+
+def test_wrong_type_names_field() -> None:
+    data = _demo()
+    data["budget"]["evaluations"] = "many"
+    with pytest.raises(ConfigError, match=r"budget\.evaluations"):
+        validate(data)
+
+
+def test_bad_dtype_lists_allowed() -> None:
+    data = _demo()
+    data["model"]["dtype"] = "float8"
+    with pytest.raises(ConfigError, match=r"model\.dtype.*'float32'"):
+        validate(data)
+
+
+def test_reversed_layer_range_rejected() -> None:
+    data = _demo()
+    data["space"]["layers"] = [10, 2]
+    with pytest.raises(ConfigError, match=r"space.*lower bound 10 > upper 2"):
+        validate(data)
+
+
+def test_vector_needs_exactly_one_source() -> None:
+    data = _demo()
+    data["space"]["vectors"][0]["file"] = "v.pt"
+    with pytest.raises(ConfigError, match=r"space\.vectors\.0"):
+        validate(data)
+
+
+def test_overrides_parse_yaml_scalars() -> None:
+    data = apply_overrides(
+        _demo(), ["budget.evaluations=12", "strategy.settings.w=0.4", "model.dtype=bf16"]
+    )
+    cfg = validate(data)
+    assert cfg.budget.evaluations == 12
+    assert cfg.strategy.settings["w"] == pytest.approx(0.4)
+    assert cfg.model.dtype == "bf16"
+
+
+def test_override_without_equals_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["budget.evaluations"])
+
+
+def test_fingerprint_ignores_budget_only() -> None:
+    a = validate(_demo())
+    b = validate(apply_overrides(_demo(), ["budget.evaluations=999"]))
+    c = validate(apply_overrides(_demo(), ["seed=7"]))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    # YAML tags that would construct Python objects are refused by safe loading.
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
