@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=None, help="default: the middle layer")
     ap.add_argument("--calibration", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", type=int, nargs="*", help="run only these direction indices")
     args = ap.parse_args()
     lm = load_model()
     n_layers = lm.model.config.num_hidden_layers
@@ -79,6 +80,8 @@ def main() -> None:
     )
     table = {"EPO": [], "GA+random": [], "random": []}
     for k, d in enumerate(dirs):
+        if args.only and k not in args.only:
+            continue
         obj = ResidualDirectionObjective(
             lm.model, layer, d, context=space.context, standardise=True
         )

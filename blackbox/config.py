@@ -85,11 +85,12 @@ class StrategyConfig(_Strict):
 class BudgetConfig(_Strict):
     evaluations: int | None = Field(64, ge=1)
     seconds: float | None = Field(None, gt=0)
+    cost: float | None = Field(None, gt=0, description="forward-pass equivalents")
 
     @model_validator(mode="after")
     def _some(self) -> BudgetConfig:
-        if self.evaluations is None and self.seconds is None:
-            raise ValueError("set evaluations, seconds, or both")
+        if self.evaluations is None and self.seconds is None and self.cost is None:
+            raise ValueError("set evaluations, seconds or cost")
         return self
 
 

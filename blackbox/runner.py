@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +26,32 @@ from blackbox.strategies.base import Strategy
 
 @dataclass
 class Budget:
-    """Stop after ``evaluations`` candidate evaluations and/or ``seconds`` of wall time."""
+    """When to stop: whichever limit is reached first.
+
+    Attributes:
+        evaluations: candidate evaluations.
+        seconds: wall seconds of this session.
+        cost: forward-pass equivalents (objective cost plus a strategy's gradient work; a
+            backward counts as two forwards), the unit for fair comparisons.
+    """
 
     evaluations: int | None = None
     seconds: float | None = None
+    cost: float | None = None
+
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.evaluations, self.seconds, self.cost))
+
+
+@dataclass
+class Progress:
+    """What a generation callback sees after each generation."""
+
+    generation: int
+    evaluations: int
+    cost: float
+    seconds: float
+    best: float
 
 
 @dataclass
@@ -40,6 +62,7 @@ class Scored:
     candidate: Any
     value: float
     metrics: dict[str, Any]
+    cost: float = 0.0
 
 
 @dataclass
@@ -56,6 +79,8 @@ class RunSummary:
     cache_hits: int
     wall_seconds: float
     history: list[float] = field(default_factory=list)
+    cost_history: list[float] = field(default_factory=list)
+    search_cost: float = 0.0
 
 
 class Runner:
@@ -70,6 +95,9 @@ class Runner:
         search_split: the objective split searched on.
         heldout_split: the split the best candidate is re-scored on (``None``: skip).
         progress: show a progress bar.
+        on_generation: called with a :class:`Progress` after every generation (for example to
+            report intermediate values to an outer Optuna trial, which may raise
+            ``optuna.TrialPruned`` to stop the run).
     """
 
     def __init__(
@@ -82,16 +110,18 @@ class Runner:
         search_split: str = "search",
         heldout_split: str | None = "heldout",
         progress: bool = True,
+        on_generation: Callable[[Progress], None] | None = None,
     ) -> None:
-        if budget.evaluations is None and budget.seconds is None:
-            raise ValueError("budget: set evaluations, seconds, or both")
+        if not budget.is_set():
+            raise ValueError("budget: set evaluations, seconds or cost")
+        self.on_generation = on_generation
         self.space, self.objective, self.strategy = space, objective, strategy
         self.study, self.budget = study, budget
         self.search_split, self.heldout_split = search_split, heldout_split
         self.progress = progress
         self.names = space.box.names
 
-    def _evaluate(self, candidates: Sequence[Any], split: str, bar: Any = None) -> Evaluation:
+    def _evaluate(self, candidates: Sequence[Any], split: str) -> Evaluation:
         ev = self.objective.evaluate(candidates, split=split)
         vals = np.asarray(ev.values, dtype=float)
         if vals.shape != (len(candidates),):
@@ -140,7 +170,7 @@ class Runner:
                     ]
                     attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
                 add_record(self.study, self.space.box, x[i], value, attrs)
-                out[i] = Scored(x[i], cands[i], value, {k: v for k, v in metrics.items()})
+                out[i] = Scored(x[i], cands[i], value, dict(metrics), cost / len(todo))
         return [s for s in out if s is not None], len(x) - len(todo), cost
 
     def run(self) -> RunSummary:
@@ -159,6 +189,8 @@ class Runner:
             resumed, cost = resumed + r, cost + c
 
         history: list[float] = []
+        cost_history: list[float] = []
+        search_cost = 0.0
         best: Scored | None = None
         done, generation = 0, 0
         total = self.budget.evaluations
@@ -180,6 +212,7 @@ class Runner:
                     "search", generation, x[:n], self.search_split, memo
                 )
                 resumed, cost = resumed + r, cost + c
+                search_cost += sum(s.cost for s in scored)  # replayed ones at their recorded cost
                 values = np.array([s.value for s in scored])
                 if n == len(x):
                     self.strategy.tell(x, values)
@@ -187,8 +220,14 @@ class Runner:
                     if math.isfinite(s.value) and (best is None or s.value > best.value):
                         best = s
                     history.append(best.value if best is not None else float("nan"))
+                    cost_history.append(search_cost)
                 done += n
                 generation += 1
+                if self.on_generation is not None:
+                    self.on_generation(
+                        Progress(generation, done, search_cost, time.perf_counter() - t_start,
+                                 best.value if best is not None else float("nan"))
+                    )
                 bar.update(n)
                 if best is not None:
                     post = {"best": f"{best.value:.4f}"}
@@ -218,4 +257,6 @@ class Runner:
             cache_hits=int(getattr(self.objective, "cache_hits", 0)),
             wall_seconds=time.perf_counter() - t_start,
             history=history,
+            cost_history=cost_history,
+            search_cost=search_cost,
         )

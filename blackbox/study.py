@@ -249,7 +249,7 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True) -> dict[str, Any]
         p.objective,
         p.strategy,
         study,
-        Budget(cfg.budget.evaluations, cfg.budget.seconds),
+        Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost),
         search_split="search",
         heldout_split="heldout",
         progress=progress,
