@@ -87,7 +87,7 @@ def _extra_commands() -> list[Any]:
 
 # Modules that add subcommands: each defines ``register(subparsers)`` which adds its parser(s)
 # and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
-EXTRA_COMMAND_MODULES: list[str] = []
+EXTRA_COMMAND_MODULES: list[str] = ["blackbox.worker_cli", "blackbox.compare", "blackbox.compare_report"]
 
 
 def _fail(message: str) -> int:
@@ -190,8 +190,16 @@ def cmd_data(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Progress bars of our own only: transformers' weight-loading bars are noise here."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.handler(args)
     except _known_errors() as exc:

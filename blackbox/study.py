@@ -79,7 +79,7 @@ def build_lm(loaded: Any) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(
-        pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1, device=loaded.device
+        pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=16, device=loaded.device
     )
 
 
@@ -183,12 +183,15 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
         objective.prepared("search")
         objective.prepared("heldout")
     seconds["requests"] = time.perf_counter() - t0
+    settings = dict(cfg.strategy.settings)
+    if cfg.strategy.name == "nevergrad" and settings.get("budget") is None:
+        settings["budget"] = cfg.budget.evaluations  # lets NGOpt pick its method for the budget
     strategy = make_strategy(
         cfg.strategy.name,
         space.box,
         seed=cfg.seed,
         population=cfg.strategy.population,
-        **cfg.strategy.settings,
+        **settings,
     )
     return Prepared(cfg, loaded, lm, task, space, objective, strategy, seconds)
 

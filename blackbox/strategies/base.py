@@ -126,12 +126,12 @@ class Strategy(ABC):
         if x.ndim != 2 or x.shape[0] != values.shape[0]:
             raise ValueError(f"tell: x {x.shape} and values {values.shape} disagree")
         values = np.where(np.isfinite(values), values, -np.inf)
+        self._tell(x, values)  # first: a tell the strategy rejects must not move `best`
         i = int(np.argmax(values))
         if values[i] > self.best_value:
             self.best_value = float(values[i])
             self.best_x = x[i].copy()
         self.n_told += len(values)
-        self._tell(x, values)
 
     @property
     def best(self) -> tuple[np.ndarray | None, float]:

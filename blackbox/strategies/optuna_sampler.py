@@ -10,6 +10,7 @@ Extra dependencies: ``"cmaes"`` needs the ``cmaes`` package, ``"gp"`` needs torc
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,19 +47,25 @@ def build_sampler(
     Args:
         name: one of ``SAMPLERS`` (case-insensitive).
         seed: the sampler's seed.
-        population: CMA-ES population size and NSGA-II population size (at least 2).
+        population: CMA-ES population size (at least 4) and NSGA-II's (at least 2).
         has_integer: whether the box has integer dims (CMA-ES then uses margin, CMAwM).
 
     Returns:
         The sampler.
     """
-    name = name.lower()
+    with warnings.catch_warnings():  # with_margin and QMCSampler are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _build(name.lower(), seed, population, has_integer)
+
+
+def _build(name: str, seed: int, population: int, has_integer: bool) -> optuna.samplers.BaseSampler:
     samplers = optuna.samplers
     if name == "tpe":
         return samplers.TPESampler(seed=seed)
     if name == "cmaes":
-        # pycma-style CMA-ES needs popsize >= 2; margin keeps integer dims from freezing.
-        return samplers.CmaEsSampler(seed=seed, popsize=max(population, 2), with_margin=has_integer)
+        # popsize < 4 gives cmaes a zero mu-weight (division warnings); margin (CMAwM) keeps
+        # integer dims from collapsing onto one value.
+        return samplers.CmaEsSampler(seed=seed, popsize=max(population, 4), with_margin=has_integer)
     if name == "gp":
         return samplers.GPSampler(seed=seed)
     if name == "random":

@@ -90,6 +90,7 @@ def test_tell_rejects_points_that_were_not_asked() -> None:
         pso.tell(x[::-1], neg_sphere(x))
     with pytest.raises(ValueError, match="last ask"):
         pso.tell(x[:3], neg_sphere(x[:3]))
+    assert (pso.best_x, pso.best_value, pso.n_told, pso.iteration) == (None, -np.inf, 0, 0)
 
 
 def test_pbest_and_gbest_follow_the_told_values() -> None:

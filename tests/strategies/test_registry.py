@@ -1,0 +1,117 @@
+"""The strategy registry: names, settings schemas and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from strategy_conformance import BOX
+
+from blackbox.strategies import (
+    PSO,
+    STRATEGIES,
+    Nevergrad,
+    OptunaSampler,
+    RandomSearch,
+    get_strategy_class,
+    make_strategy,
+    settings_fields,
+)
+from blackbox.strategies.base import Box, Strategy
+
+
+def test_registry_names_match_classes() -> None:
+    assert STRATEGIES == {
+        "pso": PSO,
+        "nevergrad": Nevergrad,
+        "optuna": OptunaSampler,
+        "random": RandomSearch,
+    }
+    for name, cls in STRATEGIES.items():
+        assert cls.name == name
+        assert dataclasses.is_dataclass(cls.settings_schema)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_make_strategy_builds_each_with_defaults(name: str) -> None:
+    strategy = make_strategy(name, BOX, seed=4, population=6)
+    assert isinstance(strategy, STRATEGIES[name])
+    assert (strategy.seed, strategy.population) == (4, 6)
+    assert strategy.config == STRATEGIES[name].settings_schema()
+    assert strategy.ask().shape == (6, BOX.dim)
+
+
+def test_settings_reach_the_strategy() -> None:
+    pso = make_strategy("pso", BOX, population=5, topology="local", k=2, w=0.5)
+    assert (pso.config.topology, pso.config.k, pso.config.w) == ("local", 2, 0.5)
+    ng = make_strategy("nevergrad", BOX, optimizer="TwoPointsDE", budget=64)
+    assert (ng.config.optimizer, ng.budget) == ("TwoPointsDE", 64)
+    assert make_strategy("optuna", BOX, sampler="CMAES").sampler.__class__.__name__ == (
+        "CmaEsSampler"
+    )
+
+
+def test_settings_fields_lists_defaults() -> None:
+    assert settings_fields(Nevergrad) == {"optimizer": "NGOpt", "budget": None}
+    assert settings_fields(OptunaSampler) == {"sampler": "tpe"}
+    assert settings_fields(RandomSearch) == {}
+    assert settings_fields(PSO)["topology"] == "global"
+
+
+def test_settings_fields_reads_keyword_arguments_without_a_schema() -> None:
+    class Keywords(Strategy):
+        name: ClassVar[str] = "keywords"
+
+        def __init__(
+            self, box: Box, seed: int = 0, population: int = 8, step: float = 0.1, **kw: Any
+        ) -> None:
+            super().__init__(box, seed=seed, population=population, **kw)
+
+        def _ask(self, n: int) -> np.ndarray:
+            return self.box.sample(n, self.rng)
+
+        def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
+            pass
+
+    assert settings_fields(Keywords) == {"step": 0.1}
+
+
+def _one_line_error(match: str, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(ValueError, match=match) as info:
+        make_strategy(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_strategy_names_the_allowed_ones() -> None:
+    message = _one_line_error("unknown name 'cma'", "cma", BOX)
+    assert all(repr(name) in message for name in STRATEGIES)
+    with pytest.raises(ValueError, match="strategy"):
+        get_strategy_class("")
+
+
+def test_unknown_setting_names_the_allowed_ones() -> None:
+    message = _one_line_error(r"'pso': unknown setting\(s\) \['c3'\]", "pso", BOX, c3=1.0)
+    assert "'c1'" in message and "'topology'" in message
+    assert "none" in _one_line_error("unknown setting", "random", BOX, sampler="tpe")
+    _one_line_error(r"\['optimiser'\]", "nevergrad", BOX, optimiser="CMA")
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "match"),
+    [
+        ("pso", {"topology": "star"}, "pso.topology"),
+        ("nevergrad", {"optimizer": "TwoPointDE"}, "'TwoPointsDE'"),
+        ("nevergrad", {"budget": 0}, "nevergrad.budget"),
+        ("optuna", {"sampler": "hyperband"}, "optuna.sampler"),
+    ],
+)
+def test_bad_values_are_one_line_errors(name: str, settings: dict, match: str) -> None:
+    _one_line_error(match, name, BOX, **settings)
+
+
+def test_population_is_checked_by_the_base_class() -> None:
+    _one_line_error("population", "random", BOX, population=0)
