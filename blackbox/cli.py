@@ -87,7 +87,12 @@ def _extra_commands() -> list[Any]:
 
 # Modules that add subcommands: each defines ``register(subparsers)`` which adds its parser(s)
 # and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
-EXTRA_COMMAND_MODULES: list[str] = ["blackbox.worker_cli", "blackbox.compare", "blackbox.compare_report"]
+EXTRA_COMMAND_MODULES: list[str] = [
+    "blackbox.worker_cli",
+    "blackbox.compare",
+    "blackbox.compare_report",
+    "blackbox.tune",
+]
 
 
 def _fail(message: str) -> int:

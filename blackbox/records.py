@@ -9,19 +9,27 @@ it came from the repeat cache.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import random
 import re
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from blackbox.strategies.base import Box
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+JOURNAL_PREFIX = "journal://"
 
 
 class StorageError(ValueError):
@@ -52,20 +60,96 @@ def space_signature(box: Box) -> str:
     return ";".join(parts)
 
 
-def open_study(storage: str, name: str, box: Box, fingerprint: str) -> optuna.Study:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, the
+    ``postgres`` extra installs psycopg2."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
+def make_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_callback: Any = None,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``, its tables created (one-line :class:`StorageError`).
+
+    ``journal:///abs/file.log`` (or ``journal://relative.log``) is a journal file
+    (``JournalFileBackend``, single host, no server; its directory must exist); anything else
+    is an SQLAlchemy URL for ``RDBStorage`` (``sqlite:///...``, ``postgresql://...``), with
+    Optuna's heartbeat (``heartbeat_interval``/``grace_period`` seconds) and the callback run
+    on a trial whose heartbeat went stale, when given.
+    """
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = url[len(JOURNAL_PREFIX) :]
+            if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise StorageError(
+                    f"storage {mask_url(url)!r}: the journal file's directory does not exist"
+                )
+            return JournalStorage(JournalFileBackend(path))
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is "experimental"
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        _with_driver(url),
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=stale_callback,
+                    )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers creating the tables of a fresh database at once: one wins, retry
+                if attempt == 5:
+                    raise
+                time.sleep(0.2 + random.random())
+    except StorageError:
+        raise
+    except Exception as exc:  # sqlalchemy / driver errors: keep one line
+        raise StorageError(
+            f"storage {mask_url(url)!r}: cannot be opened ({mask_url(_first_line(exc))})"
+        ) from None
+
+
+def open_study(
+    storage: str | optuna.storages.BaseStorage,
+    name: str,
+    box: Box,
+    fingerprint: str,
+    label: str | None = None,
+) -> optuna.Study:
     """Create or load a maximising study, checking it belongs to this search space and config.
+
+    Args:
+        storage: a storage URL (see :func:`make_storage`) or a storage object.
+        name: the study name.
+        box: the search box (its signature is stored with the study).
+        fingerprint: the config fingerprint (stored with the study).
+        label: the URL shown in messages when ``storage`` is an object (masked here).
 
     Raises:
         StorageError: unreachable storage, or an existing study with another space/config.
     """
+    shown = mask_url(storage if isinstance(storage, str) else (label or "storage"))
+    if isinstance(storage, str):
+        storage = make_storage(storage)
     try:
         study = optuna.create_study(
             storage=storage, study_name=name, direction="maximize", load_if_exists=True
         )
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(
-            f"storage {mask_url(storage)!r}: cannot be opened ({first[:200]})"
+            f"storage {shown!r}: cannot be opened ({mask_url(_first_line(exc))})"
         ) from None
     sig = space_signature(box)
     attrs = study.user_attrs
@@ -74,12 +158,12 @@ def open_study(storage: str, name: str, box: Box, fingerprint: str) -> optuna.St
         study.set_user_attr("fingerprint", fingerprint)
     elif attrs["space_signature"] != sig:
         raise StorageError(
-            f"study {name!r} in {mask_url(storage)!r} was made for another search space "
+            f"study {name!r} in {shown!r} was made for another search space "
             f"({attrs['space_signature'][:80]}...); use another study name or --out"
         )
     elif attrs.get("fingerprint") != fingerprint:
         raise StorageError(
-            f"study {name!r} in {mask_url(storage)!r} was made with another config "
+            f"study {name!r} in {shown!r} was made with another config "
             "(model, task, space, strategy or seed differ); use another study name or --out"
         )
     return study

@@ -141,7 +141,8 @@ class Runner:
         for i, t in enumerate(known):
             if t is not None:
                 out[i] = Scored(
-                    x[i], cands[i], Memo.value(t), dict(t.user_attrs.get("metrics", {}))
+                    x[i], cands[i], Memo.value(t), dict(t.user_attrs.get("metrics", {})),
+                    float(t.user_attrs.get("cost") or 0.0),
                 )
         cost = 0.0
         if todo:
@@ -205,6 +206,8 @@ class Runner:
                     self.budget.seconds is not None
                     and time.perf_counter() - t_start >= self.budget.seconds
                 ):
+                    break
+                if self.budget.cost is not None and search_cost >= self.budget.cost:
                     break
                 x = self.strategy.ask()
                 n = len(x) if total is None else min(len(x), total - done)

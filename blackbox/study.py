@@ -101,8 +101,19 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
         if v.file is not None and not Path(v.file).is_file():
             raise ConfigError(f"config: space.vectors.{v.name}.file: {v.file!r} does not exist")
     t0 = time.perf_counter()
-    with quiet_lm_eval():
-        tasks = load_tasks([cfg.task.name])
+    try:
+        with quiet_lm_eval():
+            tasks = load_tasks([cfg.task.name])
+    except (ValueError, ConfigError):
+        raise
+    except Exception as exc:  # e.g. datasets failing on an empty or malformed data file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"config: task.name: {cfg.task.name!r}: its data cannot be loaded "
+            f"({type(exc).__name__}{': ' + first if first else ''}); is a data file empty or malformed?"
+        ) from None
+    if not tasks:
+        raise ConfigError(f"config: task.name: {cfg.task.name!r} holds no task")
     task = next(iter(tasks.values()))
     seconds["task"] = time.perf_counter() - t0
     loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)

@@ -14,6 +14,7 @@ a :class:`~blackbox.evals.token_forward.ForwardOut`.  The base class provides
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from blackbox.evals.token_forward import ForwardOut, TokenForward, prompt_xentro
 from blackbox.search_spaces.tokens import TokenContext
 
 BACKWARD_COST = 2.0
+RECENT_XENTROPY = 8192  # evaluated prompts whose cross-entropy is kept for recent_xentropy
 
 
 @dataclass
@@ -85,6 +87,7 @@ class TokenObjective(Objective):
             p.requires_grad_(False)
         self.forward = TokenForward(self.model, context, use_prefix_cache)
         self.batch_size = int(batch_size)
+        self._recent: OrderedDict[tuple[int, ...], float] = OrderedDict()
 
     # -- to implement -------------------------------------------------------------------------
     def score(self, out: ForwardOut) -> torch.Tensor:
@@ -138,6 +141,7 @@ class TokenObjective(Objective):
         xent = np.full(n, np.nan)
         if valid.any():
             values[valid], xent[valid] = self._score_ids(ids[valid])
+            self._remember(ids[valid], xent[valid])
         extra_metrics = self.metrics_of(values)
         metrics = []
         for i in range(n):
@@ -149,6 +153,21 @@ class TokenObjective(Objective):
         return Evaluation(
             values=values, metrics=metrics, extra=xent[:, None], cost=float(valid.sum())
         )
+
+    def _remember(self, ids: np.ndarray, xent: np.ndarray) -> None:
+        for row, c in zip(ids.tolist(), xent.tolist()):
+            self._recent[tuple(row)] = float(c)
+            self._recent.move_to_end(tuple(row))
+        while len(self._recent) > RECENT_XENTROPY:
+            self._recent.popitem(last=False)
+
+    def recent_xentropy(self, ids: np.ndarray) -> np.ndarray:
+        """``(n,)`` self cross-entropies of recently evaluated ids ``(n, T)`` (NaN if unknown).
+
+        Lets a strategy whose ``tell`` did not receive ``extra`` read the fluency of the batch
+        just scored without another forward pass.
+        """
+        return np.array([self._recent.get(tuple(r), np.nan) for r in np.asarray(ids).tolist()])
 
     def token_gradients(
         self, ids: np.ndarray, fluency_weights: np.ndarray | float = 0.0

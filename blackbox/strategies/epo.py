@@ -14,9 +14,11 @@ A population of ``M`` prompts, member ``i`` tied to fluency weight ``lambda_i`` 
 
 GCG (Zou et al. 2023) is EPO with ``M = 1`` and ``lambda = 0`` (:class:`GCG`).
 
-Runner contract: call ``bind(space, objective)`` once before the loop; pass ``extra=ev.extra``
-to ``tell`` (the self cross-entropy, ``objective.extra_names == ("xentropy",)``); add
-``pop_extra_cost()`` to the budget after each ``ask``.
+Runner contract: call ``bind(space, objective)`` once before the loop; add ``pop_extra_cost()``
+to the budget after each ``ask``/``tell``; optionally pass ``extra=ev.extra`` to ``tell`` (the
+self cross-entropy, ``objective.extra_names == ("xentropy",)``).  Without ``extra`` the strategy
+reads the cross-entropies from the objective's ``recent_xentropy`` (no extra forward pass) and
+scores only prompts it cannot find there (for example trials replayed on resume).
 """
 
 from __future__ import annotations
@@ -67,15 +69,45 @@ class GradientGuided(Strategy):
         self._last_extra = None if extra is None else np.asarray(extra, dtype=float)
         super().tell(x, values)
 
-    def _xentropy(self, x: np.ndarray) -> np.ndarray:
-        """``(n,)`` cross-entropies of the last told batch (computed here if not given)."""
+    def _xentropy(self, x: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``(n,)`` cross-entropies of the told batch ``x`` (inf where ``values`` is not finite).
+
+        Read from ``tell``'s ``extra`` if given, else from the objective's ``recent_xentropy``
+        (the batch it just scored); any still missing are scored here and charged as extra cost.
+        """
+        ok = np.isfinite(values)
         if self._last_extra is not None:
-            return self._last_extra.reshape(len(x), -1)[:, 0]
-        if self.objective is None or self.space is None:
-            return np.zeros(len(x))
-        ev = self.objective.evaluate(self.space.decode(x))
-        self._extra_cost += float(ev.cost)
-        return np.asarray(ev.extra, dtype=float)[:, 0]
+            xent = self._last_extra.reshape(len(x), -1)[:, 0].copy()
+        elif self.objective is None or self.space is None:
+            xent = np.zeros(len(x))
+        else:
+            ids = self.space.allowed_ids[x.astype(np.int64)]
+            lookup = getattr(self.objective, "recent_xentropy", None)
+            xent = lookup(ids) if lookup is not None else np.full(len(x), np.nan)
+            missing = ok & ~np.isfinite(xent)
+            if missing.any():
+                ev = self.objective.evaluate(self.space.decode(x[missing]))
+                self._extra_cost += float(ev.cost)
+                xent[missing] = np.asarray(ev.extra, dtype=float)[:, 0]
+        return np.where(ok, xent, np.inf)
+
+    def _propose(
+        self, mix: ProposalMix, inputs: ProposalInputs, rows: np.ndarray, retries: int = 3
+    ) -> np.ndarray:
+        """``(c, n)`` children; children the space would reject are proposed again (up to
+        ``retries`` rounds, tokenizer work only), so the evaluated batch is mostly valid."""
+        kids = mix(inputs, rows, self.rng)
+        validity = getattr(self.space, "validity", None)
+        if validity is None:
+            return kids
+        allowed = self.space.allowed_ids
+        for _ in range(retries):
+            ids = allowed[kids]
+            bad = ~validity(ids, self.space.tokenizer.batch_decode(ids.tolist()))
+            if not bad.any():
+                break
+            kids[bad] = mix(inputs, rows[bad], self.rng)
+        return kids
 
     def _inputs(self, parents: np.ndarray, lambdas: np.ndarray, mix: ProposalMix) -> ProposalInputs:
         """Gradients/logits of ``parents`` ``(P, n)`` as the proposal mix needs them."""
@@ -175,7 +207,7 @@ class EPO(GradientGuided):
                 self.parent_xent = self._xentropy_of(self.parents)
             self._record_start()
         rows = np.arange(n) % self.population
-        return self.mix(inputs, rows, self.rng).astype(float)
+        return self._propose(self.mix, inputs, rows).astype(float)
 
     def _record_start(self) -> None:
         """Put scored start prompts on the front and into ``best`` (they are never told)."""
@@ -197,8 +229,7 @@ class EPO(GradientGuided):
         return np.asarray(ev.extra, dtype=float)[:, 0]
 
     def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
-        xent = self._xentropy(x)
-        xent = np.where(np.isfinite(values), xent, np.inf)
+        xent = self._xentropy(x, values)
         new = [
             FrontPoint(tuple(int(v) for v in row), float(f), float(c))
             for row, f, c in zip(x, values, xent)

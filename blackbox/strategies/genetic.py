@@ -87,15 +87,15 @@ class TokenGA(GradientGuided):
     def _mutate(self, inputs: Any, grad_rows: np.ndarray) -> np.ndarray:
         """Mutate every row of ``inputs.parents``; child ``j`` reads model info of ``grad_rows[j]``."""
         n = len(inputs.parents)
-        if inputs.grad is None and inputs.next_logits is None:
-            return self.mix(inputs, np.arange(n), self.rng)
-        # operators index grad/logits with the same rows as parents: give each child its own view
-        inputs.grad = None if inputs.grad is None else inputs.grad[grad_rows]
-        inputs.next_logits = None if inputs.next_logits is None else inputs.next_logits[grad_rows]
-        return self.mix(inputs, np.arange(n), self.rng)
+        if inputs.grad is not None or inputs.next_logits is not None:
+            # operators index grad/logits with the parents' rows: give each child its own view
+            inputs.grad = None if inputs.grad is None else inputs.grad[grad_rows]
+            if inputs.next_logits is not None:
+                inputs.next_logits = inputs.next_logits[grad_rows]
+        return self._propose(self.mix, inputs, np.arange(n))
 
     def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
-        xent = self._xentropy(x) if self.fluency_weight else np.zeros(len(x))
+        xent = self._xentropy(x, values) if self.fluency_weight else np.zeros(len(x))
         fit = values - self.fluency_weight * np.where(np.isfinite(xent), xent, np.inf)
         fit = np.where(np.isfinite(fit), fit, -np.inf)
         if self.pop_x is None:

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+import blackbox.strategies._pyswarms  # noqa: F401  (before pyswarms: no report.log)
+
+# isort: split
 from pyswarms.backend.handlers import BoundaryHandler
 from pyswarms.backend.operators import compute_pbest
 from pyswarms.backend.swarms import Swarm

@@ -1,0 +1,277 @@
+"""Every class of bad input in docs/bad-input.md: one clear line, exit code 2, nothing written.
+
+Each case runs the real CLI (``python -m blackbox.cli run ... --out tmp/run``) on a tiny local
+model, and checks the exact last line of stderr, the exit code and that no file appeared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from blackbox.evals.data import blackbox_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
+    """A tiny Llama dir (4 layers, d=64) with the real tokenizer, and a good vector file."""
+    root = tmp_path_factory.mktemp("bad_input_assets")
+    tiny_llama.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    torch.save(torch.ones(4, 64), root / "v.pt")
+    return root
+
+
+def _config(assets: Path, **top: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "bad",
+        "model": {"name": str(assets / "model"), "device": "cpu"},
+        "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
+        "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(assets / "v.pt")}]},
+        "strategy": {"name": "random", "population": 2},
+        "budget": {"evaluations": 2},
+    }
+    cfg.update(top)
+    return cfg
+
+
+# Each case: (id, prepare(tmp, assets) -> (config dict or YAML text, extra CLI args, env),
+#             the expected message after "blackbox: error: ", with {tmp} and {assets} filled in)
+Case = tuple[str, Callable[[Path, Path], tuple[Any, list[str], dict[str, str]]], str]
+
+
+def _set(*items: str) -> Callable[[Path, Path], tuple[Any, list[str], dict[str, str]]]:
+    return lambda tmp, a: (_config(a), [f"--set={i}" for i in items], {})
+
+
+def _missing_task(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    cfg = _config(a)
+    del cfg["task"]
+    return cfg, [], {}
+
+
+def _python_tag(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    text = (
+        yaml.safe_dump(_config(a)) + f"x: !!python/object/apply:os.system ['touch {tmp}/pwned']\n"
+    )
+    return text, [], {}
+
+
+def _vector_file(content: Callable[[Path], None]) -> Callable[..., Any]:
+    def prep(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+        content(tmp / "vec.pt")
+        return _config(a), [f"--set=space.vectors=[{{name: v, file: {tmp / 'vec.pt'}}}]"], {}
+
+    return prep
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo pwned",))
+
+
+def _empty_split(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    data = tmp / "data"
+    shutil.copytree(blackbox_data_dir() / "rotten_tomatoes", data / "rotten_tomatoes")
+    shutil.copytree(blackbox_data_dir() / "raw", data / "raw")
+    (data / "rotten_tomatoes" / "train.jsonl").write_text("")
+    return _config(a), [], {"BLACKBOX_DATA": str(data)}
+
+
+def _other_space(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    from blackbox.records import open_study
+    from blackbox.strategies.base import Box
+
+    url = f"sqlite:///{tmp / 'shared.db'}"
+    box = Box(np.array([0.0]), np.array([1.0]), np.array([False]), ("other",))
+    open_study(url, "bad", box, "f")
+    return _config(a, storage=url), [], {}
+
+
+CASES: list[Case] = [
+    (
+        "unknown key",
+        _set("budget.evals=3"),
+        "config: unknown key 'budget.evals'; allowed here: evaluations, seconds, cost",
+    ),
+    (
+        "wrong type",
+        _set("budget.evaluations=many"),
+        "config: budget.evaluations: Input should be a valid integer, unable to parse string "
+        "as an integer (got 'many')",
+    ),
+    ("missing field", _missing_task, "config: task: required field is missing"),
+    (
+        "YAML python tag",
+        _python_tag,
+        "config: {tmp}/study.yaml line 21: not valid YAML (could not determine a constructor "
+        "for the tag 'tag:yaml.org,2002:python/object/apply:os.system')",
+    ),
+    (
+        "unknown model (hub id)",
+        _set("model.name=no-such-org/no-such-model"),
+        "model 'no-such-org/no-such-model': not a local directory and not in the Hugging Face "
+        "cache; this machine is offline (HF_HUB_OFFLINE is set); download it where there is "
+        "internet or pass a local directory",
+    ),
+    (
+        "unknown model (path)",
+        _set("model.name=/no/such/model"),
+        "model '/no/such/model': no such local directory",
+    ),
+    (
+        "unknown task",
+        _set("task.name=no_such_task"),
+        "unknown task 'no_such_task'; bundled tasks: bb_rotten_tomatoes, bb_social_iqa, "
+        "bb_strategyqa, bb_sports_understanding, bb_navigate; groups: bb_bigbench (other names "
+        "must be lm-eval tasks: see `lm_eval ls tasks`)",
+    ),
+    (
+        "unknown strategy",
+        _set("strategy.name=annealing"),
+        "strategy: unknown name 'annealing'; allowed: ['nevergrad', 'optuna', 'pso', 'random']",
+    ),
+    (
+        "unknown nevergrad optimizer",
+        _set("strategy.name=nevergrad", "strategy.settings={optimizer: NoSuchOpt}"),
+        "nevergrad.optimizer: unknown 'NoSuchOpt'; did you mean one of ['NGOpt', 'NGOptF', "
+        "'NGOpt8', 'NGOpt4', 'NGOptRW']? (542 names in nevergrad.optimizers.registry)",
+    ),
+    (
+        "unknown optuna sampler",
+        _set("strategy.name=optuna", "strategy.settings={sampler: nope}"),
+        "optuna.sampler: 'nope' is not one of ('tpe', 'cmaes', 'gp', 'random', 'qmc', 'nsga2')",
+    ),
+    (
+        "layer out of range",
+        _set("space.layers=[0, 9]"),
+        "config: space.layers: [0, 9] is outside the model's layers; allowed 0..3",
+    ),
+    (
+        "corrupt vector file",
+        _vector_file(lambda p: p.write_bytes(b"\x00not a tensor file")),
+        "config: space.vectors.v.file: vector file '{tmp}/vec.pt': cannot be read as a tensor "
+        "file (UnpicklingError)",
+    ),
+    (
+        "pickled code in vector file",
+        _vector_file(lambda p: torch.save({"vectors": _Boom()}, p)),
+        "config: space.vectors.v.file: vector file '{tmp}/vec.pt': cannot be read as a tensor "
+        "file (UnpicklingError)",
+    ),
+    (
+        "wrong-shape vector file",
+        _vector_file(lambda p: torch.save(torch.ones(3, 64), p)),
+        "config: space.vectors.v.file: vector file '{tmp}/vec.pt': shape (3, 64); expected "
+        "(4, 64) or (64,) for this model",
+    ),
+    (
+        "empty split (empty data file)",
+        _empty_split,
+        "config: task.name: 'bb_rotten_tomatoes': its data cannot be loaded (StopIteration); "
+        "is a data file empty or malformed?",
+    ),
+    (
+        "no documents left for held-out",
+        _set("task.search_split=test", "task.heldout_split=test", "task.search_size=100000"),
+        "config: task.heldout_split: no documents left in 'test'",
+    ),
+    (
+        "unreachable storage",
+        _set("storage=postgresql://bb:hunter2@127.0.0.1:9/db"),
+        "storage 'postgresql://bb:***@127.0.0.1:9/db': cannot be opened ((psycopg2.OperationalError) "
+        'connection to server at "127.0.0.1", port 9 failed: Connection refused)',
+    ),
+    (
+        "study exists with another space",
+        _other_space,
+        "study 'bad' in 'sqlite:///{tmp}/shared.db' was made for another search space "
+        "(other:float[0,1]...); use another study name or --out",
+    ),
+]
+
+
+def _files(root: Path) -> dict[str, float]:
+    """Files under ``root`` with their mtimes (the data cache of the empty-split case aside:
+    lm-eval task YAMLs are materialised there, as in any data cache)."""
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime
+        for p in root.rglob("*")
+        if p.relative_to(root).parts[0] != "data"
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    case: Case, assets: Path, tmp_path: Path
+) -> None:
+    _, prep, expected = case
+    cfg, args, env = prep(tmp_path, assets)
+    config = tmp_path / "study.yaml"
+    config.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    before = _files(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "blackbox.cli", "run", str(config), "--out", str(out)]
+        + ["--no-progress", *args],
+        cwd=tmp_path,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = proc.stderr.strip().splitlines()[-1]
+    want = "blackbox: error: " + expected.format(tmp=tmp_path, assets=assets)
+    assert (proc.returncode, last) == (2, want), proc.stderr[-3000:]
+    assert not out.exists()
+    after = _files(tmp_path)
+    assert after == before, "nothing written"
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert "pwned" not in proc.stdout + proc.stderr and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--storage=sqlite:///x.db", "--set=strategy.name=pso"],
+            "worker: strategy 'pso' is a population strategy and runs in one process "
+            "(blackbox run); workers need strategy.name=optuna",
+        ),
+        (
+            ["--set=strategy.name=optuna"],
+            "worker: no storage; pass --storage URL (or set $BLACKBOX_STORAGE or storage: in "
+            "the config)",
+        ),
+    ],
+    ids=["population strategy", "no storage"],
+)
+def test_worker_bad_input(args: list[str], expected: str, assets: Path, tmp_path: Path) -> None:
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(_config(assets)))
+    env = {k: v for k, v in os.environ.items() if k != "BLACKBOX_STORAGE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "blackbox.cli", "worker", str(config), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (
+        2,
+        f"blackbox: error: {expected}",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() ) == ["study.yaml"]
