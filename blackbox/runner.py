@@ -141,7 +141,10 @@ class Runner:
         for i, t in enumerate(known):
             if t is not None:
                 out[i] = Scored(
-                    x[i], cands[i], Memo.value(t), dict(t.user_attrs.get("metrics", {})),
+                    x[i],
+                    cands[i],
+                    Memo.value(t),
+                    dict(t.user_attrs.get("metrics", {})),
                     float(t.user_attrs.get("cost") or 0.0),
                 )
         cost = 0.0
@@ -228,8 +231,13 @@ class Runner:
                 generation += 1
                 if self.on_generation is not None:
                     self.on_generation(
-                        Progress(generation, done, search_cost, time.perf_counter() - t_start,
-                                 best.value if best is not None else float("nan"))
+                        Progress(
+                            generation,
+                            done,
+                            search_cost,
+                            time.perf_counter() - t_start,
+                            best.value if best is not None else float("nan"),
+                        )
                     )
                 bar.update(n)
                 if best is not None:

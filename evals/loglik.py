@@ -156,7 +156,9 @@ class LoglikScorer:
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc) or (e_count == 1 and c_count == 1):
                     raise  # not memory, or even one candidate on one row does not fit
-                self.max_batch_tokens = max(1, min(self.max_batch_tokens, e_count * c_count * width) // 2)
+                self.max_batch_tokens = max(
+                    1, min(self.max_batch_tokens, e_count * c_count * width) // 2
+                )
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue  # retry this block of rows with a smaller budget

@@ -274,4 +274,4 @@ def test_worker_bad_input(args: list[str], expected: str, assets: Path, tmp_path
         2,
         f"blackbox: error: {expected}",
     )
-    assert sorted(p.name for p in tmp_path.iterdir() ) == ["study.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]

@@ -108,11 +108,23 @@ def test_cost_budget_stops_and_replayed_cost_counts(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     space = BoxSpace(BOX)
     study = open_study(url, "t", BOX, "fp")
-    run = Runner(space, FunctionObjective(FN), PSO(BOX, seed=3, population=6), study,
-                 Budget(cost=20), progress=False)
+    run = Runner(
+        space,
+        FunctionObjective(FN),
+        PSO(BOX, seed=3, population=6),
+        study,
+        Budget(cost=20),
+        progress=False,
+    )
     s = run.run()
     assert s.evaluations == 24  # 4 generations of 6 (cost 1 each) pass 20 after the 4th
     assert s.search_cost == 24
-    again = Runner(space, FunctionObjective(FN), PSO(BOX, seed=3, population=6),
-                   open_study(url, "t", BOX, "fp"), Budget(cost=20), progress=False).run()
+    again = Runner(
+        space,
+        FunctionObjective(FN),
+        PSO(BOX, seed=3, population=6),
+        open_study(url, "t", BOX, "fp"),
+        Budget(cost=20),
+        progress=False,
+    ).run()
     assert again.search_cost == 24 and again.resumed == again.evaluations + 1

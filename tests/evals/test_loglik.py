@@ -54,5 +54,5 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_llama, monkeypatch) -> 
 
     monkeypatch.setattr(LoglikScorer, "_run_block", flaky)
     got = scorer.score(rows, [None], _no_apply).logprob
-    assert scorer.max_batch_tokens <= 16 and calls['n'] > 4
+    assert scorer.max_batch_tokens <= 16 and calls["n"] > 4
     np.testing.assert_allclose(got, reference, atol=1e-5)
