@@ -95,7 +95,10 @@ class BudgetConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    max_batch_tokens: int = Field(16384, ge=64)
+    max_batch_tokens: int = Field(4096, ge=64)
+    trunk_cache_mb: int = Field(
+        1024, ge=0, description="memory for trunks reused across generations"
+    )
     branch: bool = Field(True, description="share the unsteered trunk across candidates")
 
 

@@ -186,6 +186,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
             max_batch_tokens=cfg.scoring.max_batch_tokens,
             key=lambda c: tuple((e.vector, e.layer, round(e.coeff, 6)) for e in c),
             branch=cfg.scoring.branch,
+            trunk_cache_mb=cfg.scoring.trunk_cache_mb,
         )
     except ValueError as exc:
         raise ConfigError(f"config: task.metric: {exc}".replace("objective.metric: ", "")) from None

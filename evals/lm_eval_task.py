@@ -170,6 +170,7 @@ class LMEvalObjective(Objective):
         lowest_layer: the space's candidate -> lowest changed layer (enables branching).
         metric: the task metric maximised (e.g. "acc").
         max_batch_tokens: forward-pass budget (tokens), halved on OOM.
+        trunk_cache_mb: memory for unsteered trunks reused across calls (0: none).
         key: candidate -> hashable key for the repeat cache (``None``: no cache).
     """
 
@@ -179,9 +180,10 @@ class LMEvalObjective(Objective):
     apply: Callable[..., Any]
     lowest_layer: Callable[[Any], int | None] | None = None
     metric: str = "acc"
-    max_batch_tokens: int = 32768
+    max_batch_tokens: int = 4096
     key: Callable[[Any], Any] | None = None
     branch: bool = True
+    trunk_cache_mb: int = 1024
     name: str = "lm_eval"
     _prepared: dict[str, PreparedSplit] = field(default_factory=dict, init=False)
     _heads: dict[tuple[str, int], PreparedSplit] = field(default_factory=dict, init=False)
@@ -200,6 +202,7 @@ class LMEvalObjective(Objective):
             pad_id=self._pad_id(),
             max_batch_tokens=self.max_batch_tokens,
             branch=self.branch,
+            trunk_cache_mb=self.trunk_cache_mb,
         )
 
     def _pad_id(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.evals.trunk import Trunk, capture, final_norm, resume
 from blackbox.layers import num_layers
 
 
@@ -71,16 +72,18 @@ class LoglikScorer:
         pad_id: token used for right padding (never read: causal attention).
         max_batch_tokens: upper bound on ``batch rows x padded length`` per forward pass;
             halved on out-of-memory errors.
-        branch: run the unsteered trunk once per example and branch at the lowest steered
-            layer (needs ``lowest_layer`` in :meth:`score`).
+        branch: run the unsteered trunk once per example and resume each candidate block
+            from its lowest steered layer (needs ``lowest_layer`` in :meth:`score`).
+        trunk_cache_mb: memory for keeping captured trunks across calls on the same rows.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         pad_id: int = 0,
-        max_batch_tokens: int = 32768,
+        max_batch_tokens: int = 4096,
         branch: bool = True,
+        trunk_cache_mb: int = 1024,
     ) -> None:
         self.model = model
         self.pad_id = int(pad_id)
@@ -90,6 +93,11 @@ class LoglikScorer:
         self.n_layers = num_layers(model)
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.trunk_cache_bytes = int(trunk_cache_mb) * 2**20
+        self._trunks: dict[tuple[int, tuple[int, ...]], Trunk] = {}
+        self._trunk_rows: dict[int, Rows] = {}  # keeps cached Rows alive (ids stay unique)
+        self._cached_bytes = 0
+        self.resume_ok: bool | None = None if (branch and final_norm(model) is not None) else False
 
     @torch.no_grad()
     def score(
@@ -134,13 +142,18 @@ class LoglikScorer:
         while r0 < len(rows):
             width = int(lengths[order_r[r0]])
             budget_rows = max(1, self.max_batch_tokens // max(width, 1))
-            e_count = max(1, min(len(rows) - r0, budget_rows // n_cand))
+            if self._can_resume(lowest):
+                e_count = max(1, min(len(rows) - r0, budget_rows))  # candidates resume apart
+            else:
+                e_count = max(1, min(len(rows) - r0, budget_rows // n_cand))
             c_count = max(1, min(n_cand, budget_rows // e_count))
             block_rows = order_r[r0 : r0 + e_count]
             try:
+                trunk = self._trunk_for(rows, block_rows) if self._can_resume(lowest) else None
                 for c0 in range(0, n_cand, c_count):
                     block_c = order_c[c0 : c0 + c_count]
                     self._run_block(
+                        trunk,
                         rows,
                         block_rows,
                         [candidates[i] for i in block_c],
@@ -165,8 +178,34 @@ class LoglikScorer:
             r0 += e_count
         return QueryScores(logprob, greedy)
 
+    def _can_resume(self, lowest: list[int | None]) -> bool:
+        return bool(self.resume_ok is not False and -1 not in lowest)
+
+    def _ids(self, rows: Rows, block_rows: np.ndarray) -> torch.Tensor:
+        """``(E, T)`` right-padded ids of a block of rows."""
+        width = max(len(rows.tokens[r]) for r in block_rows)
+        ids = torch.full((len(block_rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(block_rows):
+            toks = rows.tokens[r]
+            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)  # right padding
+        return ids.to(self.device)
+
+    def _trunk_for(self, rows: Rows, block_rows: np.ndarray) -> Trunk:
+        """The captured trunk of a block (cached across calls while memory allows)."""
+        key = (id(rows), tuple(int(r) for r in block_rows))
+        if key in self._trunks:
+            return self._trunks[key]
+        trunk = capture(self.model, self._ids(rows, block_rows))
+        size = trunk.nbytes()
+        if self._cached_bytes + size <= self.trunk_cache_bytes:
+            self._trunks[key] = trunk
+            self._trunk_rows[id(rows)] = rows
+            self._cached_bytes += size
+        return trunk
+
     def _run_block(
         self,
+        trunk: Trunk | None,
         rows: Rows,
         block_rows: np.ndarray,
         cands: list[Any],
@@ -178,23 +217,29 @@ class LoglikScorer:
         greedy: np.ndarray,
     ) -> None:
         e, n = len(block_rows), len(cands)
-        width = max(len(rows.tokens[r]) for r in block_rows)
-        ids = torch.full((e, width), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(block_rows):
-            toks = rows.tokens[r]
-            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)  # right padding
-        ids = ids.to(self.device)
         row_cand = torch.arange(n).repeat_interleave(e)  # (n*e,) candidate-major
         all_none = all(x is None for x in lowest)
-        if all_none:
+        if trunk is not None:
+            if all_none:
+                hidden = trunk.final.repeat(n, 1, 1)  # nothing steers: the trunk is the answer
+            else:
+                start = min(x for x in lowest if x is not None)
+                with apply(self.model, cands, row_cand, 1):
+                    hidden = resume(self.model, trunk, start, n)  # (n*e, T, d)
+                if self.resume_ok is None:
+                    hidden = self._verify(
+                        self._ids(rows, block_rows), cands, row_cand, hidden, apply
+                    )
+        elif all_none:
+            ids = self._ids(rows, block_rows)
             hidden = self._trunk(ids)  # (e, T, d): nothing steers, run once
             hidden = hidden.repeat(n, 1, 1)
         elif self.branch and -1 not in lowest:
             with apply(self.model, cands, row_cand, n):
-                hidden = self._trunk(ids)  # (n*e, T, d), branched at the lowest layer
+                hidden = self._trunk(self._ids(rows, block_rows))  # (n*e, T, d), branched
         else:
             with apply(self.model, cands, row_cand, 1):
-                hidden = self._trunk(ids.repeat(n, 1))  # (n*e, T, d)
+                hidden = self._trunk(self._ids(rows, block_rows).repeat(n, 1))  # (n*e, T, d)
         # Gather the queried positions of every (candidate, row) pair.
         q_idx = [queries_of_row[r] for r in block_rows]
         local_row = np.concatenate([np.full(len(q), i) for i, q in enumerate(q_idx)])
@@ -214,6 +259,28 @@ class LoglikScorer:
             gr = logits.argmax(dim=-1) == tok
             logprob[cand_index[c], q_flat] = lp.double().cpu().numpy()
             greedy[cand_index[c], q_flat] = gr.cpu().numpy()
+
+    def _verify(
+        self, ids: torch.Tensor, cands, row_cand, hidden: torch.Tensor, apply
+    ) -> torch.Tensor:
+        """Once per model: the resumed pass must equal a plain steered forward.
+
+        Returns the hidden states to use (the plain ones if the check failed).
+        """
+        with apply(self.model, cands, row_cand, 1):
+            ref = self._trunk(ids.repeat(len(cands), 1))  # (n*e, T, d)
+        scale = ref.abs().max().clamp_min(1.0)
+        self.resume_ok = bool(((hidden - ref).abs().max() / scale) < 1e-4)
+        if not self.resume_ok:
+            import warnings
+
+            warnings.warn(
+                f"{type(self.model).__name__}: resuming from a captured trunk does not match the "
+                "plain forward; falling back to full forwards",
+                stacklevel=2,
+            )
+            return ref
+        return hidden
 
     def _trunk(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` ids -> ``(B', T, d)`` final (normed) hidden states (``B'`` may branch)."""

@@ -68,6 +68,7 @@ def test_fast_path_equals_simple_evaluate_tiny(tiny_llama, tokenizer, task_name)
     obj, space, lm, task = _objective(tiny_llama, tokenizer, task_name, samples)
     cands = [space.baseline()] + [c for c in CANDIDATES[1:]]
     ev = obj.evaluate(cands)
+    assert obj.scorer.resume_ok is True  # the trunk-resume path was taken and self-checked
     assert ev.cost == len(cands) * len(obj.prepared("search").rows.tokens)
     for c, value, metrics in zip(cands, ev.values, ev.metrics):
         ref_metrics, ref_lls = reference_scores(

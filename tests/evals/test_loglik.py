@@ -47,8 +47,8 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_llama, monkeypatch) -> 
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
-        width = max(len(rows.tokens[r]) for r in args[1])
-        if len(args[1]) * len(args[2]) * width > 16:  # pretend anything above 16 tokens OOMs
+        width = max(len(rows.tokens[r]) for r in args[2])
+        if len(args[2]) * len(args[3]) * width > 16:  # pretend anything above 16 tokens OOMs
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, *args, **kwargs)
 
