@@ -120,16 +120,17 @@ def main() -> None:
             ev = p.objective.evaluate(cands)
             seconds = time.perf_counter() - t0
         values[dtype] = ev.values
-        rows[f"fast path {dtype}"] = (len(cands) / seconds, mem.peak)
+        resumed = "trunk resume" if p.objective.scorer.resume_ok else "full forwards"
+        rows[f"fast path {dtype} ({resumed})"] = (len(cands) / seconds, mem.peak)
 
     seed_rate = rows["seed loop (simple_evaluate)"][0]
     print(
         f"\ntask {args.task}: {args.docs} docs, {n_req} loglikelihood requests -> {n_rows} merged rows; "
         f"{len(cands)} candidates (seed loop: first {k})"
     )
-    print(f"{'path':32s} {'cand-evals/s':>12s} {'x seed loop':>12s} {'peak RSS MiB':>13s}")
+    print(f"{'path':44s} {'cand-evals/s':>12s} {'x seed loop':>12s} {'peak RSS MiB':>13s}")
     for name, (rate, peak) in rows.items():
-        print(f"{name:32s} {rate:12.3f} {rate / seed_rate:12.1f} {peak:13.0f}")
+        print(f"{name:44s} {rate:12.3f} {rate / seed_rate:12.1f} {peak:13.0f}")
     fast32 = values["float32"]
     same = np.array_equal(fast32[:k], np.array(ref_acc))
     print(f"\nfp32 fast path vs simple_evaluate accuracies identical on {k} candidates: {same}")

@@ -269,8 +269,10 @@ class LoglikScorer:
         """
         with apply(self.model, cands, row_cand, 1):
             ref = self._trunk(ids.repeat(len(cands), 1))  # (n*e, T, d)
-        scale = ref.abs().max().clamp_min(1.0)
-        self.resume_ok = bool(((hidden - ref).abs().max() / scale) < 1e-4)
+        scale = ref.float().abs().max().clamp_min(1.0)
+        # fp32 must agree to rounding; half precision differs with batch composition anyway.
+        tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
+        self.resume_ok = bool(((hidden - ref).float().abs().max() / scale) < tol)
         if not self.resume_ok:
             import warnings
 
