@@ -38,6 +38,7 @@ class TaskConfig(_Strict):
     search_size: int = Field(64, ge=1, description="documents subsampled (by seed) for search")
     heldout_split: str | None = Field(None, description="default: test, else validation")
     heldout_size: int | None = Field(None, ge=1, description="documents for held-out; all if null")
+    stratify: bool = Field(True, description="search subsample with equal numbers per gold answer")
 
 
 class VectorConfig(_Strict):
@@ -45,12 +46,15 @@ class VectorConfig(_Strict):
     concept: list[str] | None = None
     contrast: list[str] | None = None
     file: str | None = None
+    unembed: tuple[str, str] | None = Field(
+        None, description="[a, b]: unembedding row of token a minus that of token b"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> VectorConfig:
         prompts = self.concept is not None or self.contrast is not None
-        if prompts == (self.file is not None):
-            raise ValueError("give either concept+contrast prompts or a file, not both/neither")
+        if prompts + (self.file is not None) + (self.unembed is not None) != 1:
+            raise ValueError("give exactly one of concept+contrast prompts, file or unembed")
         if prompts and (not self.concept or not self.contrast):
             raise ValueError("concept and contrast both need at least one prompt")
         return self

@@ -28,7 +28,11 @@ from blackbox.layers import num_layers
 from blackbox.records import StorageError, mask_url, open_study
 from blackbox.runner import Budget, Runner, RunSummary
 from blackbox.search_spaces.steering import SteeringSpace
-from blackbox.search_spaces.steering_vectors import cached_contrastive_vector, load_vector_file
+from blackbox.search_spaces.steering_vectors import (
+    cached_contrastive_vector,
+    load_vector_file,
+    unembedding_vector,
+)
 from blackbox.strategies import make_strategy
 
 
@@ -65,13 +69,46 @@ def _docs_count(task: Any, split: str) -> int:
 
 
 def _subsample(
-    n_total: int, size: int | None, seed: int, exclude: set[int] | None = None
+    n_total: int,
+    size: int | None,
+    seed: int,
+    exclude: set[int] | None = None,
+    labels: list[Any] | None = None,
 ) -> list[int]:
+    """A seeded subsample of document indices; with ``labels``, equal numbers per label.
+
+    Stratifying the search split matters for classification tasks: on an unbalanced sample a
+    constant answer scores the majority share, and the search learns to flip the model's
+    default answer instead of making it discriminate.
+    """
     pool = [i for i in range(n_total) if not exclude or i not in exclude]
     rng = np.random.default_rng(seed)
     if size is None or size >= len(pool):
         return pool
-    return sorted(int(i) for i in rng.choice(pool, size=size, replace=False))
+    if labels is None:
+        return sorted(int(i) for i in rng.choice(pool, size=size, replace=False))
+    groups: dict[str, list[int]] = {}
+    for i in pool:
+        groups.setdefault(str(labels[i]), []).append(i)
+    keys = sorted(groups)
+    chosen: list[int] = []
+    for k, key in enumerate(keys):
+        want = size // len(keys) + (1 if k < size % len(keys) else 0)
+        members = groups[key]
+        take = min(want, len(members))
+        chosen.extend(int(i) for i in rng.choice(members, size=take, replace=False))
+    if len(chosen) < size:  # a small class ran out: top up from the rest
+        rest = sorted(set(pool) - set(chosen))
+        chosen.extend(int(i) for i in rng.choice(rest, size=size - len(chosen), replace=False))
+    return sorted(chosen)
+
+
+def _labels(task: Any, split: str) -> list[Any] | None:
+    """Gold target of every document of ``split`` (``None`` if the task has none)."""
+    try:
+        return [task.doc_to_target(doc) for doc in task.dataset[split]]
+    except Exception:
+        return None
 
 
 def build_lm(loaded: Any) -> Any:
@@ -139,6 +176,11 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
                 vectors.append(load_vector_file(Path(v.file), v.name, n_layers, hidden))
             except ValueError as exc:
                 raise ConfigError(f"config: space.vectors.{v.name}.file: {exc}") from None
+        elif v.unembed is not None:
+            try:
+                vectors.append(unembedding_vector(model, tok, v.name, *v.unembed))
+            except ValueError as exc:
+                raise ConfigError(f"config: space.vectors.{v.name}.{exc}") from None
         else:
             vectors.append(
                 cached_contrastive_vector(
@@ -165,7 +207,8 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
         raise ConfigError(
             f"config: task.search_split: split {search_split!r} of {cfg.task.name!r} is empty"
         )
-    search_docs = _subsample(n_search_docs, cfg.task.search_size, cfg.seed)
+    labels = _labels(task, search_split) if cfg.task.stratify else None
+    search_docs = _subsample(n_search_docs, cfg.task.search_size, cfg.seed, labels=labels)
     exclude = set(search_docs) if heldout_split == search_split else None
     heldout_docs = _subsample(
         _docs_count(task, heldout_split), cfg.task.heldout_size, cfg.seed + 1, exclude

@@ -216,3 +216,42 @@ def load_vector_file(path: Path, name: str, num_layers: int, hidden: int) -> Ste
             f"vector file {str(path)!r}: scales shape {tuple(s.shape)}, expected ({num_layers},)"
         )
     return SteeringVector(name=name, vectors=t, scales=s)
+
+
+NEUTRAL_PROMPTS = (
+    "The weather today is mild with a light breeze.",
+    "Please read the following text carefully.",
+    "The committee will meet again next Tuesday.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "She opened the door and looked outside.",
+    "Here is a short summary of the report.",
+    "The train leaves the station at noon.",
+    "Answer the question below in one word.",
+)
+"""Generic prompts whose last-token norms give the per-layer scale of prompt-free vectors."""
+
+
+def first_token_id(tokenizer, text: str) -> int:
+    """The first token of ``text`` (as it would follow other text), for unembedding vectors."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"unembed: {text!r} encodes to no token")
+    return int(ids[0])
+
+
+@torch.no_grad()
+def unembedding_vector(
+    model: torch.nn.Module, tokenizer, name: str, a: str, b: str
+) -> SteeringVector:
+    """The logit-lens direction ``W_U[a] - W_U[b]`` at every layer.
+
+    Added to the residual stream late in the model, it raises the logit of token ``a`` against
+    token ``b`` by an amount set by the coefficient, for every input alike: a learned
+    *calibration* of a classifier's answer.  Scales are the median last-token residual norms of
+    :data:`NEUTRAL_PROMPTS`.
+    """
+    w = model.get_output_embeddings().weight  # (V, d)
+    direction = (w[first_token_id(tokenizer, a)] - w[first_token_id(tokenizer, b)]).float().cpu()
+    _, norms = residual_stats(model, tokenizer, list(NEUTRAL_PROMPTS), "last")
+    n_layers = norms.shape[0]
+    return SteeringVector(name, direction[None].repeat(n_layers, 1), norms.median(dim=1).values)

@@ -94,3 +94,16 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     evil.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(evil)
+
+
+def test_stratified_subsample_balances_labels() -> None:
+    from blackbox.study import _subsample
+
+    labels = [0] * 90 + [1] * 10
+    got = _subsample(100, 20, seed=0, labels=labels)
+    assert len(got) == 20 == len(set(got))
+    assert sum(labels[i] for i in got) == 10  # half from the rare class
+    assert got == _subsample(100, 20, seed=0, labels=labels)  # seeded
+    small = _subsample(100, 30, seed=1, labels=labels)  # rare class runs out: topped up
+    assert len(small) == 30 and sum(labels[i] for i in small) == 10
+    assert _subsample(100, 200, seed=0) == list(range(100))

@@ -46,9 +46,9 @@ def prepared():
 def _candidates(space):
     return [
         space.baseline(),
-        (Edit("sentiment", 6, 0.4), Edit("judgement", 20, -0.3)),
-        (Edit("sentiment", 15, -0.5), Edit("judgement", 3, 0.2)),
-        (Edit("sentiment", 25, 0.6), Edit("judgement", 25, 0.6)),
+        (Edit("sentiment", 6, 0.1), Edit("answer_bias", 20, -0.05)),
+        (Edit("sentiment", 15, -0.1), Edit("answer_bias", 3, 0.05)),
+        (Edit("sentiment", 25, 0.05), Edit("answer_bias", 27, 0.03)),
     ]
 
 

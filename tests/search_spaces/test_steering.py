@@ -157,3 +157,23 @@ def test_vector_file_errors(tmp_path) -> None:
         load_vector_file(tmp_path / "corrupt.pt", "f", 4, 8)
     with pytest.raises(ValueError, match="no such file"):
         load_vector_file(tmp_path / "missing.pt", "f", 4, 8)
+
+
+def test_unembedding_vector_is_logit_lens_direction(tiny_llama, tokenizer) -> None:
+    from blackbox.search_spaces.steering_vectors import first_token_id, unembedding_vector
+
+    v = unembedding_vector(tiny_llama, tokenizer, "bias", " positive", " negative")
+    w = tiny_llama.get_output_embeddings().weight
+    a, b = first_token_id(tokenizer, " positive"), first_token_id(tokenizer, " negative")
+    assert a != b
+    n_layers = num_layers(tiny_llama)
+    torch.testing.assert_close(v.vectors, (w[a] - w[b]).float()[None].repeat(n_layers, 1))
+    assert v.scales.shape == (n_layers,) and bool((v.scales > 0).all())
+    # adding it at the last layer raises the logit of " positive" against " negative"
+    space = SteeringSpace([v], layer_range=(0, n_layers - 1))
+    ids = torch.tensor([tokenizer("The film was")["input_ids"]])
+    with torch.no_grad():
+        base = tiny_llama(ids).logits[0, -1]
+        with space.apply(tiny_llama, [(Edit("bias", n_layers - 1, 0.5),)]):
+            steered = tiny_llama(ids).logits[0, -1]
+    assert (steered[a] - steered[b]) > (base[a] - base[b])
