@@ -51,17 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run (or resume) a study. Every evaluation is stored as an "
         "Optuna trial; the best candidate is re-scored on the held-out split.",
     )
-    run.add_argument("config", help="study YAML (see studies/)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set budget.evaluations=40 (repeatable)",
+    add_config_arguments(
+        run, "study YAML (see studies/)", "budget.evaluations=40", "runs/<config name>"
     )
-    run.add_argument("--out", help="run directory (default: runs/<config name>)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="write the best candidate of a run as lm-eval steered .pt")
     exp.add_argument("run_dir")
     exp.add_argument("--out", help="output file (default RUN_DIR/steered.pt)")
@@ -93,6 +85,21 @@ EXTRA_COMMAND_MODULES: list[str] = [
     "blackbox.compare_report",
     "blackbox.tune",
 ]
+
+
+def add_config_arguments(p: argparse.ArgumentParser, what: str, example: str, out: str) -> None:
+    """The arguments every config-driven command shares: CONFIG, --set, --out, --no-progress."""
+    p.add_argument("config", help=what)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. --set {example} (repeatable)",
+    )
+    p.add_argument("--out", help=f"output directory (default: {out})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fail(message: str) -> int:

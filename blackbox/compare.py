@@ -380,15 +380,9 @@ def register(sub: Any) -> None:
         description="Run every (strategy, seed) pair of a compare config against one budget "
         "(forward-pass equivalents) into one Optuna storage; resumes and extends.",
     )
-    p.add_argument("config", help="compare YAML (see studies/compare_*.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set seeds=[0,1,2,3] (repeatable)",
+    from blackbox.cli import add_config_arguments
+
+    add_config_arguments(
+        p, "compare YAML (see studies/compare_*.yaml)", "seeds=[0,1,2,3]", "runs/<study name>"
     )
-    p.add_argument("--out", help="output directory (default runs/<study name>)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_compare)

@@ -376,15 +376,9 @@ def register(sub: Any) -> None:
         description="Each trial is a whole inner run; best-so-far is reported at budget "
         "checkpoints so a pruner can stop bad trials; writes tuned.yaml.",
     )
-    p.add_argument("config", help="tune YAML (see studies/tune_*.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set tune.trials=30 (repeatable)",
+    from blackbox.cli import add_config_arguments
+
+    add_config_arguments(
+        p, "tune YAML (see studies/tune_*.yaml)", "tune.trials=30", "runs/tune_<study name>"
     )
-    p.add_argument("--out", help="output directory (default runs/tune_<study name>)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_tune)
