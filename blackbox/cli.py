@@ -116,7 +116,30 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, ModelLoadError, DataError, StorageError)
 
 
+def _print_token_summary(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    best = result.get("best")
+    if best:
+        console.print(f"best prompt: {best['text']!r}  value {best['value']:.4f}")
+    table = Table(title="Pareto front (objective vs prompt cross-entropy)")
+    for col in ("xentropy", "value", "prompt"):
+        table.add_column(col, justify="right" if col != "prompt" else "left")
+    for p in result.get("pareto_front", []):
+        table.add_row(f"{p['xentropy']:.3f}", f"{p['value']:.4f}", repr(p["text"]))
+    console.print(table)
+    console.print(
+        f"{result['evaluations']} evaluations, {result['cost_forward_passes']:.0f} forward-pass "
+        f"equivalents, {result['wall_seconds']} s"
+    )
+
+
 def _print_summary(result: dict[str, Any]) -> None:
+    if "pareto_front" in result:
+        _print_token_summary(result)
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,6 +80,63 @@ class SpaceConfig(_Strict):
         return self
 
 
+class TokenSpaceConfig(_Strict):
+    """A sequence of ``n_tokens`` token ids from an allowed vocabulary."""
+
+    type: Literal["tokens"]
+    n_tokens: int = Field(8, ge=1, le=256)
+    ascii_only: bool = True
+    banned: list[str] = Field(default_factory=list, description="case-insensitive substrings")
+    prefix: str = ""
+    suffix: str = ""
+    chat_template: bool = Field(
+        False, description="put the tokens in the chat template's user turn (prefix/suffix)"
+    )
+
+
+class NeuronObjectiveConfig(_Strict):
+    type: Literal["neuron"]
+    layer: int = Field(ge=0)
+    index: int = Field(ge=0)
+
+
+class DirectionObjectiveConfig(_Strict):
+    type: Literal["residual_direction"]
+    layer: int = Field(ge=0)
+    direction_seed: int | None = Field(0, description="random unit direction from this seed")
+    direction_file: str | None = None
+    calibrate: int = Field(256, ge=0, description="random prompts for the z-score (0: none)")
+    standardise: bool = Field(True, description="maximise the z-score itself")
+
+
+class LogitObjectiveConfig(_Strict):
+    type: Literal["logit"]
+    target: str = Field(min_length=1, description="target word; its variants are banned")
+    ban_variants: bool = True
+
+
+class ReferenceObjectiveConfig(_Strict):
+    type: Literal["reference"]
+    target: str = Field(min_length=1, description="string the prompt should make the model say")
+
+
+class FeatureObjectiveConfig(_Strict):
+    type: Literal["feature_direction"]
+    layer: int = Field(ge=0)
+    file: str
+    row: int | None = None
+
+
+ObjectiveConfig = Annotated[
+    NeuronObjectiveConfig
+    | DirectionObjectiveConfig
+    | LogitObjectiveConfig
+    | ReferenceObjectiveConfig
+    | FeatureObjectiveConfig,
+    Field(discriminator="type"),
+]
+
+
 class StrategyConfig(_Strict):
     name: str = "pso"
     population: int = Field(8, ge=1)
@@ -87,7 +144,7 @@ class StrategyConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    evaluations: int | None = Field(64, ge=1)
+    evaluations: int | None = Field(None, ge=1)
     seconds: float | None = Field(None, gt=0)
     cost: float | None = Field(None, gt=0, description="forward-pass equivalents")
 
@@ -112,14 +169,41 @@ class StudyConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig
-    space: SpaceConfig
+    task: TaskConfig | None = Field(None, description="lm-eval task (steering studies)")
+    objective: ObjectiveConfig | None = Field(
+        None, description="internal objective (token studies)"
+    )
+    space: Annotated[SpaceConfig | TokenSpaceConfig, Field(discriminator="type")]
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(evaluations=64))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     storage: str | None = Field(
         None, description="Optuna storage URL; default SQLite in the run dir"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_space_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("space"), dict):
+            data = dict(data, space={"type": "steering", **data["space"]})
+        return data
+
+    @model_validator(mode="after")
+    def _sections(self) -> StudyConfig:
+        if self.space.type == "steering":
+            if self.task is None:
+                raise ValueError("task: a steering study needs a task (an lm-eval task name)")
+            if self.objective is not None:
+                raise ValueError("objective: steering studies are scored by their task; remove it")
+        else:
+            if self.objective is None:
+                raise ValueError(
+                    "objective: a token study needs an objective "
+                    "(neuron, residual_direction, logit, reference, feature_direction)"
+                )
+            if self.task is not None:
+                raise ValueError("task: token studies are scored by their objective; remove it")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The full config with defaults filled in (JSON-friendly)."""
@@ -127,7 +211,7 @@ class StudyConfig(_Strict):
 
     def fingerprint(self, ignore: tuple[str, ...] = ("budget", "storage")) -> str:
         """Hash of everything that changes results (budget and storage excluded)."""
-        data = {k: v for k, v in self.resolved().items() if k not in ignore}
+        data = {k: v for k, v in self.resolved().items() if k not in ignore and v is not None}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -135,33 +219,63 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model at ``loc``'s parent (for 'unknown key' messages)."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Pydantic model classes inside an annotation (through Optional, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out.extend(_models_in(arg))
+    return out
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type | None]:
+    """Drop discriminator tags from ``loc``; also return the model holding its last key."""
     current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
+    clean: list[Any] = []
+    parts = list(loc)
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        clean.append(part)
+        i += 1
+        if isinstance(part, int) or current is None:
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ()) or ()
-        nxt = next(
-            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-        if nxt is None:
-            return []
-        current = nxt
-    return list(getattr(current, "model_fields", {}))
+            current = None
+            continue
+        models = _models_in(field.annotation)
+        if len(models) > 1 and i < len(parts) and isinstance(parts[i], str):
+            tagged = [m for m in models if _tag(m) == parts[i]]
+            if tagged:  # pydantic puts the union member's tag into the location: drop it
+                current = tagged[0]
+                i += 1
+                continue
+        current = models[0] if models else None
+    return tuple(clean), current
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("type")
+    args = getattr(field.annotation, "__args__", ()) if field is not None else ()
+    return args[0] if args else None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at ``loc``'s parent (for 'unknown key' messages)."""
+    _, parent = _walk(model, loc[:-1])
+    return list(getattr(parent, "model_fields", {})) if loc[:-1] else list(model.model_fields)
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel] = StudyConfig) -> str:
     """One line for the first error: the field, what is wrong, what is allowed."""
     err = exc.errors()[0]
-    loc = tuple(err.get("loc", ()))
+    raw = tuple(err.get("loc", ()))
+    loc, _ = _walk(model, raw)
     where = _field_path(loc)
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(model, loc)
+        allowed = _allowed_keys(model, raw)
         return f"config: unknown key {where!r}; allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"config: {where}: required field is missing"

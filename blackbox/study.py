@@ -35,6 +35,9 @@ from blackbox.search_spaces.steering_vectors import (
 )
 from blackbox.strategies import make_strategy
 
+TOKEN_ONLY = ("epo", "gcg", "token_ga")
+"""Strategies that need a token space (gradient proposals over a vocabulary)."""
+
 
 @dataclass
 class Prepared:
@@ -120,8 +123,20 @@ def build_lm(loaded: Any) -> Any:
     )
 
 
-def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
-    """Validate and build model, task, vectors, space, objective and strategy (writes nothing)."""
+def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
+    """Validate and build model, task, vectors, space, objective and strategy (writes nothing).
+
+    Token studies (``space.type: tokens``) are prepared by :mod:`blackbox.token_study`.
+    """
+    if cfg.space.type == "tokens":
+        from blackbox.token_study import prepare_tokens
+
+        return prepare_tokens(cfg)
+    if cfg.strategy.name in TOKEN_ONLY:
+        raise ConfigError(
+            f"config: strategy.name: {cfg.strategy.name!r} works on token spaces only; "
+            "steering studies take pso, nevergrad, optuna or random"
+        )
     from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
     from blackbox.models import load_model
 
@@ -287,19 +302,28 @@ def check_run_dir(cfg: StudyConfig, run_dir: Path) -> None:
             )
 
 
-def execute(p: Prepared, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
-    cfg = p.config
-    check_run_dir(cfg, run_dir)
+def open_run_study(cfg: StudyConfig, run_dir: Path, box: Any) -> tuple[Any, str]:
+    """Create the run dir and open its study; a failed open leaves no run dir behind."""
     url = storage_url(cfg, run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        study = open_study(url, cfg.name, p.space.box, cfg.fingerprint())
+        return open_study(url, cfg.name, box, cfg.fingerprint()), url
     except StorageError:
-        if created:  # nothing half-written: a failed open leaves no run dir behind
+        if created:  # nothing half-written
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def execute(p: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
+    if not isinstance(p, Prepared):
+        from blackbox.token_study import execute_tokens
+
+        return execute_tokens(p, run_dir, progress=progress)
+    cfg = p.config
+    check_run_dir(cfg, run_dir)
+    study, url = open_run_study(cfg, run_dir, p.space.box)
     _atomic_text(run_dir / "config.yaml", yaml.safe_dump(_masked(cfg.resolved()), sort_keys=False))
     seed_everything(cfg.seed)
     runner = Runner(

@@ -29,13 +29,15 @@ import inspect
 from typing import Any
 
 from blackbox.strategies.base import Box, Strategy
+from blackbox.strategies.epo import EPO, GCG
 from blackbox.strategies.evolutionary import Nevergrad, NevergradSettings
+from blackbox.strategies.genetic import TokenGA
 from blackbox.strategies.optuna_sampler import OptunaSampler, OptunaSettings
 from blackbox.strategies.pso import PSO, PSOSettings
 from blackbox.strategies.random_search import RandomSearch, RandomSearchSettings
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch)
+    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch, EPO, GCG, TokenGA)
 }
 
 __all__ = [

@@ -20,6 +20,8 @@ from blackbox.strategies import (
     settings_fields,
 )
 from blackbox.strategies.base import Box, Strategy
+from blackbox.strategies.epo import EPO, GCG
+from blackbox.strategies.genetic import TokenGA
 
 
 def test_registry_names_match_classes() -> None:
@@ -28,13 +30,28 @@ def test_registry_names_match_classes() -> None:
         "nevergrad": Nevergrad,
         "optuna": OptunaSampler,
         "random": RandomSearch,
+        "epo": EPO,
+        "gcg": GCG,
+        "token_ga": TokenGA,
     }
     for name, cls in STRATEGIES.items():
         assert cls.name == name
-        assert dataclasses.is_dataclass(cls.settings_schema)
+    for name in BOX_STRATEGIES:
+        assert dataclasses.is_dataclass(STRATEGIES[name].settings_schema)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_token_strategies_list_their_settings() -> None:
+    assert {"children", "lambda_min", "lambda_max", "restart_every"} <= set(settings_fields(EPO))
+    assert set(settings_fields(GCG)) >= {"search_width", "topk", "n_replace"}
+    assert "mutation" in settings_fields(TokenGA)
+    with pytest.raises(ValueError, match=r"strategy 'gcg': unknown setting\(s\) \['width'\]"):
+        make_strategy("gcg", BOX, width=3)
+
+
+BOX_STRATEGIES = ["nevergrad", "optuna", "pso", "random"]  # the others need a token space
+
+
+@pytest.mark.parametrize("name", BOX_STRATEGIES)
 def test_make_strategy_builds_each_with_defaults(name: str) -> None:
     strategy = make_strategy(name, BOX, seed=4, population=6)
     assert isinstance(strategy, STRATEGIES[name])
