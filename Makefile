@@ -34,7 +34,10 @@ lint: setup
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
 
 bench: setup
+	$(BIN)/python -c "import nanogcg" 2>/dev/null || $(BIN)/python -m pip install -q --no-deps nanogcg==0.3.0
 	$(BIN)/python benchmarks/bench_fitness.py
+	$(BIN)/python benchmarks/bench_gcg.py
+	$(BIN)/python benchmarks/bench_dream.py
 
 data: setup
 	$(BIN)/blackbox data
