@@ -137,6 +137,16 @@ def _print_token_summary(result: dict[str, Any]) -> None:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
+    if "stages" in result:
+        from blackbox.soft_study import stage_table
+
+        print(stage_table(result))
+        print(
+            f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from "
+            f"storage), {result['cost_forward_passes']:.0f} forward-pass equivalents, "
+            f"{result['wall_seconds']} s"
+        )
+        return
     if "pareto_front" in result:
         _print_token_summary(result)
         return

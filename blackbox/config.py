@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -94,6 +95,76 @@ class TokenSpaceConfig(_Strict):
     )
 
 
+class SoftPromptSpaceConfig(_Strict):
+    """``n_tokens`` soft vectors ``p = A z + p0`` (``subspace_dim: null`` = the full space)."""
+
+    type: Literal["soft_prompt"]
+    n_tokens: int = Field(4, ge=1, le=256)
+    placement: Literal["before_input", "after_input", "system", "template"] = Field(
+        "after_input", description="where the vectors go (template: at the template's {soft})"
+    )
+    init: Literal["random", "text"] = "random"
+    init_text: str | None = Field(None, description="text whose token embeddings start p0")
+    subspace_dim: int | None = Field(
+        None, ge=1, description="k of the random subspace z (Black-Box Tuning); null: full n*d"
+    )
+    bound: float = Field(5.0, gt=0, description="box half-width of z, in embedding spreads")
+
+    @model_validator(mode="after")
+    def _init_text(self) -> SoftPromptSpaceConfig:
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init_text: init 'text' needs a non-empty init_text")
+        return self
+
+
+class ProjectionConfig(_Strict):
+    """Soft prompt -> tokens after the search: nearest-token beam, then HotFlip repair."""
+
+    enabled: bool = True
+    beam_k: int = Field(3, ge=1, description="nearest tokens per position in the beam")
+    beam_max: int = Field(81, ge=1, description="most beam combinations scored")
+    repair_steps: int = Field(16, ge=0)
+    repair_topk: int = Field(16, ge=1, description="swaps proposed per position and step")
+    ban: list[str] = Field(
+        default_factory=list, description="texts whose tokens repair may not use"
+    )
+
+
+class ClassificationObjectiveConfig(_Strict):
+    """Label log-likelihood / accuracy of a bundled labelled dataset with the soft prompt."""
+
+    type: Literal["classification"]
+    data: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    template: str = Field(
+        "Review: {query}\nAnswer:", description="user text; {query} is the document"
+    )
+    system: str | None = Field(None, description="system turn text (needs chat)")
+    chat: bool = False
+    labels: list[str] = Field(["negative", "positive"], min_length=2)
+    baseline: str = Field(
+        "Is this review positive or negative?",
+        description="hand-written text in the soft prompt's place (the baseline)",
+    )
+    search_split: str = "train"
+    search_size: int = Field(64, ge=1)
+    heldout_split: str = "test"
+    heldout_size: int | None = Field(400, ge=1, description="null: the whole split")
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+
+
+class BehaviourObjectiveConfig(_Strict):
+    """Match the model's own completions under a reference prompt, over user prompts."""
+
+    type: Literal["behaviour"]
+    reference: str = Field(min_length=1, description="the prompt whose behaviour to match")
+    prompts: list[str] = Field(min_length=1, description="user prompts searched on")
+    heldout_prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(48, ge=1, le=512)
+    k: int = Field(32, ge=1, description="first k completion tokens weigh more; @k metrics")
+    weight: float = Field(3.0, gt=0)
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+
+
 class NeuronObjectiveConfig(_Strict):
     type: Literal["neuron"]
     layer: int = Field(ge=0)
@@ -132,9 +203,15 @@ ObjectiveConfig = Annotated[
     | DirectionObjectiveConfig
     | LogitObjectiveConfig
     | ReferenceObjectiveConfig
-    | FeatureObjectiveConfig,
+    | FeatureObjectiveConfig
+    | ClassificationObjectiveConfig
+    | BehaviourObjectiveConfig,
     Field(discriminator="type"),
 ]
+
+
+TOKEN_OBJECTIVES = ("neuron", "residual_direction", "logit", "reference", "feature_direction")
+SOFT_OBJECTIVES = ("classification", "behaviour")
 
 
 class StrategyConfig(_Strict):
@@ -173,7 +250,9 @@ class StudyConfig(_Strict):
     objective: ObjectiveConfig | None = Field(
         None, description="internal objective (token studies)"
     )
-    space: Annotated[SpaceConfig | TokenSpaceConfig, Field(discriminator="type")]
+    space: Annotated[
+        SpaceConfig | TokenSpaceConfig | SoftPromptSpaceConfig, Field(discriminator="type")
+    ]
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(evaluations=64))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
@@ -196,13 +275,19 @@ class StudyConfig(_Strict):
             if self.objective is not None:
                 raise ValueError("objective: steering studies are scored by their task; remove it")
         else:
+            kind = "token" if self.space.type == "tokens" else "soft-prompt"
+            allowed = TOKEN_OBJECTIVES if self.space.type == "tokens" else SOFT_OBJECTIVES
             if self.objective is None:
                 raise ValueError(
-                    "objective: a token study needs an objective "
-                    "(neuron, residual_direction, logit, reference, feature_direction)"
+                    f"objective: a {kind} study needs an objective ({', '.join(allowed)})"
+                )
+            if self.objective.type not in allowed:
+                raise ValueError(
+                    f"objective.type: {self.objective.type!r} does not score a {kind} study; "
+                    f"allowed: {', '.join(allowed)}"
                 )
             if self.task is not None:
-                raise ValueError("task: token studies are scored by their objective; remove it")
+                raise ValueError(f"task: {kind} studies are scored by their objective; remove it")
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -282,6 +367,11 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Study
     msg = err.get("msg", "invalid").removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    named = re.match(r"^([a-z_]+): ", msg)
+    if named and raw and err["type"] == "value_error":  # a section's check names its field
+        return f"config: {where}.{msg}{shown}"
+    if not loc:  # a whole-config check names its own field ("task: ...")
+        return f"config: {msg}{shown}"
     return f"config: {where}: {msg}{shown}"
 
 

@@ -177,21 +177,43 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+MAX_PARAMS = 256
+"""Boxes with more dimensions (full soft prompts: n x d) store the row as one user attribute
+``x`` instead of one Optuna parameter per dimension (2,304 parameters cost ~2 s a trial)."""
+
+
 def add_record(
     study: optuna.Study, box: Box, x: np.ndarray, value: float, attrs: dict[str, Any]
 ) -> optuna.trial.FrozenTrial:
     """Add one complete (or failed, if ``value`` is not finite) trial."""
-    params = {n: (int(round(v)) if i else float(v)) for n, v, i in zip(box.names, x, box.integer)}
     finite = value is not None and math.isfinite(value)
+    if box.dim > MAX_PARAMS:
+        params: dict[str, Any] = {}
+        attrs = {**attrs, "x": [float(v) for v in x]}
+    else:
+        params = {
+            n: (int(round(v)) if i else float(v)) for n, v, i in zip(box.names, x, box.integer)
+        }
     trial = optuna.trial.create_trial(
         params=params,
-        distributions=distributions(box),
+        distributions=distributions(box) if params else {},
         value=float(value) if finite else None,
         state=TrialState.COMPLETE if finite else TrialState.FAIL,
         user_attrs={k: _jsonable(v) for k, v in attrs.items()},
     )
     study.add_trial(trial)
     return trial
+
+
+def trial_x(t: optuna.trial.FrozenTrial, names: tuple[str, ...]) -> np.ndarray | None:
+    """The box row of a recorded trial (from its params, or its ``x`` attribute for boxes of
+    more than :data:`MAX_PARAMS` dimensions); ``None`` if it does not fit ``names``."""
+    if not t.params and "x" in t.user_attrs:
+        x = np.asarray(t.user_attrs["x"], dtype=float)
+        return x if x.shape == (len(names),) else None
+    if set(t.params) != set(names):
+        return None
+    return np.array([t.params[n] for n in names], dtype=float)
 
 
 @dataclass
@@ -221,9 +243,9 @@ class Memo:
         t = self.by_key.get((kind, generation, index))
         if t is None or x is None:
             return t
-        if set(t.params) != set(names):
+        got = trial_x(t, names)
+        if got is None:
             return None
-        got = np.array([t.params[n] for n in names], dtype=float)
         return t if got.shape == x.shape and np.allclose(got, x, atol=1e-9) else None
 
     @staticmethod

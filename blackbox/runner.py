@@ -148,12 +148,14 @@ class Runner:
                     float(t.user_attrs.get("cost") or 0.0),
                 )
         cost = 0.0
+        # a strategy's own work (gradients) for this batch; replayed batches were charged
+        # when they were recorded, so their extra is dropped
+        extra = float(getattr(self.strategy, "pop_extra_cost", lambda: 0.0)())
         if todo:
             t0 = time.perf_counter()
             ev = self._evaluate([cands[i] for i in todo], split)
             seconds = (time.perf_counter() - t0) / len(todo)
-            extra = getattr(self.strategy, "pop_extra_cost", lambda: 0.0)()
-            cost = float(ev.cost) + float(extra)
+            cost = float(ev.cost) + extra
             for j, i in enumerate(todo):
                 value = float(ev.values[j])
                 metrics = ev.metrics[j] if ev.metrics else {}

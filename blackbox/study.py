@@ -37,6 +37,8 @@ from blackbox.strategies import make_strategy
 
 TOKEN_ONLY = ("epo", "gcg", "token_ga")
 """Strategies that need a token space (gradient proposals over a vocabulary)."""
+SOFT_ONLY = ("adam",)
+"""Strategies that need a soft-prompt space (gradients with respect to embeddings)."""
 
 
 @dataclass
@@ -128,6 +130,14 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
 
     Token studies (``space.type: tokens``) are prepared by :mod:`blackbox.token_study`.
     """
+    if cfg.space.type == "soft_prompt":
+        from blackbox.soft_study import prepare_soft
+
+        return prepare_soft(cfg)
+    if cfg.strategy.name in SOFT_ONLY:
+        raise ConfigError(
+            f"config: strategy.name: {cfg.strategy.name!r} works on soft-prompt spaces only"
+        )
     if cfg.space.type == "tokens":
         from blackbox.token_study import prepare_tokens
 
@@ -317,6 +327,10 @@ def open_run_study(cfg: StudyConfig, run_dir: Path, box: Any) -> tuple[Any, str]
 
 def execute(p: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
+    from blackbox.soft_study import PreparedSoft, execute_soft
+
+    if isinstance(p, PreparedSoft):
+        return execute_soft(p, run_dir, progress=progress)
     if not isinstance(p, Prepared):
         from blackbox.token_study import execute_tokens
 

@@ -112,7 +112,11 @@ CASES: list[Case] = [
         "config: budget.evaluations: Input should be a valid integer, unable to parse string "
         "as an integer (got 'many')",
     ),
-    ("missing field", _missing_task, "config: task: required field is missing"),
+    (
+        "missing field",
+        _missing_task,
+        "config: task: a steering study needs a task (an lm-eval task name)",
+    ),
     (
         "YAML python tag",
         _python_tag,
@@ -141,7 +145,7 @@ CASES: list[Case] = [
     (
         "unknown strategy",
         _set("strategy.name=annealing"),
-        "strategy: unknown name 'annealing'; allowed: ['nevergrad', 'optuna', 'pso', 'random']",
+        "strategy: unknown name 'annealing'; allowed: ['adam', 'epo', 'gcg', 'nevergrad', 'optuna', 'pso', 'random', 'token_ga']",
     ),
     (
         "unknown nevergrad optimizer",

@@ -198,3 +198,9 @@ def test_compare_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_llama, tokenizer)
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "| random | 2 |" in text and (out / "landscape.png").exists()
+
+
+def test_the_shipped_soft_prompt_compare_config_validates() -> None:
+    cfg = load_compare(Path(__file__).parents[1] / "studies/compare_soft_rotten_tomatoes.yaml")
+    assert [s.key for s in cfg.strategies] == ["adam", "cma-nevergrad", "cma-optuna", "random"]
+    assert cfg.study.space.type == "soft_prompt" and cfg.study.space.subspace_dim == 64

@@ -107,3 +107,49 @@ def test_stratified_subsample_balances_labels() -> None:
     small = _subsample(100, 30, seed=1, labels=labels)  # rare class runs out: topped up
     assert len(small) == 30 and sum(labels[i] for i in small) == 10
     assert _subsample(100, 200, seed=0) == list(range(100))
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("soft_*.yaml")), ids=lambda p: p.name)
+def test_bundled_soft_prompt_studies_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.space.type == "soft_prompt" and cfg.objective.type in ("classification", "behaviour")
+    assert cfg.task is None
+
+
+def _soft() -> dict:
+    return yaml.safe_load((STUDIES / "soft_rotten_tomatoes_adam.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d.update(objective={"type": "logit", "target": "cat"}),
+            "config: objective.type: 'logit' does not score a soft-prompt study; "
+            "allowed: classification, behaviour",
+        ),
+        (
+            lambda d: d.pop("objective"),
+            "config: objective: a soft-prompt study needs an objective (classification, behaviour)",
+        ),
+        (
+            lambda d: d["space"].update(init="text"),
+            "config: space.init_text: init 'text' needs a non-empty init_text",
+        ),
+        (
+            lambda d: d["space"].update(placement="middle"),
+            "config: space.placement: Input should be 'before_input', 'after_input', 'system' or "
+            "'template' (got 'middle')",
+        ),
+        (
+            lambda d: d["objective"].update(data="imdb"),
+            "config: objective.data: Input should be 'rotten_tomatoes' (got 'imdb')",
+        ),
+    ],
+)
+def test_soft_prompt_config_errors_are_one_line(edit, message: str) -> None:
+    data = _soft()
+    edit(data)
+    with pytest.raises(ConfigError) as info:
+        validate(data)
+    assert str(info.value) == message

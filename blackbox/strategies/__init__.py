@@ -17,6 +17,8 @@ Registered strategies and their settings (defaults):
 - ``nevergrad`` (:class:`Nevergrad`): optimizer="NGOpt", budget=None.
 - ``optuna`` (:class:`OptunaSampler`): sampler="tpe".
 - ``random`` (:class:`RandomSearch`): none.
+- ``epo``, ``gcg``, ``token_ga``: token spaces only (see their modules).
+- ``adam`` (:class:`Adam`): lr=0.1, steps=1, minibatch=16; soft-prompt spaces only.
 
 A class without ``settings_schema`` (keyword arguments in its ``__init__`` instead) is also
 understood: :func:`settings_fields` then reads the keyword parameters after ``population``.
@@ -28,6 +30,7 @@ import dataclasses
 import inspect
 from typing import Any
 
+from blackbox.strategies.adam import Adam, AdamSettings
 from blackbox.strategies.base import Box, Strategy
 from blackbox.strategies.epo import EPO, GCG
 from blackbox.strategies.evolutionary import Nevergrad, NevergradSettings
@@ -37,11 +40,13 @@ from blackbox.strategies.pso import PSO, PSOSettings
 from blackbox.strategies.random_search import RandomSearch, RandomSearchSettings
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch, EPO, GCG, TokenGA)
+    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch, EPO, GCG, TokenGA, Adam)
 }
 
 __all__ = [
     "STRATEGIES",
+    "Adam",
+    "AdamSettings",
     "Box",
     "Nevergrad",
     "NevergradSettings",

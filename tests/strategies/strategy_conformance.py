@@ -2,7 +2,8 @@
 
 Subclass :class:`StrategyConformance` in a ``Test*`` class and supply one fixture, ``make``:
 a factory ``(box, seed) -> Strategy``.  Class attributes tune the suite: ``budget`` (evaluations
-for the beats-random test), ``beats_random`` (False for strategies that are random by design).
+for the race against random search), ``beats_random`` (False for strategies that are random by
+design or too slow to warm up within ``budget``: they must then merely match random search).
 
 (Named ``strategy_conformance`` rather than ``conformance``: the tests folders have no
 ``__init__.py``, so this module is imported by its bare name and must not clash with another
@@ -138,13 +139,13 @@ class StrategyConformance:
         finite = values[np.isfinite(values)]
         assert strategy.best_value >= finite.max()
 
-    def test_beats_random_search(self, make: Factory) -> None:
-        """Mean regret over a few seeds at most half of random search's, same budget."""
-        if not self.beats_random:
-            pytest.skip("random by design")
+    def test_races_random_search(self, make: Factory) -> None:
+        """Mean regret over a few seeds, same budget: at most half of random search's, or (for
+        ``beats_random = False``) no worse than 1.5 times it."""
         regret = -np.mean([best_after(make, s, self.budget) for s in self.seeds])
         random_regret = -np.mean(
             [best_after(lambda b, s: RandomSearch(b, s), s, self.budget) for s in self.seeds]
         )
         assert random_regret > 0.1  # the test problem is not trivial for random search
-        assert regret < 0.5 * random_regret, (regret, random_regret)
+        bound = 0.5 if self.beats_random else 1.5
+        assert regret < bound * random_regret, (regret, random_regret)
