@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_fitness.py
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
+	$(BIN)/python benchmarks/bench_soft_prompt.py
 
 data: setup
 	$(BIN)/blackbox data

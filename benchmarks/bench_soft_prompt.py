@@ -7,7 +7,7 @@ repair, and prints one table of held-out accuracy (mean +- std over seeds) per s
 the gain over the hand-written prompt in points.  Runs go to ``--out`` (resumable: run the
 same command again after an interruption); the table is also written there as JSON.
 
-    python benchmarks/bench_soft_prompt.py --seeds 0 1 2 --cmaes-evals 600
+    python benchmarks/bench_soft_prompt.py --seeds 0 1 2 --cmaes-evals 300
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def run(study: str, seed: int, out: Path, overrides: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--adam-evals", type=int, default=60)
-    ap.add_argument("--cmaes-evals", type=int, default=600)
+    ap.add_argument("--adam-evals", type=int, default=40)
+    ap.add_argument("--cmaes-evals", type=int, default=300)
     ap.add_argument("--search-size", type=int, default=32)
-    ap.add_argument("--heldout-size", type=int, default=400)
-    ap.add_argument("--repair-steps", type=int, default=6)
-    ap.add_argument("--repair-topk", type=int, default=8)
+    ap.add_argument("--heldout-size", type=int, default=200)
+    ap.add_argument("--repair-steps", type=int, default=4)
+    ap.add_argument("--repair-topk", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_soft_prompt")
     a = ap.parse_args()
     common = [
@@ -50,7 +50,7 @@ def main() -> None:
         f"objective.heldout_size={a.heldout_size}",
         f"objective.projection.repair_steps={a.repair_steps}",
         f"objective.projection.repair_topk={a.repair_topk}",
-        "objective.projection.beam_max=27",
+        "objective.projection.beam_max=9",
     ]
     rows: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}

@@ -166,9 +166,15 @@ class SoftObjective(Objective):
 
         Differentiable in ``soft`` (the ``pre`` cache is constant).
         """
+        c = soft.shape[0]
+        if c > self.max_rows:  # many candidates (a repair step): a group at a time
+            groups = [
+                self.stats(soft[i : i + self.max_rows], split, idx)
+                for i in range(0, c, self.max_rows)
+            ]
+            return {k: torch.cat([g[k] for g in groups]) for k in groups[0]}
         data = self.items(split)
         order = list(range(len(data))) if idx is None else list(idx)
-        c = soft.shape[0]
         per_call = max(1, self.max_rows // max(1, c))
         sums: dict[str, torch.Tensor] = {}
         for start in range(0, len(order), per_call):

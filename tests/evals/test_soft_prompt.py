@@ -131,3 +131,10 @@ def test_behaviour_weights_the_first_k_tokens(tiny_llama, tokenizer) -> None:
     assert heavy.evaluate([soft]).values[0] == pytest.approx(
         -float((nll * w).sum() / w.sum()), abs=1e-5
     )
+
+
+def test_more_candidates_than_rows_are_scored_in_groups(clf) -> None:
+    soft = torch.randn(9, 2, 64, generator=torch.Generator().manual_seed(2)) * 0.05
+    together = clf.evaluate([SoftPrompt(s) for s in soft]).values  # max_rows=4: 3 groups
+    alone = [clf.evaluate([SoftPrompt(s)]).values[0] for s in soft]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
