@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from blackbox.config import ConfigError, StudyConfig
 from blackbox.strategies import make_strategy
@@ -236,25 +235,12 @@ def execute_soft(p: PreparedSoft, run_dir: Path, progress: bool = True) -> dict[
 
     from blackbox.records import mask_url
     from blackbox.report import plot_run
-    from blackbox.runner import Budget, Runner
     from blackbox.search_spaces.soft_prompt import SoftPrompt
-    from blackbox.study import _atomic_text, _masked, check_run_dir, open_run_study, seed_everything
+    from blackbox.study import _atomic_text, _masked, start_run
 
     cfg = p.config
-    check_run_dir(cfg, run_dir)
-    study, url = open_run_study(cfg, run_dir, p.space.box)
+    study, url, runner = start_run(p, run_dir, progress)
     resolved = _masked(cfg.resolved())
-    _atomic_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    seed_everything(cfg.seed)
-    runner = Runner(
-        p.space,
-        p.objective,
-        p.strategy,
-        study,
-        Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost),
-        heldout_split=None,
-        progress=progress,
-    )
     s = runner.run()
     result: dict[str, Any] = {
         "model": cfg.model.name,

@@ -325,16 +325,12 @@ def open_run_study(cfg: StudyConfig, run_dir: Path, box: Any) -> tuple[Any, str]
         raise
 
 
-def execute(p: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
-    from blackbox.soft_study import PreparedSoft, execute_soft
-
-    if isinstance(p, PreparedSoft):
-        return execute_soft(p, run_dir, progress=progress)
-    if not isinstance(p, Prepared):
-        from blackbox.token_study import execute_tokens
-
-        return execute_tokens(p, run_dir, progress=progress)
+def start_run(
+    p: Any, run_dir: Path, progress: bool = True, heldout_split: str | None = None
+) -> tuple[Any, str, Runner]:
+    """Check ``run_dir``, open its study, save the resolved config, seed everything and build
+    the :class:`Runner` of a prepared study (any kind: ``p`` has ``config``, ``space``,
+    ``objective`` and ``strategy``).  Returns the study, its storage URL and the runner."""
     cfg = p.config
     check_run_dir(cfg, run_dir)
     study, url = open_run_study(cfg, run_dir, p.space.box)
@@ -347,9 +343,23 @@ def execute(p: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         study,
         Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost),
         search_split="search",
-        heldout_split="heldout",
+        heldout_split=heldout_split,
         progress=progress,
     )
+    return study, url, runner
+
+
+def execute(p: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
+    from blackbox.soft_study import PreparedSoft, execute_soft
+
+    if isinstance(p, PreparedSoft):
+        return execute_soft(p, run_dir, progress=progress)
+    if not isinstance(p, Prepared):
+        from blackbox.token_study import execute_tokens
+
+        return execute_tokens(p, run_dir, progress=progress)
+    study, url, runner = start_run(p, run_dir, progress, heldout_split="heldout")
     summary = runner.run()
     result = result_dict(p, summary, url)
     _atomic_text(run_dir / "result.json", json.dumps(result, indent=2))

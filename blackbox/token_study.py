@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from blackbox.config import ConfigError, StudyConfig
 from blackbox.layers import hidden_size, num_layers
@@ -198,23 +197,10 @@ def execute_tokens(p: PreparedTokens, run_dir: Path, progress: bool = True) -> d
     from blackbox.attribution import token_attribution
     from blackbox.records import mask_url
     from blackbox.report import plot_run
-    from blackbox.runner import Budget, Runner
-    from blackbox.study import _atomic_text, _masked, check_run_dir, open_run_study, seed_everything
+    from blackbox.study import _atomic_text, start_run
 
     cfg = p.config
-    check_run_dir(cfg, run_dir)
-    study, url = open_run_study(cfg, run_dir, p.space.box)
-    _atomic_text(run_dir / "config.yaml", yaml.safe_dump(_masked(cfg.resolved()), sort_keys=False))
-    seed_everything(cfg.seed)
-    runner = Runner(
-        p.space,
-        p.objective,
-        p.strategy,
-        study,
-        Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost),
-        heldout_split=None,
-        progress=progress,
-    )
+    study, url, runner = start_run(p, run_dir, progress)
     s = runner.run()
     front = front_from_trials(study)
     result: dict[str, Any] = {
