@@ -165,6 +165,13 @@ class BehaviourObjectiveConfig(_Strict):
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
 
 
+class LmEvalTaskObjectiveConfig(_Strict):
+    """The study's ``task:`` (any lm-eval task) scored with the soft prompt inserted."""
+
+    type: Literal["lm_eval_task"]
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+
+
 class NeuronObjectiveConfig(_Strict):
     type: Literal["neuron"]
     layer: int = Field(ge=0)
@@ -205,13 +212,14 @@ ObjectiveConfig = Annotated[
     | ReferenceObjectiveConfig
     | FeatureObjectiveConfig
     | ClassificationObjectiveConfig
-    | BehaviourObjectiveConfig,
+    | BehaviourObjectiveConfig
+    | LmEvalTaskObjectiveConfig,
     Field(discriminator="type"),
 ]
 
 
 TOKEN_OBJECTIVES = ("neuron", "residual_direction", "logit", "reference", "feature_direction")
-SOFT_OBJECTIVES = ("classification", "behaviour")
+SOFT_OBJECTIVES = ("classification", "behaviour", "lm_eval_task")
 
 
 class StrategyConfig(_Strict):
@@ -286,7 +294,12 @@ class StudyConfig(_Strict):
                     f"objective.type: {self.objective.type!r} does not score a {kind} study; "
                     f"allowed: {', '.join(allowed)}"
                 )
-            if self.task is not None:
+            wants_task = self.objective.type == "lm_eval_task"
+            if wants_task and self.task is None:
+                raise ValueError(
+                    "task: objective 'lm_eval_task' needs a task (an lm-eval task name)"
+                )
+            if self.task is not None and not wants_task:
                 raise ValueError(f"task: {kind} studies are scored by their objective; remove it")
         return self
 

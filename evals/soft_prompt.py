@@ -152,6 +152,10 @@ class SoftObjective(Objective):
             raise KeyError(f"split {split!r}: allowed {sorted(self.splits)}")
         return self.splits[split]
 
+    def n_examples(self, split: str = "search") -> int:
+        """Items of a split (what minibatch indices pick)."""
+        return len(self.items(split))
+
     def _chunk_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
         """Per-row statistics ``{name: (C * D,)}`` of one forward call (``value`` first)."""
         raise NotImplementedError
@@ -196,6 +200,11 @@ class SoftObjective(Objective):
     def cost_of(self, candidates: int, items: int, backward: bool = False) -> float:
         """Forward-pass equivalents of running ``candidates`` on ``items`` (backward: x3)."""
         return float(candidates * items * (3 if backward else 1))
+
+    def gradient_cost(self, idx: Sequence[int] | None = None, split: str = "search") -> float:
+        """Forward-pass equivalents of one gradient of the loss over ``idx`` (all: ``None``)."""
+        n = self.n_examples(split) if idx is None else len(idx)
+        return self.cost_of(1, n, backward=True)
 
     def evaluate(
         self, candidates: Sequence[Any], split: str = "search", limit: int | None = None

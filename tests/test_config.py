@@ -112,8 +112,8 @@ def test_stratified_subsample_balances_labels() -> None:
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("soft_*.yaml")), ids=lambda p: p.name)
 def test_bundled_soft_prompt_studies_validate(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.space.type == "soft_prompt" and cfg.objective.type in ("classification", "behaviour")
-    assert cfg.task is None
+    assert cfg.space.type == "soft_prompt"
+    assert (cfg.task is not None) == (cfg.objective.type == "lm_eval_task")
 
 
 def _soft() -> dict:
@@ -126,11 +126,11 @@ def _soft() -> dict:
         (
             lambda d: d.update(objective={"type": "logit", "target": "cat"}),
             "config: objective.type: 'logit' does not score a soft-prompt study; "
-            "allowed: classification, behaviour",
+            "allowed: classification, behaviour, lm_eval_task",
         ),
         (
             lambda d: d.pop("objective"),
-            "config: objective: a soft-prompt study needs an objective (classification, behaviour)",
+            "config: objective: a soft-prompt study needs an objective (classification, behaviour, lm_eval_task)",
         ),
         (
             lambda d: d["space"].update(init="text"),

@@ -9,7 +9,7 @@ gradient-free strategies.
 
 Runner contract (as for EPO/GCG): ``bind(space, objective)`` before the first ask; the space
 has ``embeddings(z) -> (n, d)`` (differentiable) and the objective ``loss(soft, split, idx)``,
-``items(split)`` and ``cost_of(candidates, items, backward)``.
+``n_examples(split)`` (what ``idx`` indexes) and ``gradient_cost(idx)``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Adam(Strategy):
         return cost
 
     def _step(self) -> None:
-        n_items = len(self.objective.items("search"))
+        n_items = self.objective.n_examples("search")
         m = self.config.minibatch
         idx = None if m == 0 or m >= n_items else sorted(self.rng.choice(n_items, m, False))
         self.opt.zero_grad()
@@ -92,7 +92,7 @@ class Adam(Strategy):
             hi = torch.as_tensor(self.box.upper, dtype=self.z.dtype)
             self.z.copy_(torch.maximum(torch.minimum(self.z, hi), lo))
         self.losses.append(float(loss.detach()))
-        self._extra += self.objective.cost_of(1, n_items if idx is None else m, backward=True)
+        self._extra += self.objective.gradient_cost(idx)
 
     def _ask(self, n: int) -> np.ndarray:
         if self.objective is None:
