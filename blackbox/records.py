@@ -154,8 +154,9 @@ def open_study(
     sig = space_signature(box)
     attrs = study.user_attrs
     if "space_signature" not in attrs:
-        study.set_user_attr("space_signature", sig)
+        # fingerprint first: a worker joining meanwhile that sees the signature sees both
         study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("space_signature", sig)
     elif attrs["space_signature"] != sig:
         raise StorageError(
             f"study {name!r} in {shown!r} was made for another search space "

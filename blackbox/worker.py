@@ -132,7 +132,7 @@ def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[...,
     """Fail RUNNING trials whose heartbeat is older than ``grace`` seconds; retry them.
 
     Uses Optuna's own check on heartbeat-enabled storages; elsewhere reads ``HEARTBEAT_ATTR``
-    (or the start time).  A trial failed by two workers at once is failed (and retried) once:
+    (or the start time, whichever is later).  A trial failed by two workers at once is failed (and retried) once:
     the storage refuses the second update.  Returns how many trials this call failed.
     """
     storage = study._storage
@@ -145,10 +145,13 @@ def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[...,
     failed = 0
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = t.system_attrs.get(HEARTBEAT_ATTR)
-        if last is None and t.datetime_start is not None:
-            last = t.datetime_start.timestamp()
-        if last is None or now - float(last) <= grace:
+        # a retry inherits its original's system attrs, heartbeat included: never count a
+        # beat from before this trial started running
+        stamps = [t.system_attrs.get(HEARTBEAT_ATTR)]
+        if t.datetime_start is not None:
+            stamps.append(t.datetime_start.timestamp())
+        stamps = [float(v) for v in stamps if v is not None]
+        if not stamps or now - max(stamps) <= grace:
             continue
         try:
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
@@ -226,6 +229,7 @@ class Worker:
         self.log = log or (lambda msg: print(f"worker {self.id}: {msg}", file=sys.stderr))
         self._stop = False
         self._evaluating = False
+        self._done_since: float | None = None
         self.summary = WorkerSummary()
 
     def request_stop(self) -> None:
@@ -263,14 +267,25 @@ class Worker:
         return self.summary
 
     def _ask(self, hb: Heartbeat) -> list[Trial] | None:
-        """Up to ``batch`` trials; ``None`` once the budget is reached."""
+        """Up to ``batch`` trials; ``None`` once the study is done.
+
+        Waiting trials (retries of stale ones, enqueued trials) are always taken.  Once the
+        budget is reached the worker still waits (``[]``) while other workers' trials run, so a
+        dead worker's trial is failed and retried rather than left RUNNING; it gives up waiting
+        after ``grace`` plus two heartbeats (a trial that never beat cannot go stale).
+        """
         out: list[Trial] = []
         for _ in range(self.batch):
             counts = search_counts(self.study)
             complete, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
-            if complete >= self.budget and not out:
-                return None
-            if complete + running >= self.budget:
+            waiting = counts[TrialState.WAITING]
+            if not waiting and complete >= self.budget:
+                if out:
+                    break
+                if not running or self._waited_out():
+                    return None
+                return []
+            if not waiting and complete + running >= self.budget:
                 break
             with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
                 warnings.simplefilter("ignore")
@@ -279,7 +294,18 @@ class Worker:
             trial.set_user_attr("kind", "search")
             trial.set_user_attr("worker", self.id)
             out.append(trial)
+        self._done_since = None
         return out
+
+    def _waited_out(self) -> bool:
+        """Whether the budget was met over ``grace`` + two heartbeats ago (and log once)."""
+        now = time.monotonic()
+        if self._done_since is None:
+            self._done_since = now
+        if now - self._done_since <= self.grace + 2 * self.heartbeat:
+            return False
+        self.log("budget reached; leaving trials that are still RUNNING without a heartbeat")
+        return True
 
     def _evaluate(self, trials: list[Trial], hb: Heartbeat) -> None:
         names = self.space.box.names

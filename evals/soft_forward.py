@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from blackbox.compat import cache_kwargs, output_cache
+
 
 @dataclass
 class PreCache:
@@ -125,7 +127,7 @@ class SoftForward:
         if width:
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         return PreCache(kv, mask, lengths)
 
     def pre_cache(
@@ -228,7 +230,7 @@ class SoftForward:
             inputs_embeds=embeds,
             attention_mask=full_mask.repeat(c, 1),
             position_ids=pos.repeat(c, 1),
-            past_key_values=past,
+            **cache_kwargs(self.decoder, past),
             use_cache=past is not None,
         )
         mask = new_mask.repeat(c, 1)

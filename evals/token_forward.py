@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from blackbox.compat import cache_kwargs, output_cache
 from blackbox.search_spaces.tokens import TokenContext
 
 
@@ -125,7 +126,7 @@ class TokenForward:
         if self.prefix.shape[1] and use_prefix_cache:
             with torch.no_grad():
                 out = model(input_ids=self.prefix, use_cache=True)
-            self._kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self._kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
             self._prefix_last = out.logits[0, -1]  # (V,)
 
     @property
@@ -167,7 +168,7 @@ class TokenForward:
         with capture_inputs(capture or {}) as store:
             out = self.model(
                 inputs_embeds=embeds,
-                past_key_values=self._cache(batch),
+                **cache_kwargs(self.model, self._cache(batch)),
                 use_cache=bool(self._kv),
                 output_hidden_states=hidden,
             )

@@ -172,15 +172,22 @@ def _check_study(storage: Any, killed_pid: int, workers: int) -> None:
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, [
+        (t.number, t.state.name, _pid(t), retried_from(t), t.datetime_start, t.datetime_complete)
+        for t in trials
+    ]
     assert BUDGET <= len(complete) <= BUDGET + workers - 1
     killed = [t for t in trials if _pid(t) == killed_pid and t.state == TrialState.FAIL]
     assert killed, "the killed worker's trial is FAIL"
     for t in killed:
         retries = [r for r in trials if retried_from(r) == t.number]
-        assert len(retries) == 1, f"trial {t.number} retried exactly once"
-        assert retries[0].state == TrialState.COMPLETE and retries[0].params == t.params
-        assert _pid(retries[0]) != killed_pid
+        # a retry whose own worker stalled past the grace period may itself be failed and
+        # retried (a false stale mark on a loaded machine); exactly one retry completes
+        done = [r for r in retries if r.state == TrialState.COMPLETE]
+        assert len(done) == 1, f"trial {t.number}: one completed retry, got {retries}"
+        assert all(r.state == TrialState.FAIL for r in retries if r not in done)
+        assert all(r.params == t.params for r in retries)
+        assert _pid(done[0]) != killed_pid
     origins = [retried_from(t) for t in complete if retried_from(t) is not None]
     assert len(origins) == len(set(origins)), "a retried trial completed twice"
     assert not any(trials[o].state == TrialState.COMPLETE for o in origins)
@@ -201,7 +208,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
 def test_three_workers_on_postgres_survive_a_sigkill(
     postgres_url: str, study_config: Path, tmp_path: Path
 ) -> None:
-    beat = ["--heartbeat=1", "--grace=3", f"--storage={postgres_url}"]
+    beat = ["--heartbeat=1", "--grace=8", f"--storage={postgres_url}"]
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     procs = [_worker(study_config, log, *beat) for log in logs]
     try:
@@ -230,7 +237,7 @@ def test_three_workers_on_a_journal_file_survive_a_sigkill(
         "--workers=3",
         "--batch=2",
         "--heartbeat=1",
-        "--grace=3",
+        "--grace=8",
         "--storage",
         url,
     )
@@ -308,16 +315,24 @@ def test_nan_score_is_a_failed_trial_and_the_worker_goes_on(tmp_path: Path) -> N
 def test_journal_stale_check_fails_and_retries_once(tmp_path: Path) -> None:
     storage = make_storage(f"journal://{tmp_path / 's.log'}")
     study = optuna.create_study(storage=storage, direction="maximize")
-    dead = study.ask({"c": optuna.distributions.FloatDistribution(-1, 1)})
+    dist = {"c": optuna.distributions.FloatDistribution(-1, 1)}
+    dead = study.ask(dist)
     storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 100)
-    alive = study.ask({"c": optuna.distributions.FloatDistribution(-1, 1)})
+    alive = study.ask(dist)
+    time.sleep(1.2)  # both started over a second ago; only the live one beats
     storage.set_trial_system_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
     cb = retry_callback(max_retry=1)
-    assert fail_stale_trials(study, grace=5, callback=cb) == 1
-    assert fail_stale_trials(study, grace=5, callback=cb) == 0  # failed once only
+    assert fail_stale_trials(study, grace=1, callback=cb) == 1
+    assert fail_stale_trials(study, grace=1, callback=cb) == 0  # failed once only
     trials = study.trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert retried_from(trials[2]) == dead.number and trials[2].params == trials[0].params
+    # the retry inherits the dead trial's 100 s old beat; once picked up it is not stale
+    retry = study.ask(dist)
+    assert retry.number == trials[2].number
+    assert study.trials[2].system_attrs[HEARTBEAT_ATTR] < time.time() - 99
+    assert fail_stale_trials(study, grace=5, callback=cb) == 0
+    assert study.trials[2].state == TrialState.RUNNING
 
 
 @pytest.mark.postgres

@@ -12,6 +12,7 @@ from strategy_conformance import BOX
 from blackbox.strategies import (
     PSO,
     STRATEGIES,
+    Adam,
     Nevergrad,
     OptunaSampler,
     RandomSearch,
@@ -33,6 +34,7 @@ def test_registry_names_match_classes() -> None:
         "epo": EPO,
         "gcg": GCG,
         "token_ga": TokenGA,
+        "adam": Adam,
     }
     for name, cls in STRATEGIES.items():
         assert cls.name == name
