@@ -19,6 +19,7 @@ import torch
 
 from blackbox.evals.reference import ReferenceObjective
 from blackbox.models import load_model
+from blackbox.proposals import topk_tokens
 from blackbox.search_spaces.tokens import TokenContext, TokenSpace
 from blackbox.strategies.epo import GCG
 
@@ -42,7 +43,7 @@ def chat_parts(tokenizer, message: str) -> tuple[list[int], list[int]]:
     return tokenizer(before)["input_ids"], tokenizer(after, add_special_tokens=False)["input_ids"]
 
 
-def run_ours(lm, args, seed: int, use_cache: bool) -> Row:
+def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) -> Row:
     torch.manual_seed(seed)
     before, after = chat_parts(lm.tokenizer, args.message)
     target = lm.tokenizer(args.target, add_special_tokens=False)["input_ids"]
@@ -62,6 +63,7 @@ def run_ours(lm, args, seed: int, use_cache: bool) -> Row:
         search_width=args.search_width,
         topk=args.topk,
         init=space.indices_of(np.array(init_ids)),
+        keep_parents=keep_parents,
     )
     s.bind(space, obj)
     t0 = time.perf_counter()
@@ -72,7 +74,7 @@ def run_ours(lm, args, seed: int, use_cache: bool) -> Row:
         s.pop_extra_cost()
     dt = (time.perf_counter() - t0) / args.steps
     best = space.decode(s.best_x[None])[0].text
-    name = "blackbox" + ("" if use_cache else " (no cache)")
+    name = "blackbox" + ("" if use_cache else " (no cache)") + ("" if keep_parents else " (move)")
     return Row(name, seed, dt, -s.best_value, best)
 
 
@@ -95,6 +97,54 @@ def run_nanogcg(lm, args, seed: int) -> Row:
     return Row("nanoGCG", seed, dt, float(res.best_loss), res.best_string)
 
 
+def parity(lm, args, n_random: int = 8) -> None:
+    """Print how far the two implementations agree at the initial suffix: the gradient top-k
+    token sets per position (both restricted to printable ASCII) and the loss of the same
+    candidates under each implementation's own loss code."""
+    import nanogcg.gcg as ngcg
+
+    tok = lm.tokenizer
+    before, after = chat_parts(tok, args.message)
+    target = tok(args.target, add_special_tokens=False)["input_ids"]
+    init = tok(args.init, add_special_tokens=False)["input_ids"]
+    space = TokenSpace(tok, n_tokens=len(init), ascii_only=True)
+    space.context = TokenContext(tuple(before), tuple(after))
+    obj = ReferenceObjective(lm.model, target, context=space.context, batch_size=64)
+    allowed = space.allowed_ids
+    cfg = ngcg.GCGConfig(optim_str_init=args.init, use_prefix_cache=False, verbosity="WARNING")
+    ref = ngcg.GCG(lm.model, tok, cfg)
+    emb = lm.model.get_input_embeddings()
+    ref.target_ids = torch.tensor([target])
+    ref.before_embeds, ref.after_embeds = emb(torch.tensor([before])), emb(torch.tensor([after]))
+    ref.target_embeds = emb(ref.target_ids)
+    grad = ref.compute_token_gradient(torch.tensor([init]))[0]
+    grad[:, ref.not_allowed_ids] = float("inf")
+    their_top = (-grad).topk(args.topk, dim=1).indices.numpy()
+    ours_top = allowed[
+        topk_tokens(obj.token_gradients(np.array([init])).grad[0][:, allowed], args.topk)
+    ]
+    same = [len(set(a) & set(b)) for a, b in zip(ours_top, their_top)]
+    rng = np.random.default_rng(0)
+    cands = np.stack(
+        [init] + [allowed[rng.integers(0, len(allowed), len(init))] for _ in range(n_random)]
+    )
+    ev = obj.evaluate(space.decode(np.stack([space.indices_of(c) for c in cands])))
+    with torch.no_grad():
+        ids = torch.as_tensor(cands)
+        parts = [ref.before_embeds, None, ref.after_embeds, ref.target_embeds]
+        embeds = torch.cat(
+            [emb(ids) if p is None else p.repeat(len(cands), 1, 1) for p in parts], dim=1
+        )
+        theirs = ref._compute_candidates_loss_original(len(cands), embeds).numpy()
+    ok = np.isfinite(ev.values)  # ours rejects prompts that do not survive retokenisation
+    print(
+        f"parity at the initial suffix: top-{args.topk} sets shared per position {same}; "
+        f"loss of {int(ok.sum())} candidates max |ours - nanoGCG| "
+        f"{np.abs(-ev.values[ok] - theirs[ok]).max():.2e}",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -106,8 +156,14 @@ def main() -> None:
     ap.add_argument("--init", default="x x x x x x x x x x")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--no-cache-variant", action="store_true", help="also run ours without cache")
+    ap.add_argument(
+        "--move-variant",
+        action="store_true",
+        help="also run ours with keep_parents=False (always move to the best candidate)",
+    )
     args = ap.parse_args()
     lm = load_model()
+    parity(lm, args)
     if args.warmup:  # one untimed step of each, so neither pays first-call allocation costs
         warm = argparse.Namespace(**{**vars(args), "steps": 1})
         run_ours(lm, warm, 0, use_cache=True)
@@ -115,10 +171,13 @@ def main() -> None:
     rows: list[Row] = []
     for seed in args.seeds:
         rows.append(run_ours(lm, args, seed, use_cache=True))
+        start = len(rows) - 1
         if args.no_cache_variant:
             rows.append(run_ours(lm, args, seed, use_cache=False))
+        if args.move_variant:
+            rows.append(run_ours(lm, args, seed, use_cache=True, keep_parents=False))
         rows.append(run_nanogcg(lm, args, seed))
-        for r in rows[-(3 if args.no_cache_variant else 2) :]:
+        for r in rows[start:]:
             print(
                 f"{r.method:22s} seed {r.seed}  {r.sec_per_step:7.2f} s/step  loss {r.final_loss:.4f}  {r.best_string!r}",
                 flush=True,
@@ -131,13 +190,13 @@ def main() -> None:
         print(
             f"{m:22s} {np.mean([r.sec_per_step for r in rs]):12.2f}   {np.mean([r.final_loss for r in rs]):.4f}"
         )
-    ours, ref = by["blackbox"], by["nanoGCG"]
-    print(
-        f"\ntime/step ratio blackbox/nanoGCG: {np.mean([r.sec_per_step for r in ours]) / np.mean([r.sec_per_step for r in ref]):.2f}"
-    )
-    print(
-        f"final loss blackbox - nanoGCG: {np.mean([r.final_loss for r in ours]) - np.mean([r.final_loss for r in ref]):+.4f}"
-    )
+    ref = by["nanoGCG"]
+    ref_t, ref_l = np.mean([r.sec_per_step for r in ref]), np.mean([r.final_loss for r in ref])
+    for m, rs in by.items():
+        if m == "nanoGCG":
+            continue
+        t, loss = np.mean([r.sec_per_step for r in rs]), np.mean([r.final_loss for r in rs])
+        print(f"\n{m} / nanoGCG: time per step x{t / ref_t:.2f}, final loss {loss - ref_l:+.4f}")
 
 
 if __name__ == "__main__":

@@ -279,29 +279,19 @@ def execute_soft(p: PreparedSoft, run_dir: Path, progress: bool = True) -> dict[
     """Run or resume the soft-prompt study into ``run_dir``; returns the result (also saved)."""
     from safetensors.torch import save_file
 
-    from blackbox.records import mask_url
     from blackbox.report import plot_run
     from blackbox.search_spaces.soft_prompt import SoftPrompt
-    from blackbox.study import _atomic_text, _masked, start_run
+    from blackbox.study import _atomic_text, _masked, run_header, start_run
 
     cfg = p.config
     study, url, runner = start_run(p, run_dir, progress)
     resolved = _masked(cfg.resolved())
     s = runner.run()
     result: dict[str, Any] = {
-        "model": cfg.model.name,
+        **run_header(cfg, s, url),
         "objective": cfg.objective.type,
-        "strategy": cfg.strategy.name,
-        "strategy_settings": cfg.strategy.settings,
-        "seed": cfg.seed,
         "subspace_dim": cfg.space.subspace_dim,
         "n_tokens": cfg.space.n_tokens,
-        "evaluations": s.evaluations,
-        "resumed_evaluations": s.resumed,
-        "cost_forward_passes": s.search_cost,
-        "wall_seconds": round(s.wall_seconds, 2),
-        "storage": mask_url(url),
-        "study_name": cfg.name,
         "splits": {k: len(v) for k, v in p.objective.splits.items()},
         "stages": [],
     }

@@ -325,6 +325,23 @@ def open_run_study(cfg: StudyConfig, run_dir: Path, box: Any) -> tuple[Any, str]
         raise
 
 
+def run_header(cfg: Any, s: Any, url: str) -> dict[str, Any]:
+    """The ``result.json`` fields every token or soft-prompt run shares (``s``: the runner's
+    summary; the storage URL masked)."""
+    return {
+        "model": cfg.model.name,
+        "strategy": cfg.strategy.name,
+        "strategy_settings": cfg.strategy.settings,
+        "seed": cfg.seed,
+        "evaluations": s.evaluations,
+        "resumed_evaluations": s.resumed,
+        "cost_forward_passes": s.search_cost,
+        "wall_seconds": round(s.wall_seconds, 2),
+        "storage": mask_url(url),
+        "study_name": cfg.name,
+    }
+
+
 def start_run(
     p: Any, run_dir: Path, progress: bool = True, heldout_split: str | None = None
 ) -> tuple[Any, str, Runner]:

@@ -195,26 +195,16 @@ def _plot_front(front: list[dict[str, Any]], path: Path, value_name: str) -> Non
 def execute_tokens(p: PreparedTokens, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run or resume the token study into ``run_dir``; returns the result (also saved)."""
     from blackbox.attribution import token_attribution
-    from blackbox.records import mask_url
     from blackbox.report import plot_run
-    from blackbox.study import _atomic_text, start_run
+    from blackbox.study import _atomic_text, run_header, start_run
 
     cfg = p.config
     study, url, runner = start_run(p, run_dir, progress)
     s = runner.run()
     front = front_from_trials(study)
     result: dict[str, Any] = {
-        "model": cfg.model.name,
+        **run_header(cfg, s, url),
         "objective": cfg.objective.model_dump() if cfg.objective else None,
-        "strategy": cfg.strategy.name,
-        "strategy_settings": cfg.strategy.settings,
-        "seed": cfg.seed,
-        "evaluations": s.evaluations,
-        "resumed_evaluations": s.resumed,
-        "cost_forward_passes": s.search_cost,
-        "wall_seconds": round(s.wall_seconds, 2),
-        "storage": mask_url(url),
-        "study_name": cfg.name,
         "best": None,
         "pareto_front": front,
     }

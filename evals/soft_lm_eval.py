@@ -25,7 +25,7 @@ import torch
 
 from blackbox.evals.base import Evaluation
 from blackbox.evals.lm_eval_task import PreparedSplit
-from blackbox.evals.soft_prompt import Items, SoftObjective
+from blackbox.evals.soft_prompt import Items, SoftObjective, by_length
 
 
 def items_of(prep: PreparedSplit, placement: str) -> Items:
@@ -172,12 +172,8 @@ class SoftLMEvalTask(SoftObjective):
         prep = self.prepared[split]
         values = np.full(len(candidates), np.nan)
         metrics: list[dict[str, Any]] = [{} for _ in candidates]
-        groups: dict[int, list[int]] = {}
-        for i, cand in enumerate(candidates):
-            groups.setdefault(int(cand.embeddings.shape[0]), []).append(i)
         with torch.no_grad():
-            for members in groups.values():
-                soft = torch.stack([candidates[i].embeddings for i in members]).float()
+            for members, soft in by_length(candidates):
                 ll, greedy = self.request_scores(soft, split)
                 value = self._gold_logprob(ll, split, list(range(prep.n_docs)))
                 for j, i in enumerate(members):

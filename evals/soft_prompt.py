@@ -20,7 +20,7 @@ forward-pass equivalent per item and candidate (a backward pass two more).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,6 +122,15 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+def by_length(candidates: Sequence[Any]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Candidates grouped by soft-prompt length: their indices and ``(C_g, n, d)`` embeddings."""
+    groups: dict[int, list[int]] = {}
+    for i, cand in enumerate(candidates):
+        groups.setdefault(int(cand.embeddings.shape[0]), []).append(i)
+    for members in groups.values():
+        yield members, torch.stack([candidates[i].embeddings for i in members]).float()
+
+
 class SoftObjective(Objective):
     """Shared batching: chunks of items, candidates grouped by length, costs.
 
@@ -214,12 +223,8 @@ class SoftObjective(Objective):
         n_items = len(data) if idx is None else len(idx)
         values = np.full(len(candidates), np.nan)
         metrics: list[dict[str, Any]] = [{} for _ in candidates]
-        groups: dict[int, list[int]] = {}
-        for i, cand in enumerate(candidates):
-            groups.setdefault(int(cand.embeddings.shape[0]), []).append(i)
         with torch.no_grad():
-            for members in groups.values():
-                soft = torch.stack([candidates[i].embeddings for i in members]).float()
+            for members, soft in by_length(candidates):
                 st = self.stats(soft, split, idx)
                 for j, i in enumerate(members):
                     row = {k: float(v[j]) for k, v in st.items()}

@@ -144,6 +144,9 @@ class EPO(GradientGuided):
         n_replace: positions replaced per gradient child.
         init: optional ``(M, n)`` or ``(n,)`` starting prompt(s) in box indices; without it the
             first ask returns ``M * r`` random prompts and tell picks the starting members.
+        keep_parents: select from parents + children (elitist, the default); ``False`` moves
+            each member to the best of its children even when that is worse (GCG as Zou et
+            al. and nanoGCG do it); the best prompt seen is kept either way.
     """
 
     name: ClassVar[str] = "epo"
@@ -163,10 +166,12 @@ class EPO(GradientGuided):
         topk: int = 64,
         n_replace: int = 1,
         init: Any = None,
+        keep_parents: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__(box, seed=seed, population=population, **settings)
         self.children = int(children)
+        self.keep_parents = bool(keep_parents)
         if lambdas is not None:
             self.lambdas = np.asarray(lambdas, dtype=float).reshape(-1)
             self.population = self.lambdas.size
@@ -236,10 +241,10 @@ class EPO(GradientGuided):
             if np.isfinite(f) and np.isfinite(c)
         ]
         self.front = update_front(self.front, new)
-        if self.parents is None:
+        if self.parents is None or not self.keep_parents:
             pool_x, pool_f, pool_c = x, values, xent
             if not np.isfinite(values).any():
-                return  # every start was rejected: sample again
+                return  # every start (or every child) was rejected: sample again
         else:
             pool_x = np.concatenate([self.parents, x])
             pool_f = np.concatenate([self.parent_values, values])
@@ -273,6 +278,8 @@ class GCG(EPO):
         topk: top-k tokens per position from the gradient.
         n_replace: positions replaced per candidate.
         init: optional ``(n,)`` starting prompt (box indices).
+        keep_parents: keep the prompt when no candidate beats it (default); ``False`` always
+            moves to the best candidate, as nanoGCG does.
     """
 
     name: ClassVar[str] = "gcg"
@@ -285,6 +292,7 @@ class GCG(EPO):
         topk: int = 64,
         n_replace: int = 1,
         init: Any = None,
+        keep_parents: bool = True,
         **settings: Any,
     ) -> None:
         settings.pop("population", None)
@@ -298,5 +306,6 @@ class GCG(EPO):
             topk=topk,
             n_replace=n_replace,
             init=init,
+            keep_parents=keep_parents,
             **settings,
         )

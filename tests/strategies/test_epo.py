@@ -134,6 +134,20 @@ def test_init_prompt_is_scored_by_the_gradient_pass() -> None:
     assert s.best_value == s.parent_values[0] and s.front[0].x == tuple(range(6))
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_parents_decides_whether_a_worse_child_replaces_the_prompt(keep: bool) -> None:
+    space, obj = LinearSpace(), LinearObjective()
+    init = np.arange(6, dtype=float)
+    s = GCG(space.box, seed=0, search_width=5, topk=4, init=init, keep_parents=keep)
+    s.bind(space, obj)
+    x = s.ask()
+    worse = s.parent_values[0] - 1.0 - 0.1 * np.arange(len(x))  # every child is worse
+    s.tell(x, worse, extra=np.zeros((len(x), 1)))
+    assert s.best_value > worse.max()  # the start prompt stays the best seen
+    expected = init if keep else x[np.argmax(worse)]
+    np.testing.assert_array_equal(s.parents[0], expected)
+
+
 def test_without_extra_the_strategy_computes_and_charges_xentropy() -> None:
     space, obj = LinearSpace(), LinearObjective()
     s = EPO(space.box, seed=0, population=2, children=3, topk=8)
