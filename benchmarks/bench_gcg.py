@@ -43,8 +43,8 @@ def chat_parts(tokenizer, message: str) -> tuple[list[int], list[int]]:
     return tokenizer(before)["input_ids"], tokenizer(after, add_special_tokens=False)["input_ids"]
 
 
-def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) -> Row:
-    torch.manual_seed(seed)
+def our_setup(lm, args, use_cache: bool = True):
+    """Our token space, reference objective and initial suffix ids for the bench's prompt."""
     before, after = chat_parts(lm.tokenizer, args.message)
     target = lm.tokenizer(args.target, add_special_tokens=False)["input_ids"]
     init_ids = lm.tokenizer(args.init, add_special_tokens=False)["input_ids"]
@@ -57,6 +57,12 @@ def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) ->
         batch_size=args.search_width,
         use_prefix_cache=use_cache,
     )
+    return space, obj, init_ids
+
+
+def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) -> Row:
+    torch.manual_seed(seed)
+    space, obj, init_ids = our_setup(lm, args, use_cache)
     s = GCG(
         space.box,
         seed=seed,
@@ -104,12 +110,9 @@ def parity(lm, args, n_random: int = 8) -> None:
     import nanogcg.gcg as ngcg
 
     tok = lm.tokenizer
-    before, after = chat_parts(tok, args.message)
-    target = tok(args.target, add_special_tokens=False)["input_ids"]
-    init = tok(args.init, add_special_tokens=False)["input_ids"]
-    space = TokenSpace(tok, n_tokens=len(init), ascii_only=True)
-    space.context = TokenContext(tuple(before), tuple(after))
-    obj = ReferenceObjective(lm.model, target, context=space.context, batch_size=64)
+    space, obj, init = our_setup(lm, args)
+    before, after = list(space.context.prefix_ids), list(space.context.suffix_ids)
+    target = list(obj.target_ids)
     allowed = space.allowed_ids
     cfg = ngcg.GCGConfig(optim_str_init=args.init, use_prefix_cache=False, verbosity="WARNING")
     ref = ngcg.GCG(lm.model, tok, cfg)

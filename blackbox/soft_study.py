@@ -128,33 +128,20 @@ def _behaviour(cfg: StudyConfig, loaded: Any) -> tuple[Any, dict[str, list[int]]
 
 def _lm_eval(cfg: StudyConfig, loaded: Any) -> tuple[Any, dict[str, list[int]]]:
     from blackbox.evals.lm_eval_task import prepare_split
-    from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+    from blackbox.evals.lm_eval_tasks import quiet_lm_eval
     from blackbox.evals.soft_lm_eval import SoftLMEvalTask
-    from blackbox.study import _docs_count, _labels, _split_names, _subsample, build_lm
+    from blackbox.study import build_lm, load_task, task_splits
 
     if cfg.space.placement not in ("before_input", "after_input"):
         raise ConfigError(
             "config: space.placement: an lm-eval task takes before_input or after_input"
         )
+    task = load_task(cfg)
     with quiet_lm_eval():
-        tasks = load_tasks([cfg.task.name])
-        if not tasks:
-            raise ConfigError(f"config: task.name: {cfg.task.name!r} holds no task")
-        task = next(iter(tasks.values()))
         lm = build_lm(loaded)
-        search_split, heldout_split = _split_names(task, cfg)
-        labels = _labels(task, search_split) if cfg.task.stratify else None
-        n_search = _docs_count(task, search_split)
-        if n_search == 0:
-            raise ConfigError(f"config: task.search_split: split {search_split!r} is empty")
-        search = _subsample(n_search, cfg.task.search_size, cfg.seed, labels=labels)
-        exclude = set(search) if heldout_split == search_split else None
-        held = _subsample(_docs_count(task, heldout_split), cfg.task.heldout_size, 1234, exclude)
-        if not held:
-            raise ConfigError(f"config: task.heldout_split: no documents left in {heldout_split!r}")
         prepared = {
-            "search": prepare_split(task, lm, search_split, search),
-            "heldout": prepare_split(task, lm, heldout_split, held),
+            name: prepare_split(task, lm, spec.split, spec.samples)
+            for name, spec in task_splits(task, cfg).items()
         }
     try:
         obj = SoftLMEvalTask(

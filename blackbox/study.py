@@ -125,6 +125,50 @@ def build_lm(loaded: Any) -> Any:
     )
 
 
+def load_task(cfg: StudyConfig) -> Any:
+    """The lm-eval ``Task`` named by ``cfg.task.name`` (one-line :class:`ConfigError` if its
+    name is unknown or its data cannot be loaded)."""
+    from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+
+    try:
+        with quiet_lm_eval():
+            tasks = load_tasks([cfg.task.name])
+    except (ValueError, ConfigError):
+        raise
+    except Exception as exc:  # e.g. datasets failing on an empty or malformed data file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"config: task.name: {cfg.task.name!r}: its data cannot be loaded "
+            f"({type(exc).__name__}{': ' + first if first else ''}); is a data file empty or malformed?"
+        ) from None
+    if not tasks:
+        raise ConfigError(f"config: task.name: {cfg.task.name!r} holds no task")
+    return next(iter(tasks.values()))
+
+
+def task_splits(task: Any, cfg: StudyConfig) -> dict[str, TaskSplitSpec]:
+    """The seeded ``search`` subsample (stratified by gold answer if ``task.stratify``) and the
+    ``heldout`` documents (never search documents when both come from one split)."""
+    search_split, heldout_split = _split_names(task, cfg)
+    n_search_docs = _docs_count(task, search_split)
+    if n_search_docs == 0:
+        raise ConfigError(
+            f"config: task.search_split: split {search_split!r} of {cfg.task.name!r} is empty"
+        )
+    labels = _labels(task, search_split) if cfg.task.stratify else None
+    search_docs = _subsample(n_search_docs, cfg.task.search_size, cfg.seed, labels=labels)
+    exclude = set(search_docs) if heldout_split == search_split else None
+    heldout_docs = _subsample(
+        _docs_count(task, heldout_split), cfg.task.heldout_size, cfg.seed + 1, exclude
+    )
+    if not heldout_docs:
+        raise ConfigError(f"config: task.heldout_split: no documents left in {heldout_split!r}")
+    return {
+        "search": TaskSplitSpec(search_split, search_docs),
+        "heldout": TaskSplitSpec(heldout_split, heldout_docs),
+    }
+
+
 def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
     """Validate and build model, task, vectors, space, objective and strategy (writes nothing).
 
@@ -147,7 +191,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
             f"config: strategy.name: {cfg.strategy.name!r} works on token spaces only; "
             "steering studies take pso, nevergrad, optuna or random"
         )
-    from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+    from blackbox.evals.lm_eval_tasks import quiet_lm_eval
     from blackbox.models import load_model
 
     seconds: dict[str, float] = {}
@@ -163,20 +207,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
         if v.file is not None and not Path(v.file).is_file():
             raise ConfigError(f"config: space.vectors.{v.name}.file: {v.file!r} does not exist")
     t0 = time.perf_counter()
-    try:
-        with quiet_lm_eval():
-            tasks = load_tasks([cfg.task.name])
-    except (ValueError, ConfigError):
-        raise
-    except Exception as exc:  # e.g. datasets failing on an empty or malformed data file
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(
-            f"config: task.name: {cfg.task.name!r}: its data cannot be loaded "
-            f"({type(exc).__name__}{': ' + first if first else ''}); is a data file empty or malformed?"
-        ) from None
-    if not tasks:
-        raise ConfigError(f"config: task.name: {cfg.task.name!r} holds no task")
-    task = next(iter(tasks.values()))
+    task = load_task(cfg)
     seconds["task"] = time.perf_counter() - t0
     loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     seconds["model"] = loaded.load_seconds
@@ -226,28 +257,12 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
 
     with quiet_lm_eval():
         lm = build_lm(loaded)
-    search_split, heldout_split = _split_names(task, cfg)
-    n_search_docs = _docs_count(task, search_split)
-    if n_search_docs == 0:
-        raise ConfigError(
-            f"config: task.search_split: split {search_split!r} of {cfg.task.name!r} is empty"
-        )
-    labels = _labels(task, search_split) if cfg.task.stratify else None
-    search_docs = _subsample(n_search_docs, cfg.task.search_size, cfg.seed, labels=labels)
-    exclude = set(search_docs) if heldout_split == search_split else None
-    heldout_docs = _subsample(
-        _docs_count(task, heldout_split), cfg.task.heldout_size, cfg.seed + 1, exclude
-    )
-    if not heldout_docs:
-        raise ConfigError(f"config: task.heldout_split: no documents left in {heldout_split!r}")
+    splits = task_splits(task, cfg)
     try:
         objective = LMEvalObjective(
             task=task,
             lm=lm,
-            splits={
-                "search": TaskSplitSpec(search_split, search_docs),
-                "heldout": TaskSplitSpec(heldout_split, heldout_docs),
-            },
+            splits=splits,
             apply=space.apply,
             lowest_layer=space.lowest_layer,
             metric=cfg.task.metric,

@@ -131,9 +131,10 @@ class Heartbeat:
 def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[..., None]) -> int:
     """Fail RUNNING trials whose heartbeat is older than ``grace`` seconds; retry them.
 
-    Uses Optuna's own check on heartbeat-enabled storages; elsewhere reads ``HEARTBEAT_ATTR``
-    (or the start time, whichever is later).  A trial failed by two workers at once is failed (and retried) once:
-    the storage refuses the second update.  Returns how many trials this call failed.
+    Uses Optuna's own check on heartbeat-enabled storages; elsewhere the later of
+    ``HEARTBEAT_ATTR`` and the start time.  A trial failed by two workers at once is failed
+    (and retried) once: the storage refuses the second update.  Returns how many trials this
+    call failed.
     """
     storage = study._storage
     if is_heartbeat_enabled(storage):
@@ -147,11 +148,10 @@ def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[...,
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # a retry inherits its original's system attrs, heartbeat included: never count a
         # beat from before this trial started running
-        stamps = [t.system_attrs.get(HEARTBEAT_ATTR)]
-        if t.datetime_start is not None:
-            stamps.append(t.datetime_start.timestamp())
-        stamps = [float(v) for v in stamps if v is not None]
-        if not stamps or now - max(stamps) <= grace:
+        beat = t.system_attrs.get(HEARTBEAT_ATTR)
+        start = t.datetime_start.timestamp() if t.datetime_start is not None else None
+        last = max((float(v) for v in (beat, start) if v is not None), default=None)
+        if last is None or now - last <= grace:
             continue
         try:
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
