@@ -94,10 +94,17 @@ def main() -> None:
         cfg = validate(apply_overrides(base, [*over, f"model.dtype={dtype}"]))
         prepared[dtype] = prepare(cfg, progress=False)
     p32 = prepared["float32"]
+    if p32.objective.prepared("search").rows.parents is not None:  # some contexts were packed
+        cfg = validate(apply_overrides(base, [*over, "model.dtype=float32", "scoring.pack=false"]))
+        prepared["float32, plain rows"] = prepare(cfg, progress=False)
     rng = np.random.default_rng(0)
     cands = [p32.space.baseline()] + p32.space.sample(args.candidates - 1, rng)
-    n_req = sum(len(r) for r in p32.objective.prepared("search").requests_of_doc)
-    n_rows = len(p32.objective.prepared("search").rows.tokens)
+    search = p32.objective.prepared("search")
+    n_req = sum(len(r) for r in search.requests_of_doc)
+    n_rows = len(search.rows.tokens)
+    n_tokens = sum(len(t) for t in search.rows.tokens)
+    plain = search.repacked(False).rows
+    n_plain_tokens = sum(len(t) for t in plain.tokens)
     spec = p32.objective.splits["search"]
 
     # (a) the seed loop: simple_evaluate once per candidate, hooks installed, with lm-eval's
@@ -145,11 +152,15 @@ def main() -> None:
         values[dtype] = ev.values
         resumed = "trunk resume" if p.objective.scorer.resume_ok else "full forwards"
         rows[f"fast path {dtype} ({resumed})"] = (len(cands) / seconds, mem.peak)
+        if dtype != "float32, plain rows":
+            assert p.objective.prepared("search").pack == (p.objective.scorer.packing is not False)
 
     seed_rate = min(rate for name, (rate, _) in rows.items() if name.startswith("seed loop"))
     best_seed = max(rate for name, (rate, _) in rows.items() if name.startswith("seed loop"))
     print(
-        f"\ntask {args.task}: {args.docs} docs, {n_req} loglikelihood requests -> {n_rows} merged rows; "
+        f"\ntask {args.task}: {args.docs} docs, {n_req} loglikelihood requests -> "
+        f"{search.rows.sequences} sequences packed into {n_rows} rows of {n_tokens} tokens "
+        f"(without packing: {len(plain)} rows, {n_plain_tokens} tokens + padding); "
         f"{len(cands)} candidates (seed loop: first {k})"
     )
     print(
@@ -160,6 +171,11 @@ def main() -> None:
             f"{name:44s} {rate:12.3f} {rate / seed_rate:15.1f} {rate / best_seed:12.1f} {peak:13.0f}"
         )
     fast32 = values["float32"]
+    if "float32, plain rows" in values:
+        same_plain = np.array_equal(values["float32, plain rows"], fast32)
+        print(
+            f"\nfp32 packed vs plain rows: accuracies identical on {len(cands)} candidates: {same_plain}"
+        )
     same = np.array_equal(fast32[:k], np.array(ref_acc))
     print(f"\nfp32 fast path vs simple_evaluate accuracies identical on {k} candidates: {same}")
     diff = np.abs(values["bfloat16"] - fast32)
@@ -177,13 +193,22 @@ def main() -> None:
             "f='SmolLM2-135M-Instruct.Q4_1.gguf';AutoTokenizer.from_pretrained(d,gguf_file=f);"
             "AutoModelForCausalLM.from_pretrained(d,gguf_file=f);print(time.perf_counter()-t)"
         )
-        cached = _fresh_process_seconds(
-            "import time;t=time.perf_counter();from blackbox.models import load_model;"
-            "load_model();print(time.perf_counter()-t)"
+        code = (
+            "import time;t=time.perf_counter();import torch;t1=time.perf_counter();"
+            "from blackbox.models import load_model;m=load_model();t2=time.perf_counter();"
+            "print(t1-t,m.load_seconds,t2-t)"
         )
+        runs = []
+        for _ in range(3):  # median of three fresh processes
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            )
+            runs.append([float(x) for x in out.stdout.strip().splitlines()[-1].split()])
+        torch_s, load_s, total_s = np.median(np.array(runs), axis=0)
         print(
-            f"\nmodel load in a fresh process (imports included): cold GGUF {gguf:.1f} s, "
-            f"cached safetensors {cached:.1f} s ({gguf / cached:.1f}x)"
+            f"\nmodel load in a fresh process: cold GGUF {gguf:.1f} s (imports included); "
+            f"cached (median of 3): load_model() {load_s:.1f} s ({gguf / load_s:.0f}x), whole "
+            f"process {total_s:.1f} s of which import torch {torch_s:.1f} s"
         )
 
 

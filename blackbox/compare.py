@@ -345,7 +345,7 @@ def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[st
         budget,
         url,
         cfg.name,
-        cfg.study.fingerprint(ignore=("budget", "storage", "strategy")),
+        cfg.study.fingerprint(ignore=("budget", "storage", "scoring", "strategy")),
         progress=progress,
         attrs={"threshold": cfg.threshold},
     )

@@ -241,11 +241,19 @@ class BudgetConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    max_batch_tokens: int = Field(4096, ge=64)
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="tokens per forward pass (halved on out-of-memory); default: 2048 on CPU, "
+        "where cache-sized batches run fastest, 16384 on GPU",
+    )
     trunk_cache_mb: int = Field(
         1024, ge=0, description="memory for trunks reused across generations"
     )
     branch: bool = Field(True, description="share the unsteered trunk across candidates")
+    pack: bool = Field(
+        True, description="run each shared context once: the choices of a question in one row"
+    )
 
 
 class StudyConfig(_Strict):
@@ -307,8 +315,13 @@ class StudyConfig(_Strict):
         """The full config with defaults filled in (JSON-friendly)."""
         return json.loads(self.model_dump_json())
 
-    def fingerprint(self, ignore: tuple[str, ...] = ("budget", "storage")) -> str:
-        """Hash of everything that changes results (budget and storage excluded)."""
+    def fingerprint(self, ignore: tuple[str, ...] = ("budget", "storage", "scoring")) -> str:
+        """Hash of everything that changes results.
+
+        Budget and storage are excluded, and so is ``scoring``: its settings (batching,
+        branching, packing, trunk cache) change speed, not scores, so a run may resume with
+        other ones.
+        """
         data = {k: v for k, v in self.resolved().items() if k not in ignore and v is not None}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

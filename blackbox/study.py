@@ -270,6 +270,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Any:
             key=lambda c: tuple((e.vector, e.layer, round(e.coeff, 6)) for e in c),
             branch=cfg.scoring.branch,
             trunk_cache_mb=cfg.scoring.trunk_cache_mb,
+            pack=cfg.scoring.pack,
         )
     except ValueError as exc:
         raise ConfigError(f"config: task.metric: {exc}".replace("objective.metric: ", "")) from None

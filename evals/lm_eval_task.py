@@ -2,14 +2,16 @@
 
 Requests are built once per split with lm-eval's own task machinery
 (``task.build_all_requests``), tokenised once with lm-eval's own encoding (``HFLM``'s
-``_encode_pair`` and truncation), merged into unique rows, and scored for many candidates per
-forward pass by :class:`~blackbox.evals.loglik.LoglikScorer`.  The per-request
+``_encode_pair`` and truncation), merged into rows (each context once, its continuations
+packed after it as a prefix tree, rows packed side by side without padding), and scored for
+many candidates per forward pass by :class:`~blackbox.evals.loglik.LoglikScorer`.  The per-request
 ``(loglikelihood, is_greedy)`` pairs go back through ``task.process_results`` and the task's
 aggregation functions, so the numbers are lm-eval's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from blackbox.evals.base import Evaluation, Objective
-from blackbox.evals.loglik import LoglikScorer, Rows
+from blackbox.evals.loglik import LoglikScorer, Rows, bin_pack
 
 
 @dataclass
@@ -41,6 +43,7 @@ class PreparedSplit:
     rows: Rows
     pairs: list[tuple[list[int], list[int]]]
     max_length: int
+    pack: bool = True
 
     @property
     def n_docs(self) -> int:
@@ -53,7 +56,7 @@ class PreparedSplit:
         reqs = self.requests_of_doc[:limit]
         flat = [r for rs in reqs for r in rs]
         pairs = [self.pairs[r] for r in flat]
-        rows, per_request = merge_rows(pairs, self.max_length)
+        rows, per_request = merge_rows(pairs, self.max_length, self.pack)
         renum, i = [], 0
         for rs in reqs:
             renum.append(list(range(i, i + len(rs))))
@@ -67,7 +70,15 @@ class PreparedSplit:
             rows,
             pairs,
             self.max_length,
+            self.pack,
         )
+
+    def repacked(self, pack: bool) -> PreparedSplit:
+        """The same requests merged with (``pack=True``) or without packed tree rows."""
+        if pack == self.pack:
+            return self
+        rows, per_request = merge_rows(self.pairs, self.max_length, pack)
+        return dataclasses.replace(self, rows=rows, query_of_request=per_request, pack=pack)
 
 
 def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -86,39 +97,79 @@ def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list
 
 
 def merge_rows(
-    pairs: Sequence[tuple[list[int], list[int]]], max_length: int
+    pairs: Sequence[tuple[list[int], list[int]]], max_length: int, pack: bool = True
 ) -> tuple[Rows, list[np.ndarray]]:
     """Merge ``(context_enc, continuation_enc)`` pairs into unique input rows.
 
     The input of a request is ``(ctx + cont)[-(max_length + 1):][:-1]`` (lm-eval's causal
-    truncation); requests with the same input share one row.  The continuation's ``k`` tokens
-    are predicted at the row's last ``k`` positions.
+    truncation) and its continuation's ``k`` tokens are predicted at the input's last ``k``
+    positions.  Requests with the same input share one row.  With ``pack``, requests that share
+    a context and need no truncation share one *packed tree* row instead: the context once, then
+    the continuations' tokens as a prefix tree, each attending only to the context and its own
+    earlier tokens (see :class:`~blackbox.evals.loglik.Rows`), so a multiple-choice question
+    runs its context once whatever the length of its choices; the rows are then packed side by
+    side into rows of the longest row's length (:func:`~blackbox.evals.loglik.bin_pack`), so no
+    forward pass computes padding.
 
     Returns:
         the rows (with one query per continuation token) and, per request, its query indices.
     """
-    row_of: dict[tuple[int, ...], int] = {}
+    row_of: dict[tuple[str, tuple[int, ...]], int] = {}
     tokens: list[list[int]] = []
+    parents: list[list[int] | None] = []
+    trie: dict[tuple[int, int, int], int] = {}  # (row, parent position, token) -> position
     q_row, q_pos, q_tok = [], [], []
     per_request: list[np.ndarray] = []
     for ctx, cont in pairs:
         if not ctx or not cont:
             raise ValueError("lm-eval request with an empty context or continuation")
-        inp = tuple((ctx + cont)[-(max_length + 1) :][:-1])
-        r = row_of.setdefault(inp, len(tokens))
-        if r == len(tokens):
-            tokens.append(list(inp))
-        k = len(cont)
         start = len(q_row)
-        for j, t in enumerate(cont):
-            q_row.append(r), q_pos.append(len(inp) - k + j), q_tok.append(t)
-        per_request.append(np.arange(start, start + k))
-    rows = Rows(tokens, np.array(q_row), np.array(q_pos), np.array(q_tok))
-    return rows, per_request
+        if pack and len(ctx) + len(cont) <= max_length + 1:
+            r = row_of.setdefault(("tree", tuple(ctx)), len(tokens))
+            if r == len(tokens):
+                tokens.append(list(ctx))
+                parents.append(list(range(-1, len(ctx) - 1)))
+            node = len(ctx) - 1  # the last context token predicts the first continuation token
+            for t in cont:
+                q_row.append(r), q_pos.append(node), q_tok.append(t)
+                if len(q_row) - start == len(cont):
+                    break  # the last token is predicted, never fed
+                child = trie.get((r, node, t))
+                if child is None:
+                    child = trie[(r, node, t)] = len(tokens[r])
+                    tokens[r].append(t)
+                    parents[r].append(node)  # type: ignore[union-attr]
+                node = child
+        else:
+            inp = tuple((ctx + cont)[-(max_length + 1) :][:-1])
+            r = row_of.setdefault(("seq", inp), len(tokens))
+            if r == len(tokens):
+                tokens.append(list(inp))
+                parents.append(None)
+            k = len(cont)
+            for j, t in enumerate(cont):
+                q_row.append(r), q_pos.append(len(inp) - k + j), q_tok.append(t)
+        per_request.append(np.arange(start, len(q_row)))
+    trees: list[np.ndarray | None] = [
+        None if p is None or p == list(range(-1, len(p) - 1)) else np.array(p) for p in parents
+    ]
+    rows = Rows(
+        tokens,
+        np.array(q_row),
+        np.array(q_pos),
+        np.array(q_tok),
+        trees if any(p is not None for p in trees) else None,
+    )
+    return (bin_pack(rows) if pack else rows), per_request
 
 
-def prepare_split(task: Any, lm: Any, split: str, samples: Sequence[int] | None) -> PreparedSplit:
-    """Build and tokenise the requests of ``split`` (all docs, or the doc indices ``samples``)."""
+def prepare_split(
+    task: Any, lm: Any, split: str, samples: Sequence[int] | None, pack: bool = True
+) -> PreparedSplit:
+    """Build and tokenise the requests of ``split`` (all docs, or the doc indices ``samples``).
+
+    ``pack``: requests sharing a context share one packed tree row (see :func:`merge_rows`).
+    """
     task.config.test_split = split
     task.build_all_requests(samples=list(samples) if samples else None, rank=0, world_size=1)
     by_doc: dict[int, list[Any]] = defaultdict(list)
@@ -137,7 +188,7 @@ def prepare_split(task: Any, lm: Any, split: str, samples: Sequence[int] | None)
         requests_of_doc.append(list(range(len(flat), len(flat) + len(insts))))
         flat.extend(insts)
     pairs = encode_requests(lm, [inst.args for inst in flat])
-    rows, per_request = merge_rows(pairs, lm.max_length)
+    rows, per_request = merge_rows(pairs, lm.max_length, pack)
     return PreparedSplit(
         name=split,
         docs=[by_doc[d][0].doc for d in doc_ids],
@@ -147,6 +198,7 @@ def prepare_split(task: Any, lm: Any, split: str, samples: Sequence[int] | None)
         rows=rows,
         pairs=pairs,
         max_length=lm.max_length,
+        pack=pack,
     )
 
 
@@ -169,9 +221,13 @@ class LMEvalObjective(Objective):
         apply: the space's ``apply(model, candidates, rows, repeat)``.
         lowest_layer: the space's candidate -> lowest changed layer (enables branching).
         metric: the task metric maximised (e.g. "acc").
-        max_batch_tokens: forward-pass budget (tokens), halved on OOM.
+        max_batch_tokens: forward-pass budget (tokens), halved on OOM (``None``: by device).
         trunk_cache_mb: memory for unsteered trunks reused across calls (0: none).
         key: candidate -> hashable key for the repeat cache (``None``: no cache).
+        branch: run the unsteered trunk once per example and branch at the lowest steered layer.
+        pack: requests sharing a context (the choices of a question) share one packed tree row;
+            checked once per model against plain rows, and turned off with a warning if the
+            model's attention does not honour the tree mask.
     """
 
     task: Any
@@ -180,10 +236,11 @@ class LMEvalObjective(Objective):
     apply: Callable[..., Any]
     lowest_layer: Callable[[Any], int | None] | None = None
     metric: str = "acc"
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int | None = None
     key: Callable[[Any], Any] | None = None
     branch: bool = True
     trunk_cache_mb: int = 1024
+    pack: bool = True
     name: str = "lm_eval"
     _prepared: dict[str, PreparedSplit] = field(default_factory=dict, init=False)
     _heads: dict[tuple[str, int], PreparedSplit] = field(default_factory=dict, init=False)
@@ -215,7 +272,11 @@ class LMEvalObjective(Objective):
             raise ValueError(f"split {split!r} is not one of {sorted(self.splits)}")
         if split not in self._prepared:
             spec = self.splits[split]
-            self._prepared[split] = prepare_split(self.task, self.lm, spec.split, spec.samples)
+            pack = self.pack and self.scorer.packing is not False
+            prep = prepare_split(self.task, self.lm, spec.split, spec.samples, pack)
+            if prep.rows.parents is not None and self.scorer.packing is None:
+                self.scorer.check_packing(prep.pairs, prep.max_length)
+            self._prepared[split] = prep.repacked(self.scorer.packing is not False and pack)
         return self._prepared[split]
 
     def n_examples(self, split: str = "search") -> int:
@@ -253,7 +314,7 @@ class LMEvalObjective(Objective):
             scores = self.scorer.score(
                 rows, [candidates[i] for i in unique], self.apply, self.lowest_layer, progress
             )
-            cost = float(len(unique) * len(rows.tokens))
+            cost = float(len(unique) * rows.sequences)
             for j, i in enumerate(unique):
                 results[i] = self._aggregate(prep, scores.logprob[j], scores.greedy[j])
                 if keys[i] is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from blackbox.layers import decoder_layers, layer_output_hidden
+from blackbox.layers import decoder_layers, layer_output_hidden, repeat_batch
 
 FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
@@ -61,8 +61,11 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @torch.no_grad()
-def capture(model: torch.nn.Module, ids: torch.Tensor) -> Trunk:
-    """Run the base model on ``ids`` ``(E, T)`` and record every layer's inputs."""
+def capture(model: torch.nn.Module, input_ids: torch.Tensor, **model_inputs: Any) -> Trunk:
+    """Run the base model on ``input_ids`` ``(E, T)`` and record every layer's inputs.
+
+    ``model_inputs`` go to the model too (e.g. a 4-D ``attention_mask`` and ``position_ids``).
+    """
     layers = decoder_layers(model)
     inputs: list[tuple[tuple[Any, ...], dict[str, Any]] | None] = [None] * len(layers)
 
@@ -77,7 +80,7 @@ def capture(model: torch.nn.Module, ids: torch.Tensor) -> Trunk:
         for i, layer in enumerate(layers)
     ]
     try:
-        out = model.base_model(input_ids=ids, use_cache=False)
+        out = model.base_model(input_ids=input_ids, use_cache=False, **model_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -85,12 +88,6 @@ def capture(model: torch.nn.Module, ids: torch.Tensor) -> Trunk:
     if any(x is None for x in inputs):
         raise RuntimeError("trunk capture: some decoder layers were not called")
     return Trunk(inputs=inputs, final=final)  # type: ignore[arg-type]
-
-
-def _widen(value: Any, small: int, repeat: int) -> Any:
-    if torch.is_tensor(value) and value.dim() > 0 and small > 1 and value.shape[0] == small:
-        return value.repeat(repeat, *([1] * (value.dim() - 1)))
-    return value
 
 
 @torch.no_grad()
@@ -109,8 +106,8 @@ def resume(model: torch.nn.Module, trunk: Trunk, start: int, repeat: int) -> tor
     hidden = hidden.repeat(repeat, 1, 1)  # (repeat*E, T, d) candidate-major
     for i in range(start, len(layers)):
         args, kwargs = trunk.inputs[i]
-        rest = tuple(_widen(a, e, repeat) for a in args[1:])
-        kw = {k: _widen(v, e, repeat) for k, v in kwargs.items() if k != "hidden_states"}
+        rest = tuple(repeat_batch(a, e, repeat) for a in args[1:])
+        kw = {k: repeat_batch(v, e, repeat) for k, v in kwargs.items() if k != "hidden_states"}
         if args:
             out = layers[i](hidden, *rest, **kw)
         else:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from blackbox.layers import decoder_layers, layer_output_hidden, replace_layer_output
+from blackbox.layers import decoder_layers, layer_output_hidden, repeat_batch, replace_layer_output
 
 
 def _repeat_rows(t: torch.Tensor, repeat: int) -> torch.Tensor:
@@ -66,9 +66,7 @@ def add_per_row(
         small = big // repeat
 
         def widen(value: Any) -> Any:
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == small != big:
-                return _repeat_rows(value, repeat)
-            return value
+            return value if small == big else repeat_batch(value, small, repeat)
 
         args = tuple(a if i == 0 else widen(a) for i, a in enumerate(args))
         kwargs = {k: (v if k == "hidden_states" else widen(v)) for k, v in kwargs.items()}

@@ -75,11 +75,14 @@ def test_override_without_equals_is_one_line() -> None:
         apply_overrides({}, ["budget.evaluations"])
 
 
-def test_fingerprint_ignores_budget_only() -> None:
+def test_fingerprint_ignores_budget_and_speed_settings_only() -> None:
     a = validate(_demo())
     b = validate(apply_overrides(_demo(), ["budget.evaluations=999"]))
+    s = validate(apply_overrides(_demo(), ["scoring.pack=false", "scoring.max_batch_tokens=512"]))
     c = validate(apply_overrides(_demo(), ["seed=7"]))
-    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    d = validate(apply_overrides(_demo(), ["task.metric=acc_norm"]))
+    assert a.fingerprint() == b.fingerprint() == s.fingerprint() != c.fingerprint()
+    assert d.fingerprint() not in (a.fingerprint(), c.fingerprint())
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -69,6 +69,27 @@ def test_fast_path_equals_simple_evaluate_on_real_model(prepared) -> None:
         np.testing.assert_allclose(fast, np.concatenate(ref_lls), atol=1e-4, rtol=0)
 
 
+def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
+    """Multi-token choices: each question's context runs once (a packed tree row), exactly."""
+    from blackbox.study import prepare
+
+    over = [*SMALL, "task.name=bb_social_iqa", "task.search_size=12"]
+    p = prepare(validate(apply_overrides(yaml.safe_load(DEMO.read_text()), over)), progress=False)
+    search = p.objective.prepared("search")
+    assert p.objective.scorer.packing is True and search.rows.parents is not None
+    assert search.rows.sequences == 12 < sum(map(len, search.requests_of_doc))
+    spec = p.objective.splits["search"]
+    cands = _candidates(p.space)[:3]
+    ev = p.objective.evaluate(cands)
+    for c, value in zip(cands, ev.values):
+        ref, ref_lls = reference_scores(
+            p.lm, p.task, spec.split, spec.samples, lambda c=c: p.space.apply(p.loaded.model, [c])
+        )
+        assert value == pytest.approx(ref["acc"], abs=0)
+        fast = np.concatenate(p.objective.request_logliks(c))
+        np.testing.assert_allclose(fast, np.concatenate(ref_lls), atol=1e-4, rtol=0)
+
+
 def test_export_reproduced_by_lm_eval_steered_model(prepared, tmp_path) -> None:
     from lm_eval.models.hf_steered import SteeredModel
 

@@ -8,22 +8,42 @@ import torch
 
 from blackbox.evals.lm_eval_task import LMEvalObjective, TaskSplitSpec, merge_rows
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+from blackbox.evals.loglik import ancestry
 from blackbox.evals.parity import reference_scores
 from blackbox.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
 
 
-def test_merge_rows_shares_contexts_and_places_queries() -> None:
+def test_merge_rows_plain_shares_identical_inputs_and_places_queries() -> None:
     pairs = [([1, 2, 3], [7]), ([1, 2, 3], [8]), ([1, 2], [3, 9]), ([5], [6, 7, 8])]
-    rows, per_req = merge_rows(pairs, max_length=100)
+    rows, per_req = merge_rows(pairs, max_length=100, pack=False)
     # the two one-token choices share the row [1, 2, 3]; [1,2]+[3,9] -> input [1,2,3] too
-    assert rows.tokens == [[1, 2, 3], [5, 6, 7]]
+    assert rows.tokens == [[1, 2, 3], [5, 6, 7]] and rows.parents is None
     assert [list(rows.q_pos[q]) for q in per_req] == [[2], [2], [1, 2], [0, 1, 2]]
     assert [list(rows.q_tok[q]) for q in per_req] == [[7], [8], [3, 9], [6, 7, 8]]
     # lm-eval's left truncation keeps the last max_length + 1 tokens, minus the last
-    rows, per_req = merge_rows([([1, 2, 3, 4, 5], [6])], max_length=3)
+    rows, per_req = merge_rows([([1, 2, 3, 4, 5], [6])], max_length=3, pack=False)
     assert rows.tokens == [[3, 4, 5]] and list(rows.q_pos[per_req[0]]) == [2]
+
+
+def test_merge_rows_packs_choices_of_a_context_into_one_tree() -> None:
+    pairs = [([1, 2, 3], [7, 4, 5]), ([1, 2, 3], [7, 4, 6]), ([1, 2, 3], [8, 1]), ([1, 2, 3], [9])]
+    pairs += [([5], [6, 7, 8])]
+    rows, per_req = merge_rows(pairs, max_length=100)
+    # context once, then the prefix tree of the continuations (minus their last tokens); the
+    # second question's row [5, 6, 7] is packed beside it as an independent segment
+    assert rows.tokens == [[1, 2, 3, 7, 4, 8, 5, 6, 7]] and rows.sequences == 2
+    assert list(rows.parents[0]) == [-1, 0, 1, 2, 3, 2, -1, 6, 7]
+    assert [list(rows.q_pos[q]) for q in per_req] == [[2, 3, 4], [2, 3, 4], [2, 5], [2], [6, 7, 8]]
+    assert [list(rows.q_tok[q]) for q in per_req] == [[7, 4, 5], [7, 4, 6], [8, 1], [9], [6, 7, 8]]
+    allowed, depth = ancestry(rows.parents[0])
+    assert list(depth) == [0, 1, 2, 3, 4, 3, 0, 1, 2]  # the 8 sits where it would in its own row
+    assert allowed[5].tolist() == [True, True, True, False, False, True, False, False, False]
+    assert allowed[8].tolist() == [False] * 6 + [True] * 3  # segments never see each other
+    # a request that needs truncation keeps a plain row of its own
+    rows, per_req = merge_rows([([1, 2, 3, 4, 5], [6]), ([1, 2, 3, 4, 5], [7])], max_length=3)
+    assert rows.tokens == [[3, 4, 5]] and rows.parents is None
 
 
 def _objective(
@@ -69,7 +89,10 @@ def test_fast_path_equals_simple_evaluate_tiny(tiny_llama, tokenizer, task_name)
     cands = [space.baseline()] + [c for c in CANDIDATES[1:]]
     ev = obj.evaluate(cands)
     assert obj.scorer.resume_ok is True  # the trunk-resume path was taken and self-checked
-    assert ev.cost == len(cands) * len(obj.prepared("search").rows.tokens)
+    if task_name == "bb_social_iqa":  # multi-token choices: one packed row per question
+        assert obj.scorer.packing is True
+        assert obj.prepared("search").rows.sequences == len(samples)
+    assert ev.cost == len(cands) * obj.prepared("search").rows.sequences
     for c, value, metrics in zip(cands, ev.values, ev.metrics):
         ref_metrics, ref_lls = reference_scores(
             lm, task, "train", samples, lambda c=c: space.apply(tiny_llama, [c])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from blackbox.evals.loglik import LoglikScorer, Rows
+from blackbox.evals.loglik import LoglikScorer, Rows, ancestry, bin_pack
 
 
 def _rows() -> Rows:
@@ -56,3 +56,72 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_llama, monkeypatch) -> 
     got = scorer.score(rows, [None], _no_apply).logprob
     assert scorer.max_batch_tokens <= 16 and calls["n"] > 4
     np.testing.assert_allclose(got, reference, atol=1e-5)
+
+
+def _pairs(seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Questions with 2-4 choices of 1-4 tokens, some choices sharing their first tokens."""
+    g = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(5):
+        ctx = g.integers(5, 500, int(g.integers(3, 12))).tolist()
+        stem = g.integers(5, 500, 2).tolist()
+        for _ in range(int(g.integers(2, 5))):
+            tail = g.integers(5, 500, int(g.integers(0, 3))).tolist()
+            cont = (stem[: int(g.integers(0, 3))] + tail) or [int(g.integers(5, 500))]
+            pairs.append((ctx, cont))
+    return pairs
+
+
+def _steer(model, cands, row_cand, repeat):
+    """Candidates ``(layer, coeff)``: add ``coeff * v`` at ``layer`` (``None``: nothing)."""
+    from blackbox.search_spaces.steering_hooks import add_per_row
+
+    d = model.config.hidden_size
+    v = torch.linspace(-1, 1, d)
+    adds: dict[int, torch.Tensor] = {}
+    for i, (layer, coeff) in enumerate(cands):
+        if layer is not None:
+            adds.setdefault(layer, torch.zeros(len(row_cand), d))[row_cand == i] = coeff * v
+    return add_per_row(model, adds, repeat)
+
+
+@torch.no_grad()
+def test_packed_tree_rows_score_like_plain_rows(tiny_model) -> None:
+    from blackbox.evals.lm_eval_task import merge_rows
+    from blackbox.layers import num_layers
+
+    pairs = _pairs()
+    packed, per_packed = merge_rows(pairs, max_length=64)
+    plain, per_plain = merge_rows(pairs, max_length=64, pack=False)
+    assert packed.parents is not None and len(packed) < len(plain)
+    assert sum(map(len, packed.tokens)) < sum(map(len, plain.tokens))
+    top = num_layers(tiny_model) - 1
+    cands = [(None, 0.0), (0, 2.0), (1, -3.0), (top, 1.5)]
+    for branch in (True, False):
+        scorer = LoglikScorer(tiny_model, max_batch_tokens=64, branch=branch)
+        assert scorer.check_packing(pairs, max_length=64) is True
+        lowest = (lambda c: c[0]) if branch else None
+        a = scorer.score(packed, cands, _steer, lowest)
+        b = scorer.score(plain, cands, _steer, lowest)
+        for qa, qb in zip(per_packed, per_plain):
+            np.testing.assert_allclose(a.logprob[:, qa], b.logprob[:, qb], atol=1e-4)
+            np.testing.assert_array_equal(a.greedy[:, qa], b.greedy[:, qb])
+        assert scorer.resume_ok is branch  # branch: the trunk-resume path ran and self-checked
+    # the candidates really differ (the steering reached the scores)
+    assert not np.allclose(a.logprob[0], a.logprob[3], atol=1e-3)
+
+
+def test_bin_pack_fills_rows_without_padding_and_keeps_queries() -> None:
+    rows = _rows()  # lengths 7, 3, 11, 5
+    assert [len(t) for t in bin_pack(rows).tokens] == [21, 5]  # width 22: 11+7+3 | 5
+    packed = bin_pack(rows, width=11)
+    assert [len(t) for t in packed.tokens] == [11, 10, 5]  # 11 | 7+3 | 5 (best fit, longest first)
+    assert packed.sequences == 4 and len(packed) == 3
+    for q in range(len(rows.q_row)):  # every query reads the same token context
+        r, p = rows.q_row[q], rows.q_pos[q]
+        b, pb = packed.q_row[q], packed.q_pos[q]
+        allowed, depth = ancestry(packed.parents[b]) if packed.is_tree(b) else (None, None)
+        seen = [packed.tokens[b][j] for j in range(pb + 1) if allowed is None or allowed[pb, j]]
+        assert seen == rows.tokens[r][: p + 1]
+        assert depth is None or depth[pb] == p  # positions restart in each segment
+    assert packed.q_tok.tolist() == rows.q_tok.tolist()

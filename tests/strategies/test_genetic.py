@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-from test_epo import LinearObjective, LinearSpace, random_search, run
+from token_toys import LinearObjective, LinearSpace, random_search, run
 
 from blackbox.strategies.genetic import TokenGA, tournament, uniform_crossover
 
