@@ -52,21 +52,26 @@ def _candidates(space):
     ]
 
 
-def test_fast_path_equals_simple_evaluate_on_real_model(prepared) -> None:
-    p = prepared
+def _assert_equals_simple_evaluate(p, cands, values) -> None:
+    """Same accuracy as lm-eval's simple_evaluate with the hooks, log-likelihoods to 1e-4."""
     spec = p.objective.splits["search"]
-    cands = _candidates(p.space)
-    ev = p.objective.evaluate(cands)
-    base_lls = np.concatenate(p.objective.request_logliks(cands[0]))
-    for c in cands[1:]:  # every steered candidate changes the model's log-likelihoods
-        assert np.abs(np.concatenate(p.objective.request_logliks(c)) - base_lls).max() > 1e-2
-    for c, value in zip(cands, ev.values):
+    for c, value in zip(cands, values):
         ref, ref_lls = reference_scores(
             p.lm, p.task, spec.split, spec.samples, lambda c=c: p.space.apply(p.loaded.model, [c])
         )
         assert value == pytest.approx(ref["acc"], abs=0)
         fast = np.concatenate(p.objective.request_logliks(c))
         np.testing.assert_allclose(fast, np.concatenate(ref_lls), atol=1e-4, rtol=0)
+
+
+def test_fast_path_equals_simple_evaluate_on_real_model(prepared) -> None:
+    p = prepared
+    cands = _candidates(p.space)
+    ev = p.objective.evaluate(cands)
+    base_lls = np.concatenate(p.objective.request_logliks(cands[0]))
+    for c in cands[1:]:  # every steered candidate changes the model's log-likelihoods
+        assert np.abs(np.concatenate(p.objective.request_logliks(c)) - base_lls).max() > 1e-2
+    _assert_equals_simple_evaluate(p, cands, ev.values)
 
 
 def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
@@ -78,16 +83,9 @@ def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
     search = p.objective.prepared("search")
     assert p.objective.scorer.packing is True and search.rows.parents is not None
     assert search.rows.sequences == 12 < sum(map(len, search.requests_of_doc))
-    spec = p.objective.splits["search"]
     cands = _candidates(p.space)[:3]
     ev = p.objective.evaluate(cands)
-    for c, value in zip(cands, ev.values):
-        ref, ref_lls = reference_scores(
-            p.lm, p.task, spec.split, spec.samples, lambda c=c: p.space.apply(p.loaded.model, [c])
-        )
-        assert value == pytest.approx(ref["acc"], abs=0)
-        fast = np.concatenate(p.objective.request_logliks(c))
-        np.testing.assert_allclose(fast, np.concatenate(ref_lls), atol=1e-4, rtol=0)
+    _assert_equals_simple_evaluate(p, cands, ev.values)
 
 
 def test_export_reproduced_by_lm_eval_steered_model(prepared, tmp_path) -> None:
