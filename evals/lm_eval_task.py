@@ -227,7 +227,8 @@ class LMEvalObjective(Objective):
         branch: run the unsteered trunk once per example and branch at the lowest steered layer.
         pack: requests sharing a context (the choices of a question) share one packed tree row;
             checked once per model against plain rows, and turned off with a warning if the
-            model's attention does not honour the tree mask.
+            model's attention does not honour the tree mask; off for a split whose longest
+            sequence exceeds the model's sliding attention window.
     """
 
     task: Any
@@ -274,7 +275,10 @@ class LMEvalObjective(Objective):
             spec = self.splits[split]
             pack = self.pack and self.scorer.packing is not False
             prep = prepare_split(self.task, self.lm, spec.split, spec.samples, pack)
-            if prep.rows.parents is not None and self.scorer.packing is None:
+            window = self.scorer.sliding_window
+            if pack and window and max(len(c) + len(t) - 1 for c, t in prep.pairs) > window:
+                pack = False  # the tree mask would override the model's sliding window
+            elif prep.rows.parents is not None and self.scorer.packing is None:
                 self.scorer.check_packing(prep.pairs, prep.max_length)
             self._prepared[split] = prep.repacked(self.scorer.packing is not False and pack)
         return self._prepared[split]

@@ -241,6 +241,8 @@ class LoglikScorer:
         attn = getattr(model.config, "_attn_implementation", None)
         # Packed tree rows need an attention that takes a custom 4-D additive mask.
         self.packing: bool | None = None if attn in ("sdpa", "eager") else False
+        # A custom mask replaces sliding-window masks: sequences must fit in the window.
+        self.sliding_window: int | None = getattr(model.config, "sliding_window", None)
 
     def check_packing(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,13 @@ def test_unknown_metric_is_one_line(tiny_llama, tokenizer) -> None:
         match=r"'f1' is not a metric of task 'bb_rotten_tomatoes'; allowed: \['acc', 'acc_norm'\]",
     ):
         LMEvalObjective(task=task, lm=lm, splits={}, apply=None, metric="f1")
+
+
+def test_no_packing_beyond_a_sliding_attention_window(tiny_gemma, tokenizer) -> None:
+    assert tiny_gemma.config.sliding_window == 16  # social_iqa contexts are longer
+    obj, *_ = _objective(tiny_gemma, tokenizer, "bb_social_iqa", range(4))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*packed")  # decided from lengths, unchecked
+        prep = obj.prepared("search")
+    assert prep.pack is False and prep.rows.parents is None and obj.scorer.packing is None
+    assert prep.rows.sequences == sum(map(len, prep.requests_of_doc))  # one row per choice
