@@ -36,6 +36,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -c "import nanogcg" 2>/dev/null || $(BIN)/python -m pip install -q --no-deps nanogcg==0.3.0
 	$(BIN)/python benchmarks/bench_fitness.py
+	$(BIN)/python benchmarks/bench_fitness.py --task bb_social_iqa --skip-load-times
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_soft_prompt.py

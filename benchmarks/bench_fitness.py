@@ -69,7 +69,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--task", default="bb_rotten_tomatoes")
-    ap.add_argument("--docs", type=int, default=100)
+    ap.add_argument("--docs", type=int, default=50)
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument(
         "--seed-loop-candidates", type=int, default=4, help="the slow loop scores this many"
