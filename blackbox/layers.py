@@ -175,8 +175,9 @@ def repeat_batch(value: Any, small: int, repeat: int) -> Any:
     """Repeat batch-shaped tensors in a layer input ``repeat`` times (candidate-major).
 
     Tensors of two or more dimensions whose first is ``small`` (the un-branched batch) become
-    ``(repeat * small, ...)`` (1-D tensors such as ``cache_position`` are never batch-shaped); tuples and lists (e.g. rotary ``(cos, sin)`` with per-row
-    positions) are handled element-wise; everything else is returned unchanged.
+    ``(repeat * small, ...)`` (1-D tensors such as ``cache_position`` are never batch-shaped);
+    tuples and lists (e.g. rotary ``(cos, sin)`` with per-row positions) are handled
+    element-wise; everything else is returned unchanged.
     """
     if torch.is_tensor(value):
         if value.dim() > 1 and small > 1 and value.shape[0] == small:

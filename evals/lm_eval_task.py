@@ -11,13 +11,16 @@ aggregation functions, so the numbers are lm-eval's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from blackbox.evals.base import Evaluation, Objective
 from blackbox.evals.loglik import LoglikScorer, Rows, bin_pack
@@ -108,8 +111,7 @@ def merge_rows(
     the continuations' tokens as a prefix tree, each attending only to the context and its own
     earlier tokens (see :class:`~blackbox.evals.loglik.Rows`), so a multiple-choice question
     runs its context once whatever the length of its choices; the rows are then packed side by
-    side into rows of the longest row's length (:func:`~blackbox.evals.loglik.bin_pack`), so no
-    forward pass computes padding.
+    side (:func:`~blackbox.evals.loglik.bin_pack`), so no forward pass computes padding.
 
     Returns:
         the rows (with one query per continuation token) and, per request, its query indices.
@@ -161,6 +163,35 @@ def merge_rows(
         trees if any(p is not None for p in trees) else None,
     )
     return (bin_pack(rows) if pack else rows), per_request
+
+
+def check_packing(
+    scorer: LoglikScorer,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    max_length: int,
+    n_requests: int = 16,
+) -> bool:
+    """Once per model: packed rows must score requests as plain rows do.
+
+    Scores the first ``n_requests`` requests unsteered both ways and compares each request's
+    log-likelihood (fp32: to 1e-3 relative; half precision: 5e-2, as batch composition alone
+    moves it that much).  Sets and returns ``scorer.packing``.
+    """
+    sample = list(pairs[:n_requests])
+    lls = []
+    for pack in (True, False):
+        rows, per_request = merge_rows(sample, max_length, pack)
+        scores = scorer.score(rows, [None], lambda *_: contextlib.nullcontext())
+        lls.append(np.array([scores.logprob[0][q].sum() for q in per_request]))
+    tol = 1e-3 if scorer.lm_head.weight.dtype == torch.float32 else 5e-2
+    scorer.packing = bool(np.all(np.abs(lls[0] - lls[1]) <= tol * (1 + np.abs(lls[1]))))
+    if not scorer.packing:
+        warnings.warn(
+            f"{type(scorer.model).__name__}: packed context rows do not match plain rows; "
+            "scoring every request on its own row",
+            stacklevel=2,
+        )
+    return scorer.packing
 
 
 def prepare_split(
@@ -279,7 +310,7 @@ class LMEvalObjective(Objective):
             if pack and window and max(len(c) + len(t) - 1 for c, t in prep.pairs) > window:
                 pack = False  # the tree mask would override the model's sliding window
             elif prep.rows.parents is not None and self.scorer.packing is None:
-                self.scorer.check_packing(prep.pairs, prep.max_length)
+                check_packing(self.scorer, prep.pairs, prep.max_length)
             self._prepared[split] = prep.repacked(self.scorer.packing is not False and pack)
         return self._prepared[split]
 

@@ -15,9 +15,8 @@ example and the batch branches there (see :func:`search_spaces.steering_hooks.ad
 from __future__ import annotations
 
 import bisect
-import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,9 @@ class Rows:
     q_tok: np.ndarray
     parents: list[np.ndarray | None] | None = None
     n_sequences: int | None = None
+    _layouts: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -59,6 +61,12 @@ class Rows:
 
     def is_tree(self, r: int) -> bool:
         return self.parents is not None and self.parents[r] is not None
+
+    def layout(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`ancestry` of packed row ``r``, computed once."""
+        if r not in self._layouts:
+            self._layouts[r] = ancestry(self.parents[r])  # type: ignore[index,arg-type]
+        return self._layouts[r]
 
 
 def ancestry(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,10 +201,6 @@ ApplyFn = Callable[[torch.nn.Module, Sequence[Any], torch.Tensor, int], Any]
 """``apply(model, candidates, rows, repeat)``: a context manager installing the interventions."""
 
 
-def _no_intervention(*_args: Any) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -239,42 +243,11 @@ class LoglikScorer:
         self._cached_bytes = 0
         self.resume_ok: bool | None = None if (branch and final_norm(model) is not None) else False
         attn = getattr(model.config, "_attn_implementation", None)
-        # Packed tree rows need an attention that takes a custom 4-D additive mask.
+        # Packed tree rows need an attention that takes a custom 4-D additive mask; ``None``
+        # until checked (:func:`blackbox.evals.lm_eval_task.check_packing`).
         self.packing: bool | None = None if attn in ("sdpa", "eager") else False
         # A custom mask replaces sliding-window masks: sequences must fit in the window.
         self.sliding_window: int | None = getattr(model.config, "sliding_window", None)
-
-    def check_packing(
-        self,
-        pairs: Sequence[tuple[list[int], list[int]]],
-        max_length: int,
-        n_requests: int = 16,
-    ) -> bool:
-        """Once per model: packed tree rows must score requests as plain rows do.
-
-        Scores the first ``n_requests`` requests unsteered both ways and compares each
-        request's log-likelihood (fp32: to 1e-3 relative; half precision: 5e-2, as batch
-        composition alone moves it that much).  Sets and returns :attr:`packing`.
-        """
-        from blackbox.evals.lm_eval_task import merge_rows
-
-        sample = list(pairs[:n_requests])
-        lls = []
-        for pack in (True, False):
-            rows, per_request = merge_rows(sample, max_length, pack)
-            scores = self.score(rows, [None], _no_intervention)
-            lls.append(np.array([scores.logprob[0][q].sum() for q in per_request]))
-        tol = 1e-3 if self.lm_head.weight.dtype == torch.float32 else 5e-2
-        self.packing = bool(np.all(np.abs(lls[0] - lls[1]) <= tol * (1 + np.abs(lls[1]))))
-        if not self.packing:
-            import warnings
-
-            warnings.warn(
-                f"{type(self.model).__name__}: packed context rows do not match plain rows; "
-                "scoring every request on its own row",
-                stacklevel=2,
-            )
-        return self.packing
 
     @torch.no_grad()
     def score(
@@ -373,7 +346,7 @@ class LoglikScorer:
         for i, r in enumerate(block_rows):
             n = len(rows.tokens[r])
             if rows.is_tree(r):
-                allowed[i, :n, :n], pos[i, :n] = ancestry(rows.parents[r])  # type: ignore[index]
+                allowed[i, :n, :n], pos[i, :n] = rows.layout(r)
             else:
                 allowed[i, :n, :n] = np.tri(n, dtype=bool)
                 pos[i, :n] = np.arange(n)

@@ -87,7 +87,7 @@ def _steer(model, cands, row_cand, repeat):
 
 @torch.no_grad()
 def test_packed_tree_rows_score_like_plain_rows(tiny_model) -> None:
-    from blackbox.evals.lm_eval_task import merge_rows
+    from blackbox.evals.lm_eval_task import check_packing, merge_rows
     from blackbox.layers import num_layers
 
     pairs = _pairs()
@@ -99,7 +99,7 @@ def test_packed_tree_rows_score_like_plain_rows(tiny_model) -> None:
     cands = [(None, 0.0), (0, 2.0), (1, -3.0), (top, 1.5)]
     for branch in (True, False):
         scorer = LoglikScorer(tiny_model, max_batch_tokens=64, branch=branch)
-        assert scorer.check_packing(pairs, max_length=64) is True
+        assert check_packing(scorer, pairs, max_length=64) is True
         lowest = (lambda c: c[0]) if branch else None
         a = scorer.score(packed, cands, _steer, lowest)
         b = scorer.score(plain, cands, _steer, lowest)
