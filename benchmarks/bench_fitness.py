@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--skip-load-times", action="store_true")
     args = ap.parse_args()
 
-    from blackbox.study import prepare
+    from blackbox.study.pipeline import prepare
 
     base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
     over = [f"task.name={args.task}", f"task.search_size={args.docs}", "task.heldout_size=8"]

@@ -19,9 +19,9 @@ import torch
 
 from blackbox.evals.reference import ReferenceObjective
 from blackbox.models import load_model
-from blackbox.proposals import topk_tokens
 from blackbox.search_spaces.tokens import TokenContext, TokenSpace
 from blackbox.strategies.epo import GCG
+from blackbox.strategies.proposals import topk_tokens
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from blackbox.config import load_config
-from blackbox.study import execute, prepare
+from blackbox.study.pipeline import execute, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -80,10 +80,10 @@ def _extra_commands() -> list[Any]:
 # Modules that add subcommands: each defines ``register(subparsers)`` which adds its parser(s)
 # and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
 EXTRA_COMMAND_MODULES: list[str] = [
-    "blackbox.worker_cli",
-    "blackbox.compare",
-    "blackbox.compare_report",
-    "blackbox.tune",
+    "blackbox.study.worker_cli",
+    "blackbox.experiments.compare",
+    "blackbox.report.compare",
+    "blackbox.experiments.tune",
 ]
 
 
@@ -111,7 +111,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from blackbox.config import ConfigError
     from blackbox.evals.data import DataError
     from blackbox.models import ModelLoadError
-    from blackbox.records import StorageError
+    from blackbox.study.storage import StorageError
 
     return (ConfigError, ModelLoadError, DataError, StorageError)
 
@@ -138,7 +138,7 @@ def _print_token_summary(result: dict[str, Any]) -> None:
 
 def _print_summary(result: dict[str, Any]) -> None:
     if "stages" in result:
-        from blackbox.soft_study import stage_table
+        from blackbox.study.soft import stage_table
 
         print(stage_table(result))
         print(
@@ -180,7 +180,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from blackbox.config import load_config
-    from blackbox.study import execute, prepare
+    from blackbox.study.pipeline import execute, prepare
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -203,10 +203,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     import yaml
 
     from blackbox.config import ConfigError, validate
-    from blackbox.export import export_steered
-    from blackbox.records import open_study
-    from blackbox.report import search_trials
-    from blackbox.study import prepare, storage_url
+    from blackbox.finishing.steering import export_steered
+    from blackbox.report.run import search_trials
+    from blackbox.study.pipeline import prepare, storage_url
+    from blackbox.study.storage import open_study
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():

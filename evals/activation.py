@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from blackbox.evals.token_forward import ForwardOut, decoder_layers
 from blackbox.evals.token_objective import TokenObjective
+from blackbox.forward.token_forward import ForwardOut, decoder_layers
 from blackbox.search_spaces.tokens import TokenContext
 
 

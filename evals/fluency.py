@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from blackbox.evals.token_forward import ForwardOut, prompt_xentropy
 from blackbox.evals.token_objective import TokenObjective
+from blackbox.forward.token_forward import ForwardOut, prompt_xentropy
 
 
 class FluencyObjective(TokenObjective):

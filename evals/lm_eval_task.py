@@ -4,7 +4,7 @@ Requests are built once per split with lm-eval's own task machinery
 (``task.build_all_requests``), tokenised once with lm-eval's own encoding (``HFLM``'s
 ``_encode_pair`` and truncation), merged into rows (each context once, its continuations
 packed after it as a prefix tree, rows packed side by side without padding), and scored for
-many candidates per forward pass by :class:`~blackbox.evals.loglik.LoglikScorer`.  The per-request
+many candidates per forward pass by :class:`~blackbox.forward.loglik.LoglikScorer`.  The per-request
 ``(loglikelihood, is_greedy)`` pairs go back through ``task.process_results`` and the task's
 aggregation functions, so the numbers are lm-eval's.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from blackbox.evals.base import Evaluation, Objective
-from blackbox.evals.loglik import LoglikScorer, Rows, bin_pack
+from blackbox.forward.loglik import LoglikScorer, Rows, bin_pack
 
 
 @dataclass
@@ -109,9 +109,9 @@ def merge_rows(
     positions.  Requests with the same input share one row.  With ``pack``, requests that share
     a context and need no truncation share one *packed tree* row instead: the context once, then
     the continuations' tokens as a prefix tree, each attending only to the context and its own
-    earlier tokens (see :class:`~blackbox.evals.loglik.Rows`), so a multiple-choice question
+    earlier tokens (see :class:`~blackbox.forward.loglik.Rows`), so a multiple-choice question
     runs its context once whatever the length of its choices; the rows are then packed side by
-    side (:func:`~blackbox.evals.loglik.bin_pack`), so no forward pass computes padding.
+    side (:func:`~blackbox.forward.loglik.bin_pack`), so no forward pass computes padding.
 
     Returns:
         the rows (with one query per continuation token) and, per request, its query indices.

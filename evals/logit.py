@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from blackbox.evals.token_forward import ForwardOut
 from blackbox.evals.token_objective import TokenObjective
+from blackbox.forward.token_forward import ForwardOut
 from blackbox.search_spaces.tokens import TokenContext
 
 

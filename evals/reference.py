@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blackbox.evals.token_forward import ForwardOut
 from blackbox.evals.token_objective import TokenObjective
+from blackbox.forward.token_forward import ForwardOut
 from blackbox.search_spaces.tokens import TokenContext
 
 

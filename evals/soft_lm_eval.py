@@ -5,7 +5,7 @@ Requests come from lm-eval's own machinery (:func:`~blackbox.evals.lm_eval_task.
 continuations are token for token those lm-eval scores.  The soft prompt goes before the whole
 context (``before_input``: ``[soft | context | continuation]``) or right before the
 continuation (``after_input``: ``[context | soft | continuation]``, the context's key/values
-cached per request as in :mod:`~blackbox.evals.soft_forward`).  Per request the
+cached per request as in :mod:`~blackbox.forward.splice`).  Per request the
 continuation's log-likelihood and greedy flag go through ``task.process_results`` and the
 task's aggregations, so the metrics are lm-eval's; the search value is the chosen metric.
 

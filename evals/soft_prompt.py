@@ -14,7 +14,7 @@
   the same thing) and token overlap@k (the fraction of those ``k`` positions that agree).
 
 Both take candidates of any length ``n`` (a hand-written prompt is its token embeddings), run
-through :class:`~blackbox.evals.soft_forward.SoftForward` (``pre`` cached), and charge one
+through :class:`~blackbox.forward.splice.SoftForward` (``pre`` cached), and charge one
 forward-pass equivalent per item and candidate (a backward pass two more).
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from blackbox.evals.base import Evaluation, Objective
-from blackbox.evals.soft_forward import SoftForward, SpliceOut
+from blackbox.forward.splice import SoftForward, SpliceOut
 
 SOFT = "{soft}"
 QUERY = "{query}"

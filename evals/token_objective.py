@@ -1,7 +1,7 @@
 """Base class of objectives over token sequences: batched scoring and one-hot gradients.
 
 Subclasses implement :meth:`TokenObjective.score`, a differentiable ``(B,)`` score computed from
-a :class:`~blackbox.evals.token_forward.ForwardOut`.  The base class provides
+a :class:`~blackbox.forward.token_forward.ForwardOut`.  The base class provides
 
 * :meth:`evaluate` (the runner's contract): values ``(n,)``, ``extra`` ``(n, 1)`` holding the
   prompt's self cross-entropy (``extra_names = ("xentropy",)``, lower is more fluent), per
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from blackbox.evals.base import Evaluation, Objective
-from blackbox.evals.token_forward import ForwardOut, TokenForward, prompt_xentropy
+from blackbox.forward.token_forward import ForwardOut, TokenForward, prompt_xentropy
 from blackbox.search_spaces.tokens import TokenContext
 
 BACKWARD_COST = 2.0

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.forward.hooks import add_per_row
 from blackbox.search_spaces.base import SearchSpace
-from blackbox.search_spaces.steering_hooks import add_per_row
 from blackbox.search_spaces.steering_vectors import SteeringVector
 from blackbox.strategies.base import Box
 

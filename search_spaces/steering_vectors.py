@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from blackbox.layers import decoder_layers, layer_output_hidden
+from blackbox.models.layers import decoder_layers, layer_output_hidden
 
 READ_MODES = ("last", "mean")
 

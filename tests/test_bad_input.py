@@ -91,8 +91,8 @@ def _empty_split(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
 
 
 def _other_space(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
-    from blackbox.records import open_study
     from blackbox.strategies.base import Box
+    from blackbox.study.storage import open_study
 
     url = f"sqlite:///{tmp / 'shared.db'}"
     box = Box(np.array([0.0]), np.array([1.0]), np.array([False]), ("other",))

@@ -20,7 +20,7 @@ import yaml
 
 from blackbox.config import apply_overrides, validate
 from blackbox.evals.parity import reference_scores
-from blackbox.export import export_steered
+from blackbox.finishing.steering import export_steered
 from blackbox.search_spaces.steering import Edit
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def prepared():
-    from blackbox.study import prepare
+    from blackbox.study.pipeline import prepare
 
     cfg = validate(apply_overrides(yaml.safe_load(DEMO.read_text()), SMALL))
     return prepare(cfg, progress=False)
@@ -76,7 +76,7 @@ def test_fast_path_equals_simple_evaluate_on_real_model(prepared) -> None:
 
 def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
     """Multi-token choices: each question's context runs once (a packed tree row), exactly."""
-    from blackbox.study import prepare
+    from blackbox.study.pipeline import prepare
 
     over = [*SMALL, "task.name=bb_social_iqa", "task.search_size=12"]
     p = prepare(validate(apply_overrides(yaml.safe_load(DEMO.read_text()), over)), progress=False)

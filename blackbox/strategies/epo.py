@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blackbox.pareto import FrontPoint, select_per_weight, update_front
-from blackbox.proposals import EPO_PROPOSALS, ProposalInputs, ProposalMix
 from blackbox.strategies.base import Box, Strategy
+from blackbox.strategies.proposals import EPO_PROPOSALS, ProposalInputs, ProposalMix
 
 
 def lambda_grid(m: int, lo: float, hi: float) -> np.ndarray:

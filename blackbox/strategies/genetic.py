@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from blackbox.proposals import ProposalMix
 from blackbox.strategies.base import Box
 from blackbox.strategies.epo import GradientGuided
+from blackbox.strategies.proposals import ProposalMix
 
 
 def tournament(fitness: np.ndarray, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +40,7 @@ class TokenGA(GradientGuided):
         box: the token space's box.
         seed: RNG seed.
         population: survivors per generation (and children per ask).
-        mutation: proposal mix (name or name -> probability), see ``blackbox.proposals``.
+        mutation: proposal mix (name or name -> probability), see ``blackbox.strategies.proposals``.
         mutation_settings: per-operator keyword arguments (e.g. ``{"gradient_topk": {"k": 64}}``).
         crossover: probability that a child is a crossover of two parents.
         tournament_size: entrants per tournament.

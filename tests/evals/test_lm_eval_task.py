@@ -10,9 +10,9 @@ import torch
 
 from blackbox.evals.lm_eval_task import LMEvalObjective, TaskSplitSpec, merge_rows
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
-from blackbox.evals.loglik import ancestry
 from blackbox.evals.parity import reference_scores
-from blackbox.layers import hidden_size, num_layers
+from blackbox.forward.loglik import ancestry
+from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
 

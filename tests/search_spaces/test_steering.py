@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.layers import decoder_layers, hidden_size, num_layers
+from blackbox.forward.hooks import add_per_row
+from blackbox.models.layers import decoder_layers, hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_hooks import add_per_row
 from blackbox.search_spaces.steering_vectors import (
     SteeringVector,
     contrastive_vector,

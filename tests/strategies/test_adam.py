@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from blackbox.evals.soft_prompt import SoftClassification, place
-from blackbox.records import open_study
-from blackbox.runner import Budget, Runner
 from blackbox.search_spaces.soft_prompt import SoftPromptSpace
 from blackbox.strategies import make_strategy
 from blackbox.strategies.adam import Adam
+from blackbox.study.runner import Budget, Runner
+from blackbox.study.storage import open_study
 
 ROWS = [
     {"query": "A warm, funny film.", "gold": 1},

@@ -1,0 +1,1 @@
+"""Experiments over many runs: strategy comparisons and hyperparameter tuning."""

@@ -1,0 +1,91 @@
+"""Forward hooks that add per-row steering vectors to decoder-layer outputs.
+
+One batch can carry many candidates: row ``b`` of the batch belongs to candidate ``rows[b]``
+and receives, at each hooked layer, the sum of ``coeff * v`` of that candidate's vectors on
+that layer (zero for candidates that steer elsewhere).  Optionally the lowest hooked layer
+*branches* the batch: the layers below it ran once per example (``E`` rows), and its output is
+repeated ``repeat`` times (candidate-major: row ``n * E + e``) before the additions, so the
+unsteered trunk is computed once for all candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from blackbox.models.layers import (
+    decoder_layers,
+    layer_output_hidden,
+    repeat_batch,
+    replace_layer_output,
+)
+
+
+def _repeat_rows(t: torch.Tensor, repeat: int) -> torch.Tensor:
+    """Repeat a ``(E, ...)`` tensor to ``(repeat * E, ...)`` candidate-major."""
+    return t.repeat(repeat, *([1] * (t.dim() - 1)))
+
+
+@contextmanager
+def add_per_row(
+    model: torch.nn.Module,
+    additions: dict[int, torch.Tensor],
+    repeat: int = 1,
+) -> Iterator[None]:
+    """Add ``additions[layer][b]`` to row ``b`` of the output of each decoder layer.
+
+    Args:
+        model: a Hugging Face decoder whose layer list :func:`decoder_layers` finds.
+        additions: layer index -> ``(B, d)`` tensor (one vector per batch row) or ``(d,)``
+            (the same vector for every row).  Added at every sequence position.
+        repeat: if > 1, the model is fed ``E = B / repeat`` rows; the lowest hooked layer
+            repeats its output ``repeat`` times (candidate-major) before adding, and every later
+            layer repeats batch-shaped keyword tensors (e.g. an eager attention mask) to match.
+
+    The hooks are always removed, also when the block raises.
+    """
+    layers = decoder_layers(model)
+    handles: list[Any] = []
+    lowest = min(additions) if additions else None
+
+    def make_hook(layer: int, add: torch.Tensor):
+        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+            hidden = layer_output_hidden(output)  # (B or E, T, d)
+            if repeat > 1 and layer == lowest:
+                hidden = _repeat_rows(hidden, repeat)
+            delta = add.to(device=hidden.device, dtype=hidden.dtype)
+            if delta.dim() == 2:
+                delta = delta[:, None, :]  # (B, 1, d)
+            return replace_layer_output(output, hidden + delta)
+
+        return hook
+
+    def widen_inputs(_module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is None:
+            return None
+        big = hidden.shape[0]
+        small = big // repeat
+
+        def widen(value: Any) -> Any:
+            return value if small == big else repeat_batch(value, small, repeat)
+
+        args = tuple(a if i == 0 else widen(a) for i, a in enumerate(args))
+        kwargs = {k: (v if k == "hidden_states" else widen(v)) for k, v in kwargs.items()}
+        return args, kwargs
+
+    try:
+        for layer, add in sorted(additions.items()):
+            handles.append(layers[layer].register_forward_hook(make_hook(layer, add)))
+        if repeat > 1 and lowest is not None:
+            for layer in range(lowest + 1, len(layers)):
+                handles.append(
+                    layers[layer].register_forward_pre_hook(widen_inputs, with_kwargs=True)
+                )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

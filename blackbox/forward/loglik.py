@@ -1,0 +1,456 @@
+"""Batched log-likelihood scoring of many candidates (interventions) on fixed token rows.
+
+The rows hold a task's inputs: lm-eval's ``(context + continuation)[:-1]`` per request, or,
+packed, a shared context once with every continuation after it as a prefix tree, several such
+sequences side by side in one row (:func:`bin_pack`); a 4-D attention mask and per-token
+positions keep every sequence exactly as if it ran alone.  Each row has a few *queries*
+``(position, target token)``.  One forward pass scores a block of ``candidates x rows``: rows
+of the batch are candidate-major (``n * E + e``).  The LM head runs only at the queried
+positions, on 2-D hidden states.
+
+When the search space supports it, the layers below a block's lowest steered layer run once per
+example and the batch branches there (see :func:`search_spaces.steering_hooks.add_per_row`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from blackbox.forward.trunk import Trunk, capture, final_norm, resume
+from blackbox.models.layers import num_layers
+
+
+@dataclass
+class Rows:
+    """Token rows and the queries read from them.
+
+    Attributes:
+        tokens: ``R`` input sequences (lists of token ids).
+        q_row: ``(Q,)`` row of each query.
+        q_pos: ``(Q,)`` position in its row whose next-token distribution is read.
+        q_tok: ``(Q,)`` the target token scored there.
+        parents: per row, ``None`` for a plain sequence, or a *packed tree*: ``(T_r,)`` index of
+            the token each token follows (``-1`` for the first).  A token attends to itself and
+            its ancestors only and sits at position ``depth``, so one row holds a shared context
+            and every continuation after it, each scored exactly as if it were its own row.
+    """
+
+    tokens: list[list[int]]
+    q_row: np.ndarray
+    q_pos: np.ndarray
+    q_tok: np.ndarray
+    parents: list[np.ndarray | None] | None = None
+    n_sequences: int | None = None
+    _layouts: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def sequences(self) -> int:
+        """Logical sequences held (before :func:`bin_pack`), the unit of evaluation cost."""
+        return len(self.tokens) if self.n_sequences is None else self.n_sequences
+
+    def is_tree(self, r: int) -> bool:
+        return self.parents is not None and self.parents[r] is not None
+
+    def layout(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`ancestry` of packed row ``r``, computed once."""
+        if r not in self._layouts:
+            self._layouts[r] = ancestry(self.parents[r])  # type: ignore[index,arg-type]
+        return self._layouts[r]
+
+
+def ancestry(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attention pattern and positions of a packed tree row.
+
+    Args:
+        parents: ``(T,)`` index of the token each token follows (``-1``: none); parents precede
+            their children.
+
+    Returns:
+        ``(T, T)`` bool, ``[i, j]`` true when token ``i`` may attend to ``j`` (itself and its
+        ancestors), and ``(T,)`` position ids (depth in the tree).
+    """
+    n = len(parents)
+    allowed = np.zeros((n, n), dtype=bool)
+    depth = np.zeros(n, dtype=np.int64)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            if p >= i:
+                raise ValueError(f"packed row: token {i} follows {p}, which is not before it")
+            allowed[i] = allowed[p]
+            depth[i] = depth[p] + 1
+        allowed[i, i] = True
+    return allowed, depth
+
+
+def bin_pack(rows: Rows, width: int | None = None) -> Rows:
+    """Pack rows side by side into fewer rows of at most ``width`` tokens, without padding.
+
+    Best-fit decreasing: each row (longest first) goes into the fullest packed row it fits in.
+    Every original row becomes an independent segment (its first token follows nothing, so
+    positions restart and no token attends across segments), so scores are unchanged while the
+    right-padding of mixed lengths disappears.  Query order is kept.
+
+    Args:
+        rows: plain or tree rows.
+        width: packed row length, at least the longest row's; default twice the longest row
+            (at most 512 tokens, unless the longest row is longer): rows of similar lengths
+            near the longest would not pair up in a row only as wide as the longest.
+
+    Returns:
+        the packed rows, with ``n_sequences`` = the number of input rows.
+    """
+    lengths = [len(t) for t in rows.tokens]
+    if not lengths:
+        return rows
+    longest = max(lengths)
+    width = max(longest, width or min(2 * longest, 512))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (free tokens, bin)
+    for r in sorted(range(len(rows)), key=lambda r: -lengths[r]):
+        i = bisect.bisect_left(free, (lengths[r], -1))
+        if i < len(free):
+            room, b = free.pop(i)
+        else:
+            room, b = width, len(bins)
+            bins.append([])
+        bins[b].append(r)
+        bisect.insort(free, (room - lengths[r], b))
+    tokens: list[list[int]] = []
+    parents: list[np.ndarray | None] = []
+    bin_of = np.zeros(len(rows), dtype=np.int64)
+    offset = np.zeros(len(rows), dtype=np.int64)
+    for b, members in enumerate(bins):
+        toks: list[int] = []
+        par: list[np.ndarray] = []
+        for r in members:
+            bin_of[r], offset[r] = b, len(toks)
+            n = lengths[r]
+            p = rows.parents[r] if rows.is_tree(r) else np.arange(-1, n - 1)  # type: ignore[index]
+            par.append(np.where(p >= 0, p + len(toks), -1))
+            toks.extend(rows.tokens[r])
+        tokens.append(toks)
+        joined = np.concatenate(par)
+        parents.append(None if np.array_equal(joined, np.arange(-1, len(toks) - 1)) else joined)
+    return Rows(
+        tokens,
+        bin_of[rows.q_row],
+        offset[rows.q_row] + rows.q_pos,
+        rows.q_tok,
+        parents if any(p is not None for p in parents) else None,
+        n_sequences=rows.sequences,
+    )
+
+
+@dataclass
+class Batch:
+    """Model inputs of ``B`` rows (right padded).
+
+    Attributes:
+        ids: ``(B, T)`` token ids.
+        mask: ``(B, 1, T, T)`` additive attention mask, or ``None`` for plain causal rows.
+        pos: ``(B, T)`` position ids, or ``None`` (``0..T-1``).
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+
+    def kwargs(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"input_ids": self.ids}
+        if self.mask is not None:
+            out["attention_mask"] = self.mask
+            out["position_ids"] = self.pos
+        return out
+
+    def repeat(self, n: int) -> Batch:
+        """``n`` candidate-major copies: ``(n * B, ...)``."""
+        if n == 1:
+            return self
+        return Batch(
+            self.ids.repeat(n, 1),
+            None if self.mask is None else self.mask.repeat(n, 1, 1, 1),
+            None if self.pos is None else self.pos.repeat(n, 1),
+        )
+
+
+@dataclass
+class QueryScores:
+    """Per candidate and query: log-probability of the target and whether it is the argmax.
+
+    Attributes:
+        logprob: ``(N, Q)`` float64.
+        greedy: ``(N, Q)`` bool.
+    """
+
+    logprob: np.ndarray
+    greedy: np.ndarray
+
+
+ApplyFn = Callable[[torch.nn.Module, Sequence[Any], torch.Tensor, int], Any]
+"""``apply(model, candidates, rows, repeat)``: a context manager installing the interventions."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class LoglikScorer:
+    """Scores queries on fixed rows under many candidates.
+
+    Args:
+        model: a Hugging Face causal LM.
+        pad_id: token used for right padding (never read: causal attention).
+        max_batch_tokens: upper bound on ``batch rows x padded length`` per forward pass;
+            halved on out-of-memory errors.  ``None``: 2048 on CPU (measured fastest there:
+            larger batches fall out of cache), 16384 on GPU.
+        branch: run the unsteered trunk once per example and resume each candidate block
+            from its lowest steered layer (needs ``lowest_layer`` in :meth:`score`).
+        trunk_cache_mb: memory for keeping captured trunks across calls on the same rows.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int = 0,
+        max_batch_tokens: int | None = None,
+        branch: bool = True,
+        trunk_cache_mb: int = 1024,
+    ) -> None:
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.branch = branch
+        self.device = next(model.parameters()).device
+        if max_batch_tokens is None:
+            max_batch_tokens = 2048 if self.device.type == "cpu" else 16384
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.n_layers = num_layers(model)
+        self.lm_head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.trunk_cache_bytes = int(trunk_cache_mb) * 2**20
+        self._trunks: dict[tuple[int, tuple[int, ...]], Trunk] = {}
+        self._trunk_rows: dict[int, Rows] = {}  # keeps cached Rows alive (ids stay unique)
+        self._cached_bytes = 0
+        self.resume_ok: bool | None = None if (branch and final_norm(model) is not None) else False
+        attn = getattr(model.config, "_attn_implementation", None)
+        # Packed tree rows need an attention that takes a custom 4-D additive mask; ``None``
+        # until checked (:func:`blackbox.evals.lm_eval_task.check_packing`).
+        self.packing: bool | None = None if attn in ("sdpa", "eager") else False
+        # A custom mask replaces sliding-window masks: sequences must fit in the window.
+        self.sliding_window: int | None = getattr(model.config, "sliding_window", None)
+
+    @torch.no_grad()
+    def score(
+        self,
+        rows: Rows,
+        candidates: Sequence[Any],
+        apply: ApplyFn,
+        lowest_layer: Callable[[Any], int | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> QueryScores:
+        """Score every query of ``rows`` under every candidate.
+
+        Args:
+            rows: the rows and queries.
+            candidates: ``N`` candidates.
+            apply: installs a block's interventions: ``apply(model, cands, row_index, repeat)``.
+            lowest_layer: candidate -> lowest layer it changes (``None``: changes nothing).
+                Enables branching; without it every row runs the full model.
+            progress: called with the number of (candidate, row) pairs done after each pass.
+
+        Returns:
+            ``(N, Q)`` log-probabilities and greedy flags.
+        """
+        n_cand, n_q = len(candidates), len(rows.q_row)
+        logprob = np.zeros((n_cand, n_q))
+        greedy = np.zeros((n_cand, n_q), dtype=bool)
+        if n_cand == 0:
+            return QueryScores(logprob, greedy)
+        lowest = [(lowest_layer(c) if lowest_layer is not None else -1) for c in candidates]
+        order_c = sorted(
+            range(n_cand), key=lambda i: self.n_layers if lowest[i] is None else lowest[i]
+        )
+        lengths = np.array([len(t) for t in rows.tokens])
+        order_r = np.argsort(-lengths, kind="stable")
+        queries_of_row: list[np.ndarray] = [np.zeros(0, dtype=int)] * len(rows)
+        by_row = np.argsort(rows.q_row, kind="stable")
+        starts = np.searchsorted(rows.q_row[by_row], np.arange(len(rows) + 1))
+        for r in range(len(rows)):
+            queries_of_row[r] = by_row[starts[r] : starts[r + 1]]
+
+        r0 = 0
+        while r0 < len(rows):
+            width = int(lengths[order_r[r0]])
+            budget_rows = max(1, self.max_batch_tokens // max(width, 1))
+            if self._can_resume(lowest):
+                e_count = max(1, min(len(rows) - r0, budget_rows))  # candidates resume apart
+            else:
+                e_count = max(1, min(len(rows) - r0, budget_rows // n_cand))
+            c_count = max(1, min(n_cand, budget_rows // e_count))
+            block_rows = order_r[r0 : r0 + e_count]
+            try:
+                trunk = self._trunk_for(rows, block_rows) if self._can_resume(lowest) else None
+                for c0 in range(0, n_cand, c_count):
+                    block_c = order_c[c0 : c0 + c_count]
+                    self._run_block(
+                        trunk,
+                        rows,
+                        block_rows,
+                        [candidates[i] for i in block_c],
+                        block_c,
+                        [lowest[i] for i in block_c],
+                        apply,
+                        queries_of_row,
+                        logprob,
+                        greedy,
+                    )
+                    if progress is not None:
+                        progress(len(block_c) * len(block_rows))
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or (e_count == 1 and c_count == 1):
+                    raise  # not memory, or even one candidate on one row does not fit
+                self.max_batch_tokens = max(
+                    1, min(self.max_batch_tokens, e_count * c_count * width) // 2
+                )
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue  # retry this block of rows with a smaller budget
+            r0 += e_count
+        return QueryScores(logprob, greedy)
+
+    def _can_resume(self, lowest: list[int | None]) -> bool:
+        return bool(self.resume_ok is not False and -1 not in lowest)
+
+    def _batch(self, rows: Rows, block_rows: np.ndarray) -> Batch:
+        """The right-padded inputs of a block of rows (with a tree mask if any row is packed)."""
+        width = max(len(rows.tokens[r]) for r in block_rows)
+        ids = torch.full((len(block_rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(block_rows):
+            toks = rows.tokens[r]
+            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)  # right padding
+        if not any(rows.is_tree(r) for r in block_rows):
+            return Batch(ids.to(self.device))  # causal rows: the model's own fast mask
+        allowed = np.zeros((len(block_rows), width, width), dtype=bool)
+        pos = np.zeros((len(block_rows), width), dtype=np.int64)
+        allowed[:, np.arange(width), np.arange(width)] = True  # padding attends to itself
+        for i, r in enumerate(block_rows):
+            n = len(rows.tokens[r])
+            if rows.is_tree(r):
+                allowed[i, :n, :n], pos[i, :n] = rows.layout(r)
+            else:
+                allowed[i, :n, :n] = np.tri(n, dtype=bool)
+                pos[i, :n] = np.arange(n)
+        dtype = self.lm_head.weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~torch.from_numpy(allowed), torch.finfo(dtype).min)
+        return Batch(
+            ids.to(self.device),
+            mask[:, None].to(self.device),
+            torch.from_numpy(pos).to(self.device),
+        )
+
+    def _trunk_for(self, rows: Rows, block_rows: np.ndarray) -> Trunk:
+        """The captured trunk of a block (cached across calls while memory allows)."""
+        key = (id(rows), tuple(int(r) for r in block_rows))
+        if key in self._trunks:
+            return self._trunks[key]
+        trunk = capture(self.model, **self._batch(rows, block_rows).kwargs())
+        size = trunk.nbytes()
+        if self._cached_bytes + size <= self.trunk_cache_bytes:
+            self._trunks[key] = trunk
+            self._trunk_rows[id(rows)] = rows
+            self._cached_bytes += size
+        return trunk
+
+    def _run_block(
+        self,
+        trunk: Trunk | None,
+        rows: Rows,
+        block_rows: np.ndarray,
+        cands: list[Any],
+        cand_index: list[int],
+        lowest: list[int | None],
+        apply: ApplyFn,
+        queries_of_row: list[np.ndarray],
+        logprob: np.ndarray,
+        greedy: np.ndarray,
+    ) -> None:
+        e, n = len(block_rows), len(cands)
+        row_cand = torch.arange(n).repeat_interleave(e)  # (n*e,) candidate-major
+        all_none = all(x is None for x in lowest)
+        if trunk is not None:
+            if all_none:
+                hidden = trunk.final.repeat(n, 1, 1)  # nothing steers: the trunk is the answer
+            else:
+                start = min(x for x in lowest if x is not None)
+                with apply(self.model, cands, row_cand, 1):
+                    hidden = resume(self.model, trunk, start, n)  # (n*e, T, d)
+                if self.resume_ok is None:
+                    hidden = self._verify(
+                        self._batch(rows, block_rows), cands, row_cand, hidden, apply
+                    )
+        elif all_none:
+            hidden = self._trunk(self._batch(rows, block_rows))  # (e, T, d): nothing steers
+            hidden = hidden.repeat(n, 1, 1)
+        elif self.branch and -1 not in lowest:
+            with apply(self.model, cands, row_cand, n):
+                hidden = self._trunk(self._batch(rows, block_rows))  # (n*e, T, d), branched
+        else:
+            with apply(self.model, cands, row_cand, 1):
+                hidden = self._trunk(self._batch(rows, block_rows).repeat(n))  # (n*e, T, d)
+        # Gather the queried positions of every (candidate, row) pair.
+        q_idx = [queries_of_row[r] for r in block_rows]
+        local_row = np.concatenate([np.full(len(q), i) for i, q in enumerate(q_idx)])
+        q_flat = np.concatenate(q_idx)
+        if q_flat.size == 0:
+            return
+        pos = torch.as_tensor(rows.q_pos[q_flat], device=self.device)
+        tok = torch.as_tensor(rows.q_tok[q_flat], device=self.device)
+        for c in range(n):
+            b = torch.as_tensor(c * e + local_row, device=self.device)
+            h = hidden[b, pos]  # (q, d)
+            logits = self.lm_head(h).float()  # (q, V)
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logp = torch.log_softmax(logits, dim=-1)
+            lp = logp.gather(1, tok[:, None])[:, 0]
+            gr = logits.argmax(dim=-1) == tok
+            logprob[cand_index[c], q_flat] = lp.double().cpu().numpy()
+            greedy[cand_index[c], q_flat] = gr.cpu().numpy()
+
+    def _verify(self, batch: Batch, cands, row_cand, hidden: torch.Tensor, apply) -> torch.Tensor:
+        """Once per model: the resumed pass must equal a plain steered forward.
+
+        Returns the hidden states to use (the plain ones if the check failed).
+        """
+        with apply(self.model, cands, row_cand, 1):
+            ref = self._trunk(batch.repeat(len(cands)))  # (n*e, T, d)
+        scale = ref.float().abs().max().clamp_min(1.0)
+        # fp32 must agree to rounding; half precision differs with batch composition anyway.
+        tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
+        self.resume_ok = bool(((hidden - ref).float().abs().max() / scale) < tol)
+        if not self.resume_ok:
+            import warnings
+
+            warnings.warn(
+                f"{type(self.model).__name__}: resuming from a captured trunk does not match the "
+                "plain forward; falling back to full forwards",
+                stacklevel=2,
+            )
+            return ref
+        return hidden
+
+    def _trunk(self, batch: Batch) -> torch.Tensor:
+        """``(B, T)`` inputs -> ``(B', T, d)`` final (normed) hidden states (``B'`` may branch)."""
+        out = self.model.base_model(**batch.kwargs(), use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

@@ -1,0 +1,1 @@
+"""Reports: plots and tables of a run or a comparison, rebuilt from its storage."""

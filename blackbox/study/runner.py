@@ -1,0 +1,275 @@
+"""The study loop: ask -> decode -> evaluate (population-batched) -> tell -> record.
+
+Resuming is deterministic replay: every strategy draws from its own seeded generator, so a
+re-run with the same config asks the same candidates in the same order; evaluations already
+recorded in the storage (same generation, index and params) are read back instead of scored.
+A run killed at any point resumes from its last complete batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from tqdm.auto import tqdm
+
+from blackbox.evals.base import Evaluation, Objective
+from blackbox.search_spaces.base import SearchSpace
+from blackbox.strategies.base import Strategy
+from blackbox.study.storage import Memo, add_record
+
+
+@dataclass
+class Budget:
+    """When to stop: whichever limit is reached first.
+
+    Attributes:
+        evaluations: candidate evaluations.
+        seconds: wall seconds of this session.
+        cost: forward-pass equivalents (objective cost plus a strategy's gradient work; a
+            backward counts as two forwards), the unit for fair comparisons.
+    """
+
+    evaluations: int | None = None
+    seconds: float | None = None
+    cost: float | None = None
+
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.evaluations, self.seconds, self.cost))
+
+
+@dataclass
+class Progress:
+    """What a generation callback sees after each generation."""
+
+    generation: int
+    evaluations: int
+    cost: float
+    seconds: float
+    best: float
+
+
+@dataclass
+class Scored:
+    """One recorded evaluation."""
+
+    x: np.ndarray
+    candidate: Any
+    value: float
+    metrics: dict[str, Any]
+    cost: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    """What a run found."""
+
+    baseline: Scored | None
+    best: Scored | None
+    heldout_baseline: Scored | None
+    heldout_best: Scored | None
+    evaluations: int
+    resumed: int
+    cost: float
+    cache_hits: int
+    wall_seconds: float
+    history: list[float] = field(default_factory=list)
+    cost_history: list[float] = field(default_factory=list)
+    search_cost: float = 0.0
+
+
+class Runner:
+    """Drives a strategy over a space against an objective, recording into an Optuna study.
+
+    Args:
+        space: the search space.
+        objective: scores decoded candidates (higher is better).
+        strategy: the ask/tell strategy over ``space.box``.
+        study: the Optuna study receiving one trial per evaluation.
+        budget: when to stop.
+        search_split: the objective split searched on.
+        heldout_split: the split the best candidate is re-scored on (``None``: skip).
+        progress: show a progress bar.
+        on_generation: called with a :class:`Progress` after every generation (for example to
+            report intermediate values to an outer Optuna trial, which may raise
+            ``optuna.TrialPruned`` to stop the run).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: Objective,
+        strategy: Strategy,
+        study: optuna.Study,
+        budget: Budget,
+        search_split: str = "search",
+        heldout_split: str | None = "heldout",
+        progress: bool = True,
+        on_generation: Callable[[Progress], None] | None = None,
+    ) -> None:
+        if not budget.is_set():
+            raise ValueError("budget: set evaluations, seconds or cost")
+        self.on_generation = on_generation
+        self.space, self.objective, self.strategy = space, objective, strategy
+        self.study, self.budget = study, budget
+        self.search_split, self.heldout_split = search_split, heldout_split
+        self.progress = progress
+        self.names = space.box.names
+
+    def _evaluate(self, candidates: Sequence[Any], split: str) -> Evaluation:
+        ev = self.objective.evaluate(candidates, split=split)
+        vals = np.asarray(ev.values, dtype=float)
+        if vals.shape != (len(candidates),):
+            raise RuntimeError(
+                f"objective returned {vals.shape} values for {len(candidates)} candidates"
+            )
+        return ev
+
+    def _score_batch(
+        self, kind: str, generation: int, x: np.ndarray, split: str, memo: Memo
+    ) -> tuple[list[Scored], int, float]:
+        """Score rows of ``x``, reading recorded ones from ``memo``; record the new ones."""
+        cands = self.space.decode(x)
+        known = [memo.get(kind, generation, i, x[i], self.names) for i in range(len(x))]
+        todo = [i for i, t in enumerate(known) if t is None]
+        out: list[Scored | None] = [None] * len(x)
+        for i, t in enumerate(known):
+            if t is not None:
+                out[i] = Scored(
+                    x[i],
+                    cands[i],
+                    Memo.value(t),
+                    dict(t.user_attrs.get("metrics", {})),
+                    float(t.user_attrs.get("cost") or 0.0),
+                )
+        cost = 0.0
+        # a strategy's own work (gradients) for this batch; replayed batches were charged
+        # when they were recorded, so their extra is dropped
+        extra = float(getattr(self.strategy, "pop_extra_cost", lambda: 0.0)())
+        if todo:
+            t0 = time.perf_counter()
+            ev = self._evaluate([cands[i] for i in todo], split)
+            seconds = (time.perf_counter() - t0) / len(todo)
+            cost = float(ev.cost) + extra
+            for j, i in enumerate(todo):
+                value = float(ev.values[j])
+                metrics = ev.metrics[j] if ev.metrics else {}
+                attrs = {
+                    "kind": kind,
+                    "generation": generation,
+                    "index": i,
+                    "split": split,
+                    "candidate": self.space.describe(cands[i]),
+                    "metrics": {k: v for k, v in metrics.items() if k != "cache_hit"},
+                    "cache_hit": bool(metrics.get("cache_hit", False)),
+                    "cost": cost / len(todo),
+                    "seconds": seconds,
+                }
+                if ev.extra is not None:
+                    names = getattr(self.objective, "extra_names", None) or [
+                        f"extra{k}" for k in range(ev.extra.shape[1])
+                    ]
+                    attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
+                add_record(self.study, self.space.box, x[i], value, attrs)
+                out[i] = Scored(x[i], cands[i], value, dict(metrics), cost / len(todo))
+        return [s for s in out if s is not None], len(x) - len(todo), cost
+
+    def run(self) -> RunSummary:
+        """Run (or resume) the study; returns the summary."""
+        t_start = time.perf_counter()
+        memo = Memo.load(self.study)
+        resumed, cost = 0, 0.0
+        if hasattr(self.strategy, "bind"):
+            self.strategy.bind(self.space, self.objective)
+
+        baseline = None
+        base_cand = self.space.baseline() if hasattr(self.space, "baseline") else None
+        if base_cand is not None:
+            xb = self.space.encode([base_cand])
+            (baseline,), r, c = self._score_batch("baseline", -1, xb, self.search_split, memo)
+            resumed, cost = resumed + r, cost + c
+
+        history: list[float] = []
+        cost_history: list[float] = []
+        search_cost = 0.0
+        best: Scored | None = None
+        done, generation = 0, 0
+        total = self.budget.evaluations
+        bar = tqdm(
+            total=total, desc="search", unit="eval", disable=not self.progress, dynamic_ncols=True
+        )
+        try:
+            while True:
+                if total is not None and done >= total:
+                    break
+                if (
+                    self.budget.seconds is not None
+                    and time.perf_counter() - t_start >= self.budget.seconds
+                ):
+                    break
+                if self.budget.cost is not None and search_cost >= self.budget.cost:
+                    break
+                x = self.strategy.ask()
+                n = len(x) if total is None else min(len(x), total - done)
+                scored, r, c = self._score_batch(
+                    "search", generation, x[:n], self.search_split, memo
+                )
+                resumed, cost = resumed + r, cost + c
+                search_cost += sum(s.cost for s in scored)  # replayed ones at their recorded cost
+                values = np.array([s.value for s in scored])
+                if n == len(x):
+                    self.strategy.tell(x, values)
+                for s in scored:
+                    if math.isfinite(s.value) and (best is None or s.value > best.value):
+                        best = s
+                    history.append(best.value if best is not None else float("nan"))
+                    cost_history.append(search_cost)
+                done += n
+                generation += 1
+                if self.on_generation is not None:
+                    self.on_generation(
+                        Progress(
+                            generation,
+                            done,
+                            search_cost,
+                            time.perf_counter() - t_start,
+                            best.value if best is not None else float("nan"),
+                        )
+                    )
+                bar.update(n)
+                if best is not None:
+                    post = {"best": f"{best.value:.4f}"}
+                    if baseline is not None:
+                        post["baseline"] = f"{baseline.value:.4f}"
+                    bar.set_postfix(post)
+        finally:
+            bar.close()
+
+        held_base = held_best = None
+        if self.heldout_split is not None and best is not None:
+            xs = [best.x]
+            if baseline is not None:
+                xs.insert(0, baseline.x)
+            scored, r, c = self._score_batch("heldout", -1, np.stack(xs), self.heldout_split, memo)
+            resumed, cost = resumed + r, cost + c
+            held_best = scored[-1]
+            held_base = scored[0] if baseline is not None else None
+        return RunSummary(
+            baseline=baseline,
+            best=best,
+            heldout_baseline=held_base,
+            heldout_best=held_best,
+            evaluations=done,
+            resumed=resumed,
+            cost=cost,
+            cache_hits=int(getattr(self.objective, "cache_hits", 0)),
+            wall_seconds=time.perf_counter() - t_start,
+            history=history,
+            cost_history=cost_history,
+            search_cost=search_cost,
+        )

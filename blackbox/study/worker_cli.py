@@ -1,0 +1,191 @@
+"""``blackbox worker``: join a shared study (see :mod:`blackbox.study.worker`).
+
+    blackbox worker CONFIG --storage URL [--study NAME] [--set KEY=VALUE ...]
+                    [--workers N] [--batch N] [--heartbeat S] [--grace S] [--max-retry N]
+
+Run it on as many machines (one per GPU) as you like against one PostgreSQL URL, or with
+``--workers N`` to start N worker processes here (they share this command's storage, passed to
+them in ``BLACKBOX_STORAGE`` so no password shows in ``ps``).  The storage may also come from
+``$BLACKBOX_STORAGE`` or the config's ``storage``; ``journal:///path/study.log`` is a
+single-host journal file.  Re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from typing import Any
+
+STORAGE_ENV = "BLACKBOX_STORAGE"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``worker`` subcommand to the ``blackbox`` parser."""
+    p = subparsers.add_parser(
+        "worker",
+        help="join a shared study (Optuna storage) as one or N worker processes",
+        description="Take trials from a study shared by many workers (strategy.name must be "
+        "optuna). Stops when the study holds budget.evaluations complete search trials.",
+    )
+    p.add_argument("config", help="study YAML (see studies/)")
+    p.add_argument(
+        "--storage",
+        help=f"Optuna storage URL (postgresql://..., sqlite:///..., journal:///file.log); "
+        f"default: ${STORAGE_ENV}, else the config's storage",
+    )
+    p.add_argument("--study", help="study name (default: the config's name)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes to start here")
+    p.add_argument("--batch", type=int, default=1, help="trials scored per forward pass")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between heartbeats")
+    p.add_argument(
+        "--grace", type=int, default=60, help="seconds of silence after which a trial is stale"
+    )
+    p.add_argument("--max-retry", type=int, default=3, help="retries of a stale trial")
+    p.set_defaults(handler=cmd_worker)
+
+
+def _check(args: argparse.Namespace) -> tuple[Any, str]:
+    """Validate the config and the options (cheap, before any model load)."""
+    from blackbox.config import ConfigError, load_config
+    from blackbox.strategies import make_strategy
+    from blackbox.study.pipeline import _dummy_box
+
+    cfg = load_config(args.config, args.overrides)
+    url = args.storage or os.environ.get(STORAGE_ENV) or cfg.storage
+    if not url:
+        raise ConfigError(
+            f"worker: no storage; pass --storage URL (or set ${STORAGE_ENV} or storage: in the config)"
+        )
+    for name in ("workers", "batch", "heartbeat", "grace"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"worker: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.grace <= args.heartbeat:
+        raise ConfigError(f"worker: --grace ({args.grace}) must exceed --heartbeat")
+    make_strategy(
+        cfg.strategy.name,
+        _dummy_box(),
+        seed=cfg.seed,
+        population=cfg.strategy.population,
+        **cfg.strategy.settings,
+    )
+    if cfg.strategy.name != "optuna":
+        raise ConfigError(
+            f"worker: strategy {cfg.strategy.name!r} is a population strategy and runs in one "
+            "process (blackbox run); workers need strategy.name=optuna"
+        )
+    if cfg.budget.evaluations is None:
+        raise ConfigError("worker: budget.evaluations must be set (workers count complete trials)")
+    return cfg, url
+
+
+def _sampler(cfg: Any, has_integer: bool) -> Any:
+    """The config's Optuna sampler, seeded per worker (seed, host, pid) so workers differ."""
+    import socket
+
+    import numpy as np
+    import optuna
+
+    from blackbox.strategies.optuna_sampler import build_sampler
+
+    host = zlib.crc32(socket.gethostname().encode())
+    seed = int(np.random.SeedSequence([cfg.seed, host, os.getpid()]).generate_state(1)[0] >> 1)
+    name = str(cfg.strategy.settings.get("sampler", "tpe")).lower()
+    if name == "tpe":  # constant liar: running trials repel other workers' proposals
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return build_sampler(name, seed, cfg.strategy.population, has_integer)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker (or spawn ``--workers`` of them)."""
+    cfg, url = _check(args)
+    from blackbox.study.storage import make_storage, mask_url, open_study
+    from blackbox.study.worker import Worker, install_sigint, retry_callback, search_counts
+
+    if args.workers > 1:
+        make_storage(url)  # fail fast, and create the tables once rather than racing on them
+        return _spawn(args, url)
+    storage = make_storage(url, args.heartbeat, args.grace, retry_callback(args.max_retry))
+    from blackbox.study.pipeline import prepare, seed_everything
+
+    prepared = prepare(cfg, progress=False)
+    name = args.study or cfg.name
+    study = open_study(storage, name, prepared.space.box, cfg.fingerprint(), label=url)
+    study.sampler = _sampler(cfg, bool(prepared.space.box.integer.any()))
+    seed_everything(cfg.seed)
+    worker = Worker(
+        study,
+        prepared.space,
+        prepared.objective,
+        budget=cfg.budget.evaluations,
+        batch=args.batch,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+        max_retry=args.max_retry,
+    )
+    worker.log(f"joined study {name!r} in {mask_url(url)!r}")
+    restore = install_sigint(worker)
+    try:
+        s = worker.run()
+    finally:
+        restore()
+    from optuna.trial import TrialState
+
+    complete = search_counts(study)[TrialState.COMPLETE]
+    best = "-" if s.best is None else f"{s.best:.4f}"
+    worker.log(
+        f"{s.told} told, {s.failed} failed (non-finite), {s.dropped} dropped, "
+        f"{s.abandoned} abandoned, {s.stale_failed} stale trial(s) failed; study {name!r} "
+        f"has {complete}/{cfg.budget.evaluations} complete search trials; best here {best}"
+    )
+    if s.interrupted:
+        worker.log("interrupted; everything finished is stored. Run the same command to resume.")
+        return 130
+    return 0
+
+
+def _spawn(args: argparse.Namespace, url: str) -> int:
+    """Start ``args.workers`` worker processes and wait; SIGINT is forwarded to each once."""
+    argv = [sys.executable, "-m", "blackbox.cli", "worker", args.config]
+    for item in args.overrides:
+        argv += ["--set", item]
+    if args.study:
+        argv += ["--study", args.study]
+    argv += [
+        f"--batch={args.batch}",
+        f"--heartbeat={args.heartbeat}",
+        f"--grace={args.grace}",
+        f"--max-retry={args.max_retry}",
+    ]
+    env = dict(os.environ, **{STORAGE_ENV: url})
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which forwards it once.
+    procs = [subprocess.Popen(argv, env=env, start_new_session=True) for _ in range(args.workers)]
+    interrupted = False
+
+    def forward(_signum: int, _frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, forward)
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if interrupted or 130 in codes:
+        return 130
+    bad = [c for c in codes if c]
+    return 0 if not bad else 2 if 2 in bad else 1

@@ -1,0 +1,206 @@
+"""`blackbox compare` on closed-form objectives: one budget, one storage, resume, extend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from blackbox.config import ConfigError
+from blackbox.evals.synthetic import FunctionObjective, neg_sphere
+from blackbox.experiments.compare import (
+    RunStrategy,
+    load_compare,
+    reset_objective,
+    run_fingerprint,
+    run_matrix,
+    run_specs,
+    stop_at_cost,
+)
+from blackbox.search_spaces.box import BoxSpace
+from blackbox.strategies.base import Box
+from blackbox.study.runner import Budget, Progress
+
+BOX = Box(np.array([0.0, -2.0]), np.array([9.0, 2.0]), np.array([True, False]), ("layer", "a"))
+FN = neg_sphere([4.0, 0.5])
+STRATEGIES = [RunStrategy(name="pso", population=4), RunStrategy(name="random", population=4)]
+
+
+class Counting(FunctionObjective):
+    """Counts candidates scored per split; may interrupt after some calls."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__(FN)
+        self.stop_after = stop_after
+        self._cache: dict = {"stale": 1}
+
+    def evaluate(self, candidates, split="search", limit=None):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        return super().evaluate(candidates, split, limit)
+
+
+def _matrix(storage, seeds, objective, cost=20.0):
+    return run_matrix(
+        BoxSpace(BOX, baseline_point=[0, 0.0]),
+        objective,
+        run_specs(STRATEGIES, seeds),
+        Budget(evaluations=100, cost=cost),
+        storage,
+        "cmp",
+        "fp",
+        log=lambda _: None,
+    )
+
+
+def _search(storage, name):
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t for t in study.get_trials() if t.user_attrs["kind"] == "search"], study
+
+
+def test_one_budget_in_cost_one_study_per_run_tagged() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    obj = Counting()
+    status = _matrix(storage, [0], obj)
+    assert status == {"cmp/pso/seed0": "done", "cmp/random/seed0": "done"}
+    assert obj._cache == {}  # every run starts with an empty repeat cache
+    for label in ("pso", "random"):
+        trials, study = _search(storage, f"cmp/{label}/seed0")
+        spent = sum(t.user_attrs["cost"] for t in trials)
+        assert 20 <= spent < 20 + 4  # stops after the generation that reaches the budget
+        assert study.user_attrs["label"] == label and study.user_attrs["seed"] == 0
+        assert study.user_attrs["strategy"] == label
+
+
+def test_resume_and_extend_with_seeds_without_rerunning_finished() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    _matrix(storage, [0], Counting())
+    before = {n: len(_search(storage, n)[0]) for n in ("cmp/pso/seed0", "cmp/random/seed0")}
+    more = Counting()
+    status = _matrix(storage, [0, 1], more)
+    assert status["cmp/pso/seed0"] == status["cmp/random/seed0"] == "skipped"
+    assert status["cmp/pso/seed1"] == status["cmp/random/seed1"] == "done"
+    # only the new runs were scored: baseline + 20 search + 2 held-out each
+    assert more.calls == 2 * (1 + 20 + 2)
+    assert {n: len(_search(storage, n)[0]) for n in before} == before
+
+
+def test_an_interrupted_run_resumes_by_replay() -> None:
+    ref = optuna.storages.InMemoryStorage()
+    _matrix(ref, [0], Counting())
+    url = optuna.storages.InMemoryStorage()
+    with pytest.raises(KeyboardInterrupt):
+        _matrix(url, [0], Counting(stop_after=1 + 8))  # baseline + 2 generations of pso
+    again = Counting()
+    _matrix(url, [0], again)
+    assert again.calls == (1 + 20 + 2) * 2 - 9
+    for name in ("cmp/pso/seed0", "cmp/random/seed0"):
+        got = [t.value for t in _search(url, name)[0]]
+        want = [t.value for t in _search(ref, name)[0]]
+        np.testing.assert_allclose(got, want)
+
+
+def test_reset_keeps_only_the_shared_baseline() -> None:
+    obj = Counting()
+    obj.key = lambda c: tuple(c)
+    obj._cache = {("search", None, (0, 0.0)): 1, ("search", None, (1, 0.5)): 2, ("x",): 3}
+    reset_objective(obj, keep=(0, 0.0))
+    assert obj._cache == {("search", None, (0, 0.0)): 1}
+
+
+def test_stop_at_cost_zeroes_the_seconds_budget() -> None:
+    b = Budget(evaluations=10, cost=5.0)
+    stop = stop_at_cost(b)
+    stop(Progress(1, 4, 4.0, 0.1, 0.0))
+    assert b.seconds is None
+    stop(Progress(2, 8, 8.0, 0.1, 0.0))
+    assert b.seconds == 0.0
+
+
+def test_run_fingerprint_changes_with_strategy_and_seed() -> None:
+    a, b = run_specs(STRATEGIES, [0, 1])[:2], run_specs(STRATEGIES, [1])
+    assert len({run_fingerprint("fp", s) for s in [*a, *b]}) == 4
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+BASE = {
+    "study": {
+        "name": "c",
+        "task": {"name": "bb_rotten_tomatoes"},
+        "space": {"layers": [1, 2], "vectors": [{"name": "v", "file": "v.pt"}]},
+    },
+    "strategies": [{"name": "pso"}, {"name": "random"}],
+    "budget": {"cost": 100},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"study": {**BASE["study"], "strategy": {"name": "pso"}}}, "study.strategy: not used"),
+        ({"strategies": [{"name": "pso"}, {"name": "pso"}]}, "labels must be unique"),
+        ({"strategies": [{"name": "nope"}]}, "strategies.nope: strategy: unknown name"),
+        ({"strategies": [{"name": "pso", "settings": {"c9": 1}}]}, "unknown setting"),
+        ({"seed": 3}, "unknown key 'seed'; allowed here: study, strategies, seeds"),
+        ({"budget": {}}, "budget: set evaluations, seconds or cost"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path, change, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_compare(_write(tmp_path, {**BASE, **change}))
+    assert "\n" not in str(info.value)
+
+
+def test_the_shipped_compare_config_validates() -> None:
+    cfg = load_compare(Path(__file__).parents[2] / "studies/compare_steer_rotten_tomatoes.yaml")
+    assert [s.key for s in cfg.strategies] == ["pso", "cma-es", "tpe", "random"]
+    assert cfg.budget.cost and cfg.seeds == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_compare_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_llama, tokenizer) -> None:
+    import torch
+
+    from blackbox.cli import main
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    torch.save(torch.ones(4, 64), tmp_path / "v.pt")
+    cfg = {
+        "study": {
+            "name": "tiny",
+            "model": {"name": str(tmp_path / "model"), "device": "cpu"},
+            "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
+            "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
+        },
+        "strategies": [{"name": "random", "population": 2}, {"name": "pso", "population": 2}],
+        "seeds": [0],
+        "budget": {"cost": 16, "evaluations": 20},
+    }
+    path = _write(tmp_path, cfg)
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["compare", str(path), "--out", str(out), "--no-progress", "--set=seeds=[0,1]"]) == 0
+    )
+    url = f"sqlite:///{out / 'compare.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    assert names == [f"tiny/{s}/seed{k}" for s in ("pso", "random") for k in (0, 1)]
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| random | 2 |" in text and (out / "landscape.png").exists()
+
+
+def test_the_shipped_soft_prompt_compare_config_validates() -> None:
+    cfg = load_compare(Path(__file__).parents[2] / "studies/compare_soft_rotten_tomatoes.yaml")
+    assert [s.key for s in cfg.strategies] == ["adam", "cma-nevergrad", "cma-optuna", "random"]
+    assert cfg.study.space.type == "soft_prompt" and cfg.study.space.subspace_dim == 64

@@ -1,0 +1,364 @@
+"""Workers sharing one study: a real PostgreSQL 15 server, a journal file, faults.
+
+The multi-process tests run the real CLI (``python -m blackbox.cli worker ...``) on a tiny
+random Llama saved with the real SmolLM2 tokenizer, scoring the bundled ``bb_rotten_tomatoes``
+task with a steering vector read from a ``.pt`` file.  One worker is frozen (SIGSTOP) while it
+holds a RUNNING trial and then SIGKILLed, so the kill is always mid-trial.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from blackbox.evals.base import Evaluation
+from blackbox.strategies.base import Box
+from blackbox.study.storage import make_storage
+from blackbox.study.worker import (
+    HEARTBEAT_ATTR,
+    Worker,
+    fail_stale_trials,
+    retried_from,
+    retry_callback,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PASSWORD = "s3cret-pw"
+BUDGET = 10
+
+
+# ---------------------------------------------------------------- PostgreSQL server (session)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster (trust auth on 127.0.0.1), stopped and removed after.
+
+    Fails (does not skip) when the binaries are missing: CI has them.
+    """
+    initdb, pg_ctl = PG_BIN / "initdb", PG_BIN / "pg_ctl"
+    if not (initdb.is_file() and pg_ctl.is_file()):
+        pytest.fail(f"PostgreSQL 15 binaries not found in {PG_BIN} (apt install postgresql-15)")
+    root = Path(tempfile.mkdtemp(prefix="bb-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    started = False
+    try:
+        subprocess.run(
+            [*as_user, str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [*as_user, str(pg_ctl), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w"]
+            + ["start"],
+            check=True,
+            capture_output=True,
+        )
+        started = True
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE blackbox")
+        conn.close()
+        # trust auth ignores the password: it is there to prove it is masked everywhere
+        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/blackbox"
+    finally:
+        if started:
+            subprocess.run(
+                [*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a tiny real study
+
+
+@pytest.fixture(scope="module")
+def study_config(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
+    """Config of a tiny real study: tiny Llama dir, bb_rotten_tomatoes, a .pt vector, TPE."""
+    root = tmp_path_factory.mktemp("worker_study")
+    tiny_llama.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
+    cfg = {
+        "name": "shared",
+        "model": {"name": str(root / "model"), "device": "cpu"},
+        "task": {"name": "bb_rotten_tomatoes", "search_size": 12, "heldout_size": 2},
+        "space": {"layers": [0, 3], "coeff": [-1, 1], "vectors": [{"name": "v", "file": "v.pt"}]},
+        "strategy": {"name": "optuna", "settings": {"sampler": "tpe"}},
+        "budget": {"evaluations": BUDGET},
+    }
+    cfg["space"]["vectors"][0]["file"] = str(root / "v.pt")
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _worker(config: Path, log: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blackbox.cli", "worker", str(config), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _pid(trial: optuna.trial.FrozenTrial) -> int | None:
+    who = trial.user_attrs.get("worker")
+    return int(who.rsplit(":", 1)[1]) if who else None
+
+
+def _kill_mid_trial(storage: Any, procs: list[subprocess.Popen], timeout: float = 240) -> int:
+    """SIGKILL a worker while it holds a RUNNING trial (after >= 2 complete ones); its pid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(p.poll() is not None for p in procs):
+            logs = "\n".join(p.log.read_text()[-2000:] for p in procs)  # type: ignore[attr-defined]
+            raise AssertionError(f"all workers ended before the kill:\n{logs}")
+        try:
+            study = optuna.load_study(study_name="shared", storage=storage)
+            trials = study.get_trials(deepcopy=False)
+        except Exception:  # the study does not exist yet
+            time.sleep(0.2)
+            continue
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and _pid(t)]
+        if done < 2 or not running:
+            time.sleep(0.1)
+            continue
+        pid = _pid(running[0])
+        os.kill(pid, signal.SIGSTOP)  # freeze it, then check it still holds the trial
+        if storage_trial_state(storage, running[0].number) == TrialState.RUNNING:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("no worker was caught mid-trial")
+
+
+def storage_trial_state(storage: Any, number: int) -> TrialState:
+    return optuna.load_study(study_name="shared", storage=storage).trials[number].state
+
+
+def _check_study(storage: Any, killed_pid: int, workers: int) -> None:
+    """Budget reached, nothing lost or counted twice, the killed trials failed and retried."""
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    states = [t.state for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, [
+        (t.number, t.state.name, _pid(t), retried_from(t), t.datetime_start, t.datetime_complete)
+        for t in trials
+    ]
+    assert BUDGET <= len(complete) <= BUDGET + workers - 1
+    killed = [t for t in trials if _pid(t) == killed_pid and t.state == TrialState.FAIL]
+    assert killed, "the killed worker's trial is FAIL"
+    for t in killed:
+        retries = [r for r in trials if retried_from(r) == t.number]
+        # a retry whose own worker stalled past the grace period may itself be failed and
+        # retried (a false stale mark on a loaded machine); exactly one retry completes
+        done = [r for r in retries if r.state == TrialState.COMPLETE]
+        assert len(done) == 1, f"trial {t.number}: one completed retry, got {retries}"
+        assert all(r.state == TrialState.FAIL for r in retries if r not in done)
+        assert all(r.params == t.params for r in retries)
+        assert _pid(done[0]) != killed_pid
+    origins = [retried_from(t) for t in complete if retried_from(t) is not None]
+    assert len(origins) == len(set(origins)), "a retried trial completed twice"
+    assert not any(trials[o].state == TrialState.COMPLETE for o in origins)
+    for t in complete:
+        a = t.user_attrs
+        assert a["kind"] == "search" and set(a["candidate"]) == {"v.layer", "v.coeff"}
+        assert a["metrics"]["acc"] == pytest.approx(t.value) and a["cost"] > 0
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
+    deadline = time.time() + timeout
+    for p in procs:
+        p.wait(timeout=max(1.0, deadline - time.time()))
+    return [p.returncode for p in procs]
+
+
+@pytest.mark.postgres
+def test_three_workers_on_postgres_survive_a_sigkill(
+    postgres_url: str, study_config: Path, tmp_path: Path
+) -> None:
+    beat = ["--heartbeat=1", "--grace=8", f"--storage={postgres_url}"]
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    procs = [_worker(study_config, log, *beat) for log in logs]
+    try:
+        pid = _kill_mid_trial(make_storage(postgres_url), procs)
+        codes = dict(zip([p.pid for p in procs], _wait_all(procs)))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes.pop(pid) == -signal.SIGKILL
+    assert list(codes.values()) == [0, 0], [log.read_text() for log in logs]
+    _check_study(make_storage(postgres_url), pid, workers=3)
+    text = "".join(log.read_text() for log in logs)
+    assert PASSWORD not in text and "postgres:***@127.0.0.1" in text
+    assert "stale trial(s) failed" in text
+
+
+def test_three_workers_on_a_journal_file_survive_a_sigkill(
+    study_config: Path, tmp_path: Path
+) -> None:
+    url = f"journal://{tmp_path / 'study.log'}"
+    log = tmp_path / "workers.log"
+    parent = _worker(
+        study_config,
+        log,
+        "--workers=3",
+        "--batch=2",
+        "--heartbeat=1",
+        "--grace=8",
+        "--storage",
+        url,
+    )
+    storage = make_storage(url)
+    try:
+        pid = _kill_mid_trial(storage, [parent])
+        assert parent.wait(timeout=300) == 1, log.read_text()  # one child died of SIGKILL
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    _check_study(make_storage(url), pid, workers=3)
+
+
+def test_sigint_finishes_the_batch_and_the_same_command_resumes(
+    study_config: Path, tmp_path: Path
+) -> None:
+    # a budget the worker cannot finish between its first complete trial and the signal
+    args = ["--storage", f"journal://{tmp_path / 'study.log'}", "--set=budget.evaluations=40"]
+    proc = _worker(study_config, tmp_path / "a.log", *args)
+    storage = make_storage(f"journal://{tmp_path / 'study.log'}")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="shared", storage=storage).trials
+        except Exception:
+            trials = []
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, (tmp_path / "a.log").read_text()
+    first = optuna.load_study(study_name="shared", storage=make_storage(args[1])).trials
+    assert first and all(t.state.is_finished() for t in first)
+    assert "interrupted" in (tmp_path / "a.log").read_text()
+    again = _worker(study_config, tmp_path / "b.log", *args)
+    assert again.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()
+    trials = optuna.load_study(study_name="shared", storage=make_storage(args[1])).trials
+    assert sum(t.state == TrialState.COMPLETE for t in first) < 40  # stopped early
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 40
+    assert [t.number for t in trials[: len(first)]] == [t.number for t in first]
+
+
+# ---------------------------------------------------------------- in-process, no model
+
+
+class _Space:
+    box = Box(np.array([-1.0]), np.array([1.0]), np.array([False]), ("c",))
+
+    def decode(self, x: np.ndarray) -> list[float]:
+        return [float(r[0]) for r in x]
+
+    def describe(self, c: float) -> dict[str, float]:
+        return {"c": c}
+
+
+class _NaNBelowZero:
+    """Scores ``c``; NaN for negative ``c``."""
+
+    def evaluate(self, cands: list[float], split: str = "search") -> Evaluation:
+        vals = np.array([c if c >= 0 else np.nan for c in cands])
+        return Evaluation(values=vals, metrics=[{"acc": v} for v in vals], cost=float(len(cands)))
+
+
+def test_nan_score_is_a_failed_trial_and_the_worker_goes_on(tmp_path: Path) -> None:
+    storage = make_storage(f"journal://{tmp_path / 's.log'}")
+    study = optuna.create_study(
+        storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1)
+    )
+    s = Worker(study, _Space(), _NaNBelowZero(), budget=5, batch=2, log=lambda m: None).run()
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(complete) == 5 and s.told == 5 and s.failed == len(failed) > 0
+    assert all(t.params["c"] < 0 and "non-finite" in t.user_attrs["error"] for t in failed)
+    assert all(t.user_attrs["metrics"]["acc"] is None for t in failed)
+
+
+def test_journal_stale_check_fails_and_retries_once(tmp_path: Path) -> None:
+    storage = make_storage(f"journal://{tmp_path / 's.log'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    dist = {"c": optuna.distributions.FloatDistribution(-1, 1)}
+    dead = study.ask(dist)
+    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 100)
+    alive = study.ask(dist)
+    time.sleep(1.2)  # both started over a second ago; only the live one beats
+    storage.set_trial_system_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
+    cb = retry_callback(max_retry=1)
+    assert fail_stale_trials(study, grace=1, callback=cb) == 1
+    assert fail_stale_trials(study, grace=1, callback=cb) == 0  # failed once only
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert retried_from(trials[2]) == dead.number and trials[2].params == trials[0].params
+    # the retry inherits the dead trial's 100 s old beat; once picked up it is not stale
+    retry = study.ask(dist)
+    assert retry.number == trials[2].number
+    assert study.trials[2].system_attrs[HEARTBEAT_ATTR] < time.time() - 99
+    assert fail_stale_trials(study, grace=5, callback=cb) == 0
+    assert study.trials[2].state == TrialState.RUNNING
+
+
+@pytest.mark.postgres
+def test_storage_password_is_masked_in_run_outputs(
+    postgres_url: str, study_config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "blackbox.cli", "run", str(study_config), "--out", str(out)]
+        + ["--no-progress", f"--set=storage={postgres_url}", "--set=name=masked"]
+        + ["--set=budget.evaluations=2", "--set=strategy.population=2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = (out / "result.json").read_text()
+    assert "postgres:***@127.0.0.1" in result
+    for text in (result, (out / "config.yaml").read_text(), proc.stdout, proc.stderr):
+        assert PASSWORD not in text
