@@ -1,7 +1,7 @@
 """The ``blackbox`` command line.
 
     blackbox run studies/steer_rotten_tomatoes.yaml [--set strategy.name=nevergrad ...] [--out DIR]
-    blackbox export RUN_DIR [--out steered.pt]
+    blackbox export RUN_DIR [--out FILE]
     blackbox data
 
 Bad input (config, model, task, data, storage) prints one line ``blackbox: error: ...`` and
@@ -27,11 +27,13 @@ examples:
   blackbox run studies/steer_rotten_tomatoes.yaml --set strategy.name=random --out runs/rand
   blackbox run studies/steer_rotten_tomatoes_nevergrad.yaml  # nevergrad CMA
   blackbox export runs/steer_rotten_tomatoes                 # re-write steered.pt
+  blackbox compare studies/compare_interventions.yaml        # steering vs tokens vs soft
   lm_eval --model steered --model_args pretrained=DIR,steer_path=runs/.../steered.pt ...
 
 A run directory holds config.yaml (resolved), study.db (Optuna; open it with
-`optuna-dashboard sqlite:///runs/NAME/study.db`), result.json, best_so_far.png, landscape.png
-and steered.pt.  Re-running the same command resumes an interrupted run.
+`optuna-dashboard sqlite:///runs/NAME/study.db`), result.json, best_so_far.png and the space's
+files (steered.pt; tokens.json and pareto.png; soft_prompt.safetensors and tokens.json).
+Re-running the same command resumes an interrupted run.
 """
 
 
@@ -40,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="blackbox",
         description="Black-box optimisation of language models' inputs and internals: "
         "steering vectors, token sequences and soft prompts, searched with PSO (pyswarms), "
-        "nevergrad, Optuna or random search against lm-eval tasks.",
+        "nevergrad, Optuna, EPO/GCG, Adam or random search against lm-eval tasks and "
+        "model-internal objectives.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -54,9 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     add_config_arguments(
         run, "study YAML (see studies/)", "budget.evaluations=40", "runs/<config name>"
     )
-    exp = sub.add_parser("export", help="write the best candidate of a run as lm-eval steered .pt")
+    exp = sub.add_parser(
+        "export",
+        help="write the best candidate of a run: steered.pt (steering), tokens.json (tokens), "
+        "soft_prompt.safetensors (soft prompts)",
+    )
     exp.add_argument("run_dir")
-    exp.add_argument("--out", help="output file (default RUN_DIR/steered.pt)")
+    exp.add_argument("--out", help="output file (default: in RUN_DIR)")
+    exp.add_argument("--storage", help="storage URL (when the run's password is masked)")
     run.set_defaults(handler=cmd_run)
     exp.set_defaults(handler=cmd_export)
     sub.add_parser(
@@ -116,65 +124,45 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, ModelLoadError, DataError, StorageError)
 
 
-def _print_token_summary(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    best = result.get("best")
-    if best:
-        console.print(f"best prompt: {best['text']!r}  value {best['value']:.4f}")
-    table = Table(title="Pareto front (objective vs prompt cross-entropy)")
-    for col in ("xentropy", "value", "prompt"):
-        table.add_column(col, justify="right" if col != "prompt" else "left")
-    for p in result.get("pareto_front", []):
-        table.add_row(f"{p['xentropy']:.3f}", f"{p['value']:.4f}", repr(p["text"]))
-    console.print(table)
-    console.print(
-        f"{result['evaluations']} evaluations, {result['cost_forward_passes']:.0f} forward-pass "
-        f"equivalents, {result['wall_seconds']} s"
-    )
+def _cell(entry: dict | None) -> str:
+    return "-" if entry is None else f"{entry['score']:.4f}"
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    if "stages" in result:
-        from blackbox.study.soft import stage_table
-
-        print(stage_table(result))
-        print(
-            f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from "
-            f"storage), {result['cost_forward_passes']:.0f} forward-pass equivalents, "
-            f"{result['wall_seconds']} s"
-        )
-        return
-    if "pareto_front" in result:
-        _print_token_summary(result)
-        return
+    """The baselines and the best on every split, then the space's own summary."""
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    splits = result.get("splits", {})
+    title = result.get("task") or result.get("objective")
     table = Table(
-        title=f"{result['task']} ({result['metric']}) - {result['strategy']}, seed {result['seed']}"
+        title=f"{title} ({result['metric']}) - {result['space']} x {result['strategy']}, "
+        f"seed {result['seed']}"
     )
     table.add_column("")
-    table.add_column(f"search ({result['search_docs']} docs)", justify="right")
-    table.add_column(f"held-out ({result['heldout_docs']} docs)", justify="right")
-
-    def cell(entry: dict | None) -> str:
-        return "-" if entry is None else f"{entry['score']:.4f}"
-
-    table.add_row(
-        "baseline (unsteered)",
-        cell(result["baseline"]["search"]),
-        cell(result["baseline"]["heldout"]),
-    )
-    table.add_row("best steering", cell(result["best"]["search"]), cell(result["best"]["heldout"]))
-    console = Console()
+    for split in ("search", "heldout"):
+        if split in splits:
+            table.add_column(f"{split} ({splits[split]} docs)", justify="right")
+    rows = [(f"baseline: {k}", v) for k, v in result.get("baselines", {}).items()]
+    rows.append(("best found", {k: result["best"][k] for k in ("search", "heldout")}))
+    for label, entry in rows:
+        table.add_row(label, *[_cell(entry.get(s)) for s in ("search", "heldout") if s in splits])
     console.print(table)
-    console.print(f"best candidate: {result['best_candidate']}")
+    if result.get("stages"):
+        from blackbox.finishing.soft import stage_table
+
+        print(stage_table(result))
+    prompt = result.get("prompt")
+    if prompt:
+        console.print(f"best prompt: {prompt['text']!r}")
+    if result.get("pareto_front"):
+        console.print(f"Pareto front: {len(result['pareto_front'])} prompts (pareto.png)")
+    console.print(f"best candidate: {result['best']['candidate']}")
     console.print(
-        f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from storage, "
-        f"{result['cache_hits']} repeats), {result['wall_seconds']} s"
+        f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from "
+        f"storage, {result['cache_hits']} repeats), {result['cost_forward_passes']:.0f} "
+        f"forward-pass equivalents, {result['wall_seconds']} s"
     )
 
 
@@ -200,30 +188,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import yaml
+    from blackbox.study.export import export_run
 
-    from blackbox.config import ConfigError, validate
-    from blackbox.finishing.steering import export_steered
-    from blackbox.report.run import search_trials
-    from blackbox.study.pipeline import prepare, storage_url
-    from blackbox.study.storage import open_study
-
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"export: {str(run_dir)!r} is not a run directory (no config.yaml)")
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    prepared = prepare(cfg, progress=False)
-    study = open_study(storage_url(cfg, run_dir), cfg.name, prepared.space.box, cfg.fingerprint())
-    trials = [t for t in search_trials(study) if t.value is not None]
-    if not trials:
-        raise ConfigError(f"export: {str(run_dir)!r} has no completed evaluations yet")
-    best = max(trials, key=lambda t: t.value)
-    x = [[best.params[n] for n in prepared.space.box.names]]
-    cand = prepared.space.decode(x)[0]
-    out = export_steered(
-        prepared.space, cand, prepared.loaded.model, Path(args.out or run_dir / "steered.pt")
+    paths, best = export_run(
+        Path(args.run_dir), Path(args.out) if args.out else None, args.storage
     )
-    print(f"wrote {out} (score {best.value:.4f}: {prepared.space.describe(cand)})")
+    print(f"wrote {', '.join(str(p) for p in paths)} (score {best:.4f})")
     return 0
 
 

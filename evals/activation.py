@@ -1,42 +1,54 @@
-"""Internal-activation objectives for dreaming (Fluent Dreaming, Thompson et al. 2024).
+"""Internal-activation objectives (Fluent Dreaming, Thompson et al. 2024), for any intervention.
 
-All read the last position of ``[prefix | tokens | suffix]``:
+Each reads the last position of every document (after the prompt and the document, where the
+model is about to answer) and averages over documents:
 
-* :class:`NeuronObjective`: an MLP neuron, the input of ``down_proj`` (``act(gate) * up``).
-* :class:`ResidualDirectionObjective`: alignment of the residual stream after a decoder layer
-  with a direction, normalised as ``<h, v> / (||h|| ||v||)`` (our reading of the paper's eq. 4);
-  after :meth:`~ResidualDirectionObjective.calibrate` on random prompts each candidate also
-  reports ``z = (f - mu) / sigma`` (eq. 5).
-* :class:`FeatureDirectionObjective`: ``<h, v> + bias`` with ``v`` loaded from a tensor file
-  (an SAE decoder row, loaded with ``torch.load(weights_only=True)``).
+* :class:`NeuronObjective`: an MLP neuron, the input of the block's MLP output projection
+  (``act(gate) * up`` for gated MLPs), found for any architecture by
+  :func:`~blackbox.models.layers.mlp_output_projection`.
+* :class:`ResidualDirectionObjective`: cosine alignment ``<h, v> / (||h|| ||v||)`` of the
+  residual stream after a decoder layer with a direction (the paper's eq. 4).
+* :class:`FeatureDirectionObjective`: ``<h, v> + bias`` with ``v`` loaded from a tensor file (an
+  SAE decoder row, loaded with ``torch.load(weights_only=True)`` or safetensors).
 * :class:`LpFeaturesObjective`: ``(sum_i relu(a_i + offset_i)^p)^(1/p)`` over several feature
   dot products (``p < 1`` rewards activating all of them together).
+
+Every one is :class:`~blackbox.evals.document_objective.Standardised`: calibrated on random
+candidates its value is a z-score (eq. 5), the default, so fluency weights mean the same for
+every objective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from blackbox.evals.token_objective import TokenObjective
-from blackbox.forward.token_forward import ForwardOut, decoder_layers
-from blackbox.search_spaces.tokens import TokenContext
+from blackbox.evals.document_objective import Standardised, at_last
+from blackbox.forward.splice import Capture, Items, SpliceOut
 
 
 def load_direction(
-    source: str | Path | torch.Tensor | np.ndarray, row: int | None = None
+    source: str | Path | torch.Tensor | np.ndarray, row: int | Sequence[int] | None = None
 ) -> torch.Tensor:
-    """``(d,)`` or ``(k, d)`` float direction(s) from a tensor, array or ``.pt`` file.
+    """``(d,)`` or ``(k, d)`` float direction(s) from a tensor, array, ``.pt`` or
+    ``.safetensors`` file.
 
-    A file is read with ``torch.load(weights_only=True)``; a dict must hold one tensor (or a
-    ``"W_dec"``/``"direction"`` entry).  ``row`` picks rows of a 2-D matrix (an SAE decoder).
+    A ``.pt`` file is read with ``torch.load(weights_only=True)``; a dict (or safetensors file)
+    must hold one tensor or a ``"direction"``/``"W_dec"`` entry.  ``row`` picks rows of a 2-D
+    matrix (an SAE decoder).
     """
     if isinstance(source, (str, Path)):
-        obj = torch.load(source, map_location="cpu", weights_only=True)
+        path = Path(source)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):
             for key in ("direction", "W_dec", "w_dec"):
                 if key in obj:
@@ -44,12 +56,12 @@ def load_direction(
                     break
             else:
                 if len(obj) != 1:
-                    raise ValueError(f"{source}: dict with keys {sorted(obj)}; name one tensor")
+                    raise ValueError(f"{source}: a dict with keys {sorted(obj)}; name one tensor")
                 obj = next(iter(obj.values()))
         source = obj
     t = torch.as_tensor(source).float()
     if row is not None:
-        t = t[row]
+        t = t[list(row)] if isinstance(row, Sequence) else t[row]
     return t
 
 
@@ -63,166 +75,200 @@ def lp_combine(acts: torch.Tensor, offsets: torch.Tensor, p: float) -> torch.Ten
     return torch.where(alive, torch.where(alive, total, torch.ones_like(total)).pow(1.0 / p), total)
 
 
-class _LastPosition(TokenObjective):
-    """Reads the residual stream after ``layer`` at the last position."""
+def _standardise_kw(o: Any) -> dict[str, Any]:
+    return {"standardise": bool(o.standardise and o.calibrate)}
 
-    needs_hidden: ClassVar[bool] = True
 
-    def __init__(
-        self, model: torch.nn.Module, layer: int, context: TokenContext | None = None, **kw: Any
-    ) -> None:
-        super().__init__(model, context, **kw)
+class _Residual(Standardised):
+    """Reads the residual stream after decoder block ``layer`` at each document's last token."""
+
+    def __init__(self, model: torch.nn.Module, splits: dict[str, Items], layer: int, **kw: Any):
+        super().__init__(model, splits, **kw)
         self.layer = int(layer)
+        self.captures = (Capture(self.layer, "residual"),)
 
-    def residual(self, out: ForwardOut) -> torch.Tensor:
-        """``(B, d)`` residual stream after decoder layer ``layer`` at the last position."""
-        return out.hidden_states[self.layer + 1][:, -1].float()
+    def residual(self, out: SpliceOut) -> torch.Tensor:
+        """``(R, d)`` residual stream after block ``layer`` at each row's last position."""
+        return at_last(out.captured[self.captures[0]], out).float()
 
 
-class NeuronObjective(TokenObjective):
-    """Activation of MLP neuron ``index`` in decoder layer ``layer`` at the last position."""
+class NeuronObjective(Standardised):
+    """Activation of MLP neuron ``index`` of decoder block ``layer`` at the last position."""
 
-    name: ClassVar[str] = "neuron"
-    metric = "activation"
+    raw_metric = "activation"
 
     def __init__(
-        self,
-        model: torch.nn.Module,
-        layer: int,
-        index: int,
-        context: TokenContext | None = None,
-        **kw: Any,
+        self, model: torch.nn.Module, splits: dict[str, Items], layer: int, index: int, **kw: Any
     ) -> None:
-        super().__init__(model, context, **kw)
+        super().__init__(model, splits, **kw)
         self.layer, self.index = int(layer), int(index)
-        self._down = decoder_layers(self.model)[self.layer].mlp.down_proj
+        self.captures = (Capture(self.layer, "mlp"),)
 
-    def capture_modules(self) -> dict[str, torch.nn.Module]:
-        return {"mlp": self._down}
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        return {"value": at_last(out.captured[self.captures[0]], out)[:, self.index].float()}
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        return out.captured["mlp"][:, -1, self.index].float()  # (B,)
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> NeuronObjective:
+        from blackbox.config.base import ConfigError
+        from blackbox.models.layers import mlp_width
+
+        o = cfg.objective
+        ctx.check_layer("objective.layer", o.layer)
+        try:
+            width = mlp_width(ctx.model, o.layer)
+        except ValueError as exc:
+            raise ConfigError(f"config: objective.type: 'neuron': {exc}") from None
+        if o.index >= width:
+            raise ConfigError(f"config: objective.index: {o.index} is outside 0..{width - 1}")
+        return cls(
+            ctx.model, _splits(ctx), o.layer, o.index, **_standardise_kw(o), **ctx.objective_kw()
+        )
 
 
-class ResidualDirectionObjective(_LastPosition):
-    """Cosine alignment of the residual after ``layer`` with ``direction`` ``(d,)`` (eq. 4).
+class ResidualDirectionObjective(_Residual):
+    """Cosine alignment of the residual after ``layer`` with ``direction`` ``(d,)`` (eq. 4)."""
 
-    Args:
-        model: causal LM.
-        layer: decoder layer whose output is read.
-        direction: ``(d,)`` tensor, array or ``.pt`` file.
-        standardise: once calibrated, make the value the z-score itself (eq. 5), so that
-            fluency weights have the same meaning for every direction.
-        context, **kw: as :class:`TokenObjective`.
-    """
-
-    name: ClassVar[str] = "residual_direction"
-    metric = "alignment"
+    raw_metric = "alignment"
 
     def __init__(
         self,
         model: torch.nn.Module,
+        splits: dict[str, Items],
         layer: int,
         direction: Any,
-        context: TokenContext | None = None,
-        standardise: bool = False,
         **kw: Any,
     ) -> None:
-        super().__init__(model, layer, context, **kw)
-        v = load_direction(direction).to(self.forward.device)
+        super().__init__(model, splits, layer, **kw)
+        v = load_direction(direction).to(self.splice.device).reshape(-1)
         self.direction = v / v.norm()  # (d,)
-        self.standardise = bool(standardise)
-        self.mu: float | None = None
-        self.sigma: float | None = None
 
-    def alignment(self, out: ForwardOut) -> torch.Tensor:
-        """``(B,)`` ``<h, v> / (||h|| ||v||)`` at the last position."""
-        h = self.residual(out)  # (B, d)
-        return h @ self.direction / h.norm(dim=-1).clamp_min(1e-12)
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        h = self.residual(out)  # (R, d)
+        return {"value": h @ self.direction / h.norm(dim=-1).clamp_min(1e-12)}
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        a = self.alignment(out)
-        if self.standardise and self.mu is not None and self.sigma:
-            return (a - self.mu) / self.sigma
-        return a
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> ResidualDirectionObjective:
+        from blackbox.models.layers import hidden_size
 
-    def calibrate(self, random_ids: np.ndarray) -> float:
-        """Fit eq. 5's mean and std on random prompts ``(R, n)``; returns the cost spent."""
-        self.mu = self.sigma = None
-        values, _ = self._score_ids(np.asarray(random_ids))
-        self.set_calibration(values)
-        return float(len(values))
-
-    def set_calibration(self, random_values: np.ndarray) -> None:
-        """Set eq. 5's mean and std from alignments of random prompts ``(R,)``."""
-        self.mu = float(np.mean(random_values))
-        self.sigma = float(np.std(random_values, ddof=1))
-
-    def z_score(self, alignment: np.ndarray) -> np.ndarray:
-        """``(f - mu) / sigma`` (eq. 5); needs :meth:`calibrate` first."""
-        if self.mu is None or not self.sigma:
-            raise RuntimeError("residual_direction: call calibrate() before z_score()")
-        return (np.asarray(alignment) - self.mu) / self.sigma
-
-    def metrics_of(self, values: np.ndarray) -> list[dict[str, Any]]:
-        if self.mu is None or not self.sigma:
-            return [{} for _ in values]
-        if self.standardise:
-            return [{"z": float(v), "cosine": float(v * self.sigma + self.mu)} for v in values]
-        return [{"z": float(z)} for z in self.z_score(values)]
+        o = cfg.objective
+        ctx.check_layer("objective.layer", o.layer)
+        if o.direction_file:
+            direction: Any = _file_direction(o.direction_file, "objective.direction_file", ctx)
+        else:
+            g = torch.Generator().manual_seed(int(o.direction_seed or 0))
+            direction = torch.randn(hidden_size(ctx.model), generator=g)
+        return cls(ctx.model, _splits(ctx), o.layer, direction, **_standardise_kw(o), **ctx.objective_kw())
 
 
-class FeatureDirectionObjective(_LastPosition):
-    """``<h, v> + bias`` for a direction loaded from ``source`` (an SAE decoder row)."""
+class FeatureDirectionObjective(_Residual):
+    """``<h, v> + bias`` for a direction ``v`` ``(d,)`` (an SAE decoder row)."""
 
-    name: ClassVar[str] = "feature_direction"
-    metric = "feature"
+    raw_metric = "feature"
 
     def __init__(
         self,
         model: torch.nn.Module,
+        splits: dict[str, Items],
         layer: int,
-        source: Any,
-        row: int | None = None,
+        direction: Any,
         bias: float = 0.0,
-        context: TokenContext | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(model, layer, context, **kw)
-        self.direction = load_direction(source, row).to(self.forward.device)  # (d,)
+        super().__init__(model, splits, layer, **kw)
+        self.direction = load_direction(direction).to(self.splice.device).reshape(-1)
         self.bias = float(bias)
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        return self.residual(out) @ self.direction + self.bias
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        return {"value": self.residual(out) @ self.direction + self.bias}
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> FeatureDirectionObjective:
+        o = cfg.objective
+        ctx.check_layer("objective.layer", o.layer)
+        v = _file_direction(o.file, "objective.file", ctx, row=o.row)
+        return cls(
+            ctx.model, _splits(ctx), o.layer, v, bias=o.bias, **_standardise_kw(o), **ctx.objective_kw()
+        )
 
 
-class LpFeaturesObjective(_LastPosition):
-    """L_p (p < 1) combination of several feature dot products (the two-feature objective)."""
+class LpFeaturesObjective(_Residual):
+    """L_p (p < 1 by default) combination of several feature dot products."""
 
-    name: ClassVar[str] = "lp_features"
-    metric = "lp"
+    raw_metric = "lp"
 
     def __init__(
         self,
         model: torch.nn.Module,
+        splits: dict[str, Items],
         layer: int,
-        source: Any,
-        rows: Sequence[int] | None = None,
+        directions: Any,
         offsets: Sequence[float] | float = 0.0,
         p: float = 0.5,
-        context: TokenContext | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(model, layer, context, **kw)
-        dirs = load_direction(source)
-        dirs = dirs[list(rows)] if rows is not None else dirs
-        self.directions = dirs.reshape(-1, dirs.shape[-1]).to(self.forward.device)  # (k, d)
+        super().__init__(model, splits, layer, **kw)
+        dirs = load_direction(directions)
+        self.directions = dirs.reshape(-1, dirs.shape[-1]).to(self.splice.device)  # (k, d)
         k = self.directions.shape[0]
         self.offsets = torch.as_tensor(np.broadcast_to(offsets, (k,)).copy(), dtype=torch.float32)
-        if not 0 < p:
+        if not p > 0:
             raise ValueError(f"p: must be > 0, got {p}")
         self.p = float(p)
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        acts = self.residual(out) @ self.directions.T  # (B, k)
-        return lp_combine(acts, self.offsets.to(acts.device), self.p)
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        acts = self.residual(out) @ self.directions.T  # (R, k)
+        st = {"value": lp_combine(acts, self.offsets.to(acts.device), self.p)}
+        for i in range(acts.shape[1]):
+            st[f"feature{i}"] = acts[:, i]
+        return st
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> LpFeaturesObjective:
+        from blackbox.config.base import ConfigError
+
+        o = cfg.objective
+        ctx.check_layer("objective.layer", o.layer)
+        dirs = _file_direction(o.file, "objective.file", ctx, row=o.rows, matrix=True)
+        k = dirs.reshape(-1, dirs.shape[-1]).shape[0]
+        if isinstance(o.offsets, list) and len(o.offsets) not in (1, k):
+            raise ConfigError(f"config: objective.offsets: {len(o.offsets)} values for {k} features")
+        return cls(
+            ctx.model,
+            _splits(ctx),
+            o.layer,
+            dirs,
+            offsets=o.offsets,
+            p=o.p,
+            **_standardise_kw(o),
+            **ctx.objective_kw(),
+        )
+
+
+def _splits(ctx: Any) -> dict[str, Items]:
+    """The objective's documents laid out for the study's space."""
+    from blackbox.evals.documents import layout
+
+    return {k: layout(ctx.tokenizer, v, **ctx.layout_kw())[0] for k, v in ctx.documents().items()}
+
+
+def _file_direction(
+    path: str, field: str, ctx: Any, row: Any = None, matrix: bool = False
+) -> torch.Tensor:
+    """A direction ``(d,)`` (or rows ``(k, d)``) from a file, checked against the model's width
+    (one-line :class:`~blackbox.config.base.ConfigError` naming ``field``)."""
+    from blackbox.config.base import ConfigError
+    from blackbox.models.layers import hidden_size
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config: {field}: {path!r} does not exist")
+    try:
+        t = load_direction(path, row)
+    except Exception as exc:  # unpickling, safetensors and indexing errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ConfigError(f"config: {field}: {path!r} cannot be read as a direction ({first})") from None
+    d = hidden_size(ctx.model)
+    ok = t.shape[-1] == d and (t.dim() == 1 or (matrix and t.dim() == 2))
+    if not ok:
+        want = f"(k, {d}) or ({d},)" if matrix else f"({d},) (pick a row of a matrix with row:)"
+        raise ConfigError(f"config: {field}: {path!r} holds shape {tuple(t.shape)}; expected {want}")
+    return t

@@ -1,45 +1,323 @@
-"""The objective interface: score a batch of candidates in as few forward passes as possible."""
+"""The objective interface: score an intervention on named splits of the objective's documents.
+
+:class:`Objective` is what the runner sees: ``evaluate(intervention, split, limit)`` returns one
+value per candidate (higher is better) with metrics and cost.  The base class serves repeats
+from a cache (identical candidates cost nothing), gives rejected token prompts NaN without a
+forward pass, and leaves the scoring of the rest to :meth:`Objective._score`.
+
+:class:`Differentiable` adds what gradient-guided strategies and finishing steps need from an
+objective that can differentiate its value with respect to a prompt's embeddings: Adam's loss,
+one-hot token gradients (``value - lambda * xentropy``, the EPO/GCG oracle) and their cost.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from blackbox.api import (
+    Evaluation,
+    HookIntervention,
+    Intervention,
+    ObjectiveTraits,
+    PromptIntervention,
+    TokenGradients,
+)
 
-@dataclass
-class Evaluation:
-    """Scores of a batch of ``n`` candidates.
-
-    Attributes:
-        values: ``(n,)`` primary objective (higher is better); NaN marks a failed evaluation.
-        metrics: per candidate, every metric the objective measured (flat, JSON-friendly).
-        extra: ``(n, k)`` secondary objectives (for example fluency), or ``None``.
-        cost: forward-pass equivalents spent: sequences run through the model (one sequence
-            forward = 1, its backward = 2 more); repeats served from a cache cost 0.
-    """
-
-    values: np.ndarray
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    extra: np.ndarray | None = None
-    cost: float = 0.0
+BACKWARD_COST = 2.0
+"""A backward pass costs two forward-pass equivalents."""
+RECENT_XENTROPY = 8192
+"""Token prompts whose fluency is kept for :meth:`Differentiable.recent_xentropy`."""
 
 
 class Objective(ABC):
-    """Scores candidates of one search space on named data splits.
+    """Scores interventions on named splits (``search``, ``heldout``, ...).
 
-    ``evaluate`` takes candidates already decoded by the space; it returns one value per
-    candidate.  ``split`` picks the data ("search", "validation", "test") and ``limit`` a prefix
-    of that split (a fidelity).
+    Subclasses set ``name`` (by registration), ``traits`` and ``metric``, and implement
+    :meth:`_score` and :meth:`n_examples`.
     """
 
     name: ClassVar[str] = ""
+    traits: ClassVar[ObjectiveTraits] = ObjectiveTraits()
     metric: str = "score"
+    extra_names: tuple[str, ...] = ()
+    extra_directions: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.extra_names = ()
+        self.extra_directions = ()
+        self._cache: dict[tuple[str, int | None, Hashable], tuple[float, dict, Any]] = {}
+        self.cache_hits = 0
 
     @abstractmethod
+    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
+        """Score every candidate of ``iv`` (all valid, all new) on ``split``."""
+
+    @abstractmethod
+    def n_examples(self, split: str = "search") -> int:
+        """Documents of a split (what ``limit`` and minibatch indices count)."""
+
+    @property
+    def splits(self) -> list[str]:
+        return list(getattr(self, "_splits", {}) or ["search"])
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"split {split!r} is not one of {sorted(self.splits)}")
+
+    def reset_cache(self, keep: Sequence[Hashable] = ()) -> None:
+        """Forget repeats (a new run pays for its own evaluations), except keys in ``keep``."""
+        kept = set(keep)
+        for k in list(self._cache):
+            if k[2] not in kept:
+                del self._cache[k]
+        self.cache_hits = 0
+
     def evaluate(
-        self, candidates: Sequence[Any], split: str = "search", limit: int | None = None
-    ) -> Evaluation: ...
+        self, iv: Intervention, split: str = "search", limit: int | None = None
+    ) -> Evaluation:
+        """Score the ``n`` candidates of ``iv`` on ``split`` (its first ``limit`` documents).
+
+        Returns:
+            values ``(n,)`` (NaN for rejected token prompts), per-candidate metrics (with
+            ``cache_hit`` and ``rejected``), ``extra`` ``(n, k)`` secondary objectives and the
+            forward-pass equivalents spent (repeats and rejected candidates cost 0).
+        """
+        self.check_split(split)
+        n = len(iv)
+        valid = list(getattr(iv, "valid", [True] * n))
+        keys = [(split, limit, k) for k in iv.keys]
+        todo: list[int] = []
+        first: dict[Hashable, int] = {}
+        for i in range(n):
+            if valid[i] and keys[i] not in self._cache and keys[i] not in first:
+                first[keys[i]] = i
+                todo.append(i)
+        cost = 0.0
+        if todo:
+            ev = self._score(iv.subset(todo), split, limit)
+            cost = float(ev.cost)
+            for j, i in enumerate(todo):
+                extra = None if ev.extra is None else np.asarray(ev.extra[j], dtype=float)
+                self._cache[keys[i]] = (float(ev.values[j]), dict(ev.metrics[j]), extra)
+        values = np.full(n, np.nan)
+        k_extra = len(self.extra_names)
+        extra = np.full((n, k_extra), np.nan) if k_extra else None
+        metrics: list[dict[str, Any]] = []
+        fresh = set(todo)
+        for i in range(n):
+            if not valid[i]:
+                metrics.append({"rejected": True, "cache_hit": False})
+                continue
+            value, m, e = self._cache[keys[i]]
+            hit = i not in fresh
+            self.cache_hits += int(hit)
+            values[i] = value
+            metrics.append({**m, "cache_hit": hit})
+            if extra is not None and e is not None:
+                extra[i] = e
+        return Evaluation(values=values, metrics=metrics, extra=extra, cost=cost)
+
+
+def prompt_xentropy(
+    next_logits: torch.Tensor, tokens: torch.Tensor, first: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(R,)`` mean cross-entropy of a prompt's tokens under the model (self-fluency).
+
+    Args:
+        next_logits: ``(R, n, V)``; position ``j`` holds the logits predicting token ``j``.
+        tokens: ``(R, n)`` ids, or a one-hot ``(R, n, V)`` (differentiable).
+        first: ``(R,)`` bool, whether token 0 is predicted (something precedes it); default all.
+    """
+    r, n = tokens.shape[:2]
+    if n == 0:
+        return torch.zeros(r, device=tokens.device)
+    logp = F.log_softmax(next_logits.float(), dim=-1)  # (R, n, V)
+    if tokens.dim() == 3:
+        nll = -(logp * tokens.float()).sum(-1)  # (R, n)
+    else:
+        nll = -logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (R, n)
+    w = torch.ones_like(nll)
+    if first is not None:
+        w[:, 0] = first.to(w.dtype)
+    return (nll * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class Differentiable(Objective):
+    """An objective whose value is differentiable in a prompt's embeddings.
+
+    Subclasses implement :meth:`stats`: mean statistics ``{name: (C,)}`` of ``C`` prompts over
+    documents ``idx`` of a split, ``"value"`` first (and ``"xentropy"`` when ``tokens`` are
+    given).  Everything gradient-guided builds on it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._recent: OrderedDict[tuple[int, ...], float] = OrderedDict()
+
+    @abstractmethod
+    def stats(
+        self,
+        split: str,
+        idx: Sequence[int] | None = None,
+        prompt: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        hooks: HookIntervention | None = None,
+        next_logits: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``{name: (C,)}`` over documents ``idx`` (all: ``None``) of ``split``.
+
+        Args:
+            split: the split.
+            idx: document indices.
+            prompt: ``(C, n, d)`` prompt embeddings (differentiable), or ``None``.
+            tokens: the prompt's ids ``(C, n)`` or one-hot ``(C, n, V)`` (adds ``xentropy``,
+                the mean over documents of its self cross-entropy).
+            hooks: a hook intervention of ``C`` candidates instead of a prompt.
+            next_logits: also return ``"next_logits"`` ``(C, n, V)``, the mean over documents
+                of the logits predicting each prompt token.
+        """
+
+    def enable_fluency(self) -> None:
+        """Report a token prompt's self cross-entropy as a second objective (``xentropy``,
+        minimised), for Pareto fronts; the pipeline turns it on for token spaces."""
+        self.extra_names = ("xentropy",)
+        self.extra_directions = ("minimize",)
+
+    @property
+    def embedder(self) -> Any:
+        """The splice engine (``embed``, ``embedding``) prompts are embedded with."""
+        return self.splice  # type: ignore[attr-defined]
+
+    # -- the runner's contract ----------------------------------------------------------------
+    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
+        idx = None if limit is None else list(range(min(limit, self.n_examples(split))))
+        n_docs = self.n_examples(split) if idx is None else len(idx)
+        n = len(iv)
+        values = np.full(n, np.nan)
+        metrics: list[dict[str, Any]] = [{} for _ in range(n)]
+        xent = np.full(n, np.nan)
+        with torch.no_grad():
+            if isinstance(iv, HookIntervention):
+                groups = [(list(range(n)), self.stats(split, idx, hooks=iv))]
+            else:
+                groups = [(g, self._prompt_stats(iv, g, split, idx)) for g in iv.groups()]
+        for members, st in groups:
+            for j, i in enumerate(members):
+                row = {k: float(v[j]) for k, v in st.items()}
+                values[i] = row.pop("value")
+                if "xentropy" in row:
+                    xent[i] = row["xentropy"]
+                metrics[i] = {self.metric: values[i], **row}
+        if isinstance(iv, PromptIntervention) and iv.is_tokens:
+            self._remember([iv.ids[i] for i in range(n)], xent)  # type: ignore[misc]
+        extra = xent[:, None] if self.extra_names else None
+        return Evaluation(values, metrics, extra=extra, cost=float(n * n_docs))
+
+    def _prompt_stats(
+        self, iv: PromptIntervention, members: list[int], split: str, idx: Sequence[int] | None
+    ) -> dict[str, torch.Tensor]:
+        if iv.ids[members[0]] is not None:
+            ids = torch.tensor([iv.ids[i] for i in members], dtype=torch.long)
+            ids = ids.reshape(len(members), -1).to(self.embedder.device)
+            return self.stats(split, idx, prompt=self.embedder.embed(ids), tokens=ids)
+        emb = torch.stack([iv.embeds[i] for i in members]).float()  # type: ignore[misc]
+        return self.stats(split, idx, prompt=emb)
+
+    # -- gradients ----------------------------------------------------------------------------
+    def loss(
+        self, embeds: torch.Tensor, split: str = "search", idx: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """``(C,)`` minus the value of prompts ``embeds`` ``(C, n, d)`` (differentiable)."""
+        return -self.stats(split, idx, prompt=embeds)["value"]
+
+    def gradient_cost(self, idx: Sequence[int] | None = None, split: str = "search") -> float:
+        """Forward-pass equivalents of one gradient over documents ``idx`` (all: ``None``)."""
+        n = self.n_examples(split) if idx is None else len(idx)
+        return float(n) * (1.0 + BACKWARD_COST)
+
+    def token_gradients(
+        self,
+        ids: np.ndarray,
+        fluency_weights: np.ndarray | float = 0.0,
+        split: str = "search",
+        batch: int = 32,
+    ) -> TokenGradients:
+        """Gradient of ``value - lambda * xentropy`` with respect to one-hot token prompts.
+
+        Args:
+            ids: ``(B, n)`` vocabulary ids.
+            fluency_weights: ``(B,)`` lambda per prompt (or one float for all).
+            split: the split whose documents the value averages over.
+            batch: prompts per backward pass (halved on out-of-memory).
+        """
+        from blackbox.forward.splice import embed_one_hot
+
+        model = self.embedder.model
+        ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.embedder.device)
+        b = ids_t.shape[0]
+        lam = torch.as_tensor(
+            np.broadcast_to(np.asarray(fluency_weights, dtype=float), (b,)).copy(),
+            dtype=torch.float32,
+            device=ids_t.device,
+        )
+        vocab = self.embedder.embedding.shape[0]
+        grads, values, xents, nexts = [], [], [], []
+        start, bs = 0, max(1, batch)
+        while start < b:
+            chunk = ids_t[start : start + bs]
+            try:
+                one_hot = torch.zeros(*chunk.shape, vocab, device=chunk.device)
+                one_hot.scatter_(-1, chunk.unsqueeze(-1), 1.0)
+                one_hot.requires_grad_(True)
+                with torch.enable_grad():
+                    st = self.stats(
+                        split,
+                        None,
+                        prompt=embed_one_hot(model, one_hot),
+                        tokens=one_hot,
+                        next_logits=True,
+                    )
+                    total = (st["value"] - lam[start : start + len(chunk)] * st["xentropy"]).sum()
+                    (g,) = torch.autograd.grad(total, one_hot)
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if "out of memory" not in str(err).lower() or bs == 1:
+                    raise
+                bs //= 2
+                continue
+            grads.append(g.float().cpu().numpy())
+            values.append(st["value"].detach().float().cpu().numpy())
+            xents.append(st["xentropy"].detach().float().cpu().numpy())
+            nexts.append(st["next_logits"].detach().float().cpu().numpy())
+            start += len(chunk)
+        return TokenGradients(
+            grad=np.concatenate(grads),
+            values=np.concatenate(values),
+            xentropy=np.concatenate(xents),
+            next_logits=np.concatenate(nexts),
+            cost=float(b) * self.gradient_cost(None, split),
+        )
+
+    # -- fluency of recent token prompts --------------------------------------------------------
+    def _remember(self, ids: Sequence[Sequence[int]], xent: np.ndarray) -> None:
+        for row, c in zip(ids, xent.tolist()):
+            if np.isfinite(c):
+                key = tuple(int(t) for t in row)
+                self._recent[key] = float(c)
+                self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_XENTROPY:
+            self._recent.popitem(last=False)
+
+    def recent_xentropy(self, ids: np.ndarray) -> np.ndarray:
+        """``(n,)`` self cross-entropies of recently evaluated ids ``(n, T)`` (NaN if unknown).
+
+        Lets a strategy whose ``tell`` did not receive ``extra`` read the fluency of the batch
+        just scored without another forward pass.
+        """
+        return np.array([self._recent.get(tuple(r), np.nan) for r in np.asarray(ids).tolist()])

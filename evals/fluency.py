@@ -1,25 +1,37 @@
-"""Fluency objective: minus the prompt's self cross-entropy under the model.
+"""Fluency objective: minus a token prompt's self cross-entropy under the model.
 
-Every :class:`~blackbox.evals.token_objective.TokenObjective` already reports the same quantity
-as its secondary objective (``extra[:, 0]``, name ``"xentropy"``); this class makes it the
-primary one (for example to search for fluent prompts alone).
+Every objective scoring a token space already reports the same quantity as its second
+objective (``xentropy``, for Pareto fronts); this class makes it the primary one, for example
+to search for fluent prompts alone.  Token prompts only (it reads the prompt's ids).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any
 
 import torch
 
-from blackbox.evals.token_objective import TokenObjective
-from blackbox.forward.token_forward import ForwardOut, prompt_xentropy
+from blackbox.api import PROMPT, ObjectiveTraits
+from blackbox.evals.document_objective import DocumentObjective
+from blackbox.forward.splice import Items, SpliceOut
 
 
-class FluencyObjective(TokenObjective):
-    """``-mean_i CE(token_i | tokens_<i, prefix)`` (higher is more fluent)."""
+class FluencyObjective(DocumentObjective):
+    """``-mean_i CE(token_i | tokens_<i, pre)`` averaged over documents (higher: more fluent)."""
 
-    name: ClassVar[str] = "fluency"
+    traits = ObjectiveTraits(interventions=frozenset({PROMPT}), needs_token_ids=True)
     metric = "neg_xentropy"
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        return -prompt_xentropy(out.next_logits, out.tokens, out.first_predicted)
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        return {"value": out.hidden.new_zeros(out.hidden.shape[0])}
+
+    def transform(self, st: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "xentropy" not in st:
+            raise ValueError("fluency: scores token prompts only (their ids are needed)")
+        return {**st, "value": -st["xentropy"]}
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> FluencyObjective:
+        from blackbox.evals.activation import _splits
+
+        return cls(ctx.model, _splits(ctx), **ctx.objective_kw())

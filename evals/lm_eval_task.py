@@ -1,309 +1,201 @@
-"""Benchmark fitness: a candidate's score on an lm-eval task, population-batched.
+"""Benchmark fitness: a candidate's score on an lm-eval task, for every intervention.
 
-Requests are built once per split with lm-eval's own task machinery
-(``task.build_all_requests``), tokenised once with lm-eval's own encoding (``HFLM``'s
-``_encode_pair`` and truncation), merged into rows (each context once, its continuations
-packed after it as a prefix tree, rows packed side by side without padding), and scored for
-many candidates per forward pass by :class:`~blackbox.forward.loglik.LoglikScorer`.  The per-request
+Requests come from lm-eval's own machinery (:mod:`~blackbox.evals.lm_eval_requests`), so
+contexts and continuations are token for token those lm-eval scores, and per-request
 ``(loglikelihood, is_greedy)`` pairs go back through ``task.process_results`` and the task's
-aggregation functions, so the numbers are lm-eval's.
+aggregations, so the metrics are lm-eval's.  Two engines, one per intervention kind:
+
+- hooks (steering): :class:`~blackbox.forward.loglik.LoglikScorer` on packed rows (each
+  question's context once, its choices as a prefix tree, rows packed without padding), many
+  candidates per forward pass, the unsteered trunk below the lowest steered layer run once;
+- prompts (token and soft): :class:`~blackbox.forward.splice.Splice` with the prompt before the
+  whole context (``before_input``: ``[prompt | context | continuation]``) or right before the
+  continuation (``after_input``: ``[context | prompt | continuation]``, the context's
+  key/values cached per request).
+
+For gradient-guided search on prompts, :meth:`LMEvalTask.stats` gives a differentiable value:
+per document, the log-probability of the gold choice among the document's choices (softmax
+over their summed log-likelihoods), averaged.  Cost: one forward-pass equivalent per document
+and candidate, whatever the engine.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import warnings
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from blackbox.evals.base import Evaluation, Objective
-from blackbox.forward.loglik import LoglikScorer, Rows, bin_pack
+from blackbox.api import Evaluation, HookIntervention, Intervention, ObjectiveTraits
+from blackbox.evals.base import Differentiable
+from blackbox.evals.document_objective import run_documents, states_before
+from blackbox.evals.lm_eval_requests import (
+    PreparedSplit,
+    TaskSplitSpec,
+    aggregate,
+    check_packing,
+    prepare_split,
+)
+from blackbox.forward.loglik import LoglikScorer
+from blackbox.forward.splice import Items, Splice, SpliceOut
+
+PROMPT_PLACEMENTS = ("before_input", "after_input")
 
 
-@dataclass
-class PreparedSplit:
-    """A split's requests, tokenised and merged into rows.
-
-    Attributes:
-        docs: ``D`` documents (in doc-id order).
-        doc_ids: ``D`` doc ids as lm-eval numbered them.
-        requests_of_doc: per document, its request indices in ``Instance.idx`` order.
-        query_of_request: per request, its query indices (one per continuation token).
-        rows: the merged rows and queries.
-    """
-
-    name: str
-    docs: list[dict]
-    doc_ids: list[int]
-    requests_of_doc: list[list[int]]
-    query_of_request: list[np.ndarray]
-    rows: Rows
-    pairs: list[tuple[list[int], list[int]]]
-    max_length: int
-    pack: bool = True
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.docs)
-
-    def head(self, limit: int) -> PreparedSplit:
-        """The same split restricted to its first ``limit`` documents (a lower fidelity)."""
-        if limit >= self.n_docs:
-            return self
-        reqs = self.requests_of_doc[:limit]
-        flat = [r for rs in reqs for r in rs]
-        pairs = [self.pairs[r] for r in flat]
-        rows, per_request = merge_rows(pairs, self.max_length, self.pack)
-        renum, i = [], 0
-        for rs in reqs:
-            renum.append(list(range(i, i + len(rs))))
-            i += len(rs)
-        return PreparedSplit(
-            self.name,
-            self.docs[:limit],
-            self.doc_ids[:limit],
-            renum,
-            per_request,
-            rows,
-            pairs,
-            self.max_length,
-            self.pack,
-        )
-
-    def repacked(self, pack: bool) -> PreparedSplit:
-        """The same requests merged with (``pack=True``) or without packed tree rows."""
-        if pack == self.pack:
-            return self
-        rows, per_request = merge_rows(self.pairs, self.max_length, pack)
-        return dataclasses.replace(self, rows=rows, query_of_request=per_request, pack=pack)
-
-
-def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Tokenise ``(context, continuation)`` pairs exactly as ``HFLM.loglikelihood`` does."""
-    out = []
-    for context, continuation in args:
-        if context == "":
-            cont = lm.tok_encode(continuation, add_special_tokens=False)
-            if lm.prefix_token_id != cont[0]:
-                out.append(([lm.prefix_token_id], cont))
-            else:
-                out.append((cont[:1], cont[1:]))
+def request_items(prep: PreparedSplit, placement: str) -> Items:
+    """One item per request, the continuation as its target, the prompt where ``placement``
+    says."""
+    pre, post, targets = [], [], []
+    for ctx, cont in prep.pairs:
+        if placement == "before_input":
+            pre.append([])
+            post.append(list(ctx) + list(cont))
+            targets.append((len(ctx), list(cont)))
+        elif placement == "after_input":
+            pre.append(list(ctx))
+            post.append(list(cont))
+            targets.append((0, list(cont)))
         else:
-            out.append(lm._encode_pair(context, continuation))
-    return out
-
-
-def merge_rows(
-    pairs: Sequence[tuple[list[int], list[int]]], max_length: int, pack: bool = True
-) -> tuple[Rows, list[np.ndarray]]:
-    """Merge ``(context_enc, continuation_enc)`` pairs into unique input rows.
-
-    The input of a request is ``(ctx + cont)[-(max_length + 1):][:-1]`` (lm-eval's causal
-    truncation) and its continuation's ``k`` tokens are predicted at the input's last ``k``
-    positions.  Requests with the same input share one row.  With ``pack``, requests that share
-    a context and need no truncation share one *packed tree* row instead: the context once, then
-    the continuations' tokens as a prefix tree, each attending only to the context and its own
-    earlier tokens (see :class:`~blackbox.forward.loglik.Rows`), so a multiple-choice question
-    runs its context once whatever the length of its choices; the rows are then packed side by
-    side (:func:`~blackbox.forward.loglik.bin_pack`), so no forward pass computes padding.
-
-    Returns:
-        the rows (with one query per continuation token) and, per request, its query indices.
-    """
-    row_of: dict[tuple[str, tuple[int, ...]], int] = {}
-    tokens: list[list[int]] = []
-    parents: list[list[int] | None] = []
-    trie: dict[tuple[int, int, int], int] = {}  # (row, parent position, token) -> position
-    q_row, q_pos, q_tok = [], [], []
-    per_request: list[np.ndarray] = []
-    for ctx, cont in pairs:
-        if not ctx or not cont:
-            raise ValueError("lm-eval request with an empty context or continuation")
-        start = len(q_row)
-        if pack and len(ctx) + len(cont) <= max_length + 1:
-            r = row_of.setdefault(("tree", tuple(ctx)), len(tokens))
-            if r == len(tokens):
-                tokens.append(list(ctx))
-                parents.append(list(range(-1, len(ctx) - 1)))
-            node = len(ctx) - 1  # the last context token predicts the first continuation token
-            for t in cont:
-                q_row.append(r), q_pos.append(node), q_tok.append(t)
-                if len(q_row) - start == len(cont):
-                    break  # the last token is predicted, never fed
-                child = trie.get((r, node, t))
-                if child is None:
-                    child = trie[(r, node, t)] = len(tokens[r])
-                    tokens[r].append(t)
-                    parents[r].append(node)  # type: ignore[union-attr]
-                node = child
-        else:
-            inp = tuple((ctx + cont)[-(max_length + 1) :][:-1])
-            r = row_of.setdefault(("seq", inp), len(tokens))
-            if r == len(tokens):
-                tokens.append(list(inp))
-                parents.append(None)
-            k = len(cont)
-            for j, t in enumerate(cont):
-                q_row.append(r), q_pos.append(len(inp) - k + j), q_tok.append(t)
-        per_request.append(np.arange(start, len(q_row)))
-    trees: list[np.ndarray | None] = [
-        None if p is None or p == list(range(-1, len(p) - 1)) else np.array(p) for p in parents
-    ]
-    rows = Rows(
-        tokens,
-        np.array(q_row),
-        np.array(q_pos),
-        np.array(q_tok),
-        trees if any(p is not None for p in trees) else None,
-    )
-    return (bin_pack(rows) if pack else rows), per_request
-
-
-def check_packing(
-    scorer: LoglikScorer,
-    pairs: Sequence[tuple[list[int], list[int]]],
-    max_length: int,
-    n_requests: int = 16,
-) -> bool:
-    """Once per model: packed rows must score requests as plain rows do.
-
-    Scores the first ``n_requests`` requests unsteered both ways and compares each request's
-    log-likelihood (fp32: to 1e-3 relative; half precision: 5e-2, as batch composition alone
-    moves it that much).  Sets and returns ``scorer.packing``.
-    """
-    sample = list(pairs[:n_requests])
-    lls = []
-    for pack in (True, False):
-        rows, per_request = merge_rows(sample, max_length, pack)
-        scores = scorer.score(rows, [None], lambda *_: contextlib.nullcontext())
-        lls.append(np.array([scores.logprob[0][q].sum() for q in per_request]))
-    tol = 1e-3 if scorer.lm_head.weight.dtype == torch.float32 else 5e-2
-    scorer.packing = bool(np.all(np.abs(lls[0] - lls[1]) <= tol * (1 + np.abs(lls[1]))))
-    if not scorer.packing:
-        warnings.warn(
-            f"{type(scorer.model).__name__}: packed context rows do not match plain rows; "
-            "scoring every request on its own row",
-            stacklevel=2,
-        )
-    return scorer.packing
-
-
-def prepare_split(
-    task: Any, lm: Any, split: str, samples: Sequence[int] | None, pack: bool = True
-) -> PreparedSplit:
-    """Build and tokenise the requests of ``split`` (all docs, or the doc indices ``samples``).
-
-    ``pack``: requests sharing a context share one packed tree row (see :func:`merge_rows`).
-    """
-    task.config.test_split = split
-    task.build_all_requests(samples=list(samples) if samples else None, rank=0, world_size=1)
-    by_doc: dict[int, list[Any]] = defaultdict(list)
-    for inst in task.instances:
-        if inst.request_type != "loglikelihood":
             raise ValueError(
-                f"task {task.config.task!r}: request type {inst.request_type!r} is not supported "
-                "(only loglikelihood tasks: multiple_choice, loglikelihood)"
+                f"placement {placement!r}: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}"
             )
-        by_doc[inst.doc_id].append(inst)
-    doc_ids = sorted(by_doc)
-    flat: list[Any] = []
-    requests_of_doc: list[list[int]] = []
-    for d in doc_ids:
-        insts = sorted(by_doc[d], key=lambda i: i.idx)
-        requests_of_doc.append(list(range(len(flat), len(flat) + len(insts))))
-        flat.extend(insts)
-    pairs = encode_requests(lm, [inst.args for inst in flat])
-    rows, per_request = merge_rows(pairs, lm.max_length, pack)
-    return PreparedSplit(
-        name=split,
-        docs=[by_doc[d][0].doc for d in doc_ids],
-        doc_ids=doc_ids,
-        requests_of_doc=requests_of_doc,
-        query_of_request=per_request,
-        rows=rows,
-        pairs=pairs,
-        max_length=lm.max_length,
-        pack=pack,
-    )
+    return Items(pre, post, targets=targets)
 
 
-@dataclass
-class TaskSplitSpec:
-    """Which split and which documents a named split of the objective uses."""
+def continuation_scores(splice: Splice, out: SpliceOut, items: Items, c: int) -> dict[str, Any]:
+    """Per row: the continuation's summed log-likelihood and whether every token is greedy."""
+    dev = out.hidden.device
+    t_max = max(len(t) for _, t in items.targets)
+    offset = torch.zeros(len(items), t_max, dtype=torch.long, device=dev)
+    tgt = torch.zeros(len(items), t_max, dtype=torch.long, device=dev)
+    valid = torch.zeros(len(items), t_max, dtype=torch.bool, device=dev)
+    for i, (start, cont) in enumerate(items.targets):
+        m = len(cont)
+        offset[i, :m] = start - 1 + torch.arange(m, device=dev)
+        tgt[i, :m] = torch.tensor(cont, device=dev)
+        valid[i, :m] = True
+    offset, tgt, valid = offset.repeat(c, 1), tgt.repeat(c, 1), valid.repeat(c, 1)
+    h = states_before(out, out.post_start[:, None] + offset)  # (R, T, d)
+    logp = torch.log_softmax(splice.logits(h).float(), dim=-1)  # (R, T, V)
+    tok = logp.gather(2, tgt[..., None])[..., 0] * valid
+    hit = (logp.argmax(-1) == tgt) | ~valid
+    return {"ll": tok.sum(1), "greedy": hit.all(1).float()}
 
-    split: str
-    samples: list[int] | None = None
 
-
-@dataclass
-class LMEvalObjective(Objective):
-    """Score candidates of a search space on an lm-eval task.
+class LMEvalTask(Differentiable):
+    """An lm-eval (loglikelihood / multiple-choice) task under any intervention.
 
     Args:
-        task: an lm-eval ``Task`` (loglikelihood / multiple_choice).
-        lm: an ``HFLM`` wrapping the model (used for its tokenisation only).
-        splits: objective split name ("search", "test", ...) -> task split and doc indices.
-        apply: the space's ``apply(model, candidates, rows, repeat)``.
-        lowest_layer: the space's candidate -> lowest changed layer (enables branching).
-        metric: the task metric maximised (e.g. "acc").
-        max_batch_tokens: forward-pass budget (tokens), halved on OOM (``None``: by device).
-        trunk_cache_mb: memory for unsteered trunks reused across calls (0: none).
-        key: candidate -> hashable key for the repeat cache (``None``: no cache).
-        branch: run the unsteered trunk once per example and branch at the lowest steered layer.
-        pack: requests sharing a context (the choices of a question) share one packed tree row;
-            checked once per model against plain rows, and turned off with a warning if the
-            model's attention does not honour the tree mask; off for a split whose longest
-            sequence exceeds the model's sliding attention window.
+        task: an lm-eval ``Task``.
+        lm: an ``HFLM`` wrapping the model (its tokenisation and ``max_length`` only).
+        splits: objective split name -> task split and document indices.
+        metric: the task metric maximised (``acc``, ``acc_norm``, ...).
+        placement: where a prompt goes (``before_input`` or ``after_input``).
+        max_batch_tokens: steering engine: tokens per forward pass (halved on OOM).
+        branch: steering engine: run the unsteered trunk once, branch at the lowest layer.
+        trunk_cache_mb: steering engine: memory for trunks reused across calls.
+        pack: steering engine: a question's choices share one packed row (checked once per
+            model against plain rows; off for a split longer than a sliding attention window).
+        max_rows: prompt engine: rows (candidates x requests) per forward call.
+        cache_mb: prompt engine: memory for cached context key/values.
     """
 
-    task: Any
-    lm: Any
-    splits: dict[str, TaskSplitSpec]
-    apply: Callable[..., Any]
-    lowest_layer: Callable[[Any], int | None] | None = None
-    metric: str = "acc"
-    max_batch_tokens: int | None = None
-    key: Callable[[Any], Any] | None = None
-    branch: bool = True
-    trunk_cache_mb: int = 1024
-    pack: bool = True
-    name: str = "lm_eval"
-    _prepared: dict[str, PreparedSplit] = field(default_factory=dict, init=False)
-    _heads: dict[tuple[str, int], PreparedSplit] = field(default_factory=dict, init=False)
-    _cache: dict[tuple[str, Any], dict[str, float]] = field(default_factory=dict, init=False)
-    cache_hits: int = field(default=0, init=False)
+    traits = ObjectiveTraits(needs_task=True)
 
-    def __post_init__(self) -> None:
-        metrics = list(self.task.aggregation())
-        if self.metric not in metrics:
+    def __init__(
+        self,
+        task: Any,
+        lm: Any,
+        splits: dict[str, TaskSplitSpec],
+        metric: str = "acc",
+        placement: str = "before_input",
+        max_batch_tokens: int | None = None,
+        branch: bool = True,
+        trunk_cache_mb: int = 1024,
+        pack: bool = True,
+        max_rows: int = 32,
+        cache_mb: int = 512,
+    ) -> None:
+        super().__init__()
+        metrics = list(task.aggregation())
+        if metric not in metrics:
             raise ValueError(
-                f"objective.metric: {self.metric!r} is not a metric of task "
-                f"{self.task.config.task!r}; allowed: {metrics}"
+                f"metric: {metric!r} is not a metric of task {task.config.task!r}; "
+                f"allowed: {metrics}"
             )
+        if placement not in PROMPT_PLACEMENTS:
+            raise ValueError(
+                f"placement: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}, "
+                f"not {placement!r}"
+            )
+        self.task, self.lm, self.metric, self.placement = task, lm, metric, placement
+        self._splits = dict(splits)
+        self.pack, self.max_rows = pack, int(max_rows)
+        self.model = lm.model
+        tok = lm.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0
         self.scorer = LoglikScorer(
-            self.lm.model,
-            pad_id=self._pad_id(),
-            max_batch_tokens=self.max_batch_tokens,
-            branch=self.branch,
-            trunk_cache_mb=self.trunk_cache_mb,
+            lm.model,
+            pad_id=int(pad),
+            max_batch_tokens=max_batch_tokens,
+            branch=branch,
+            trunk_cache_mb=trunk_cache_mb,
         )
+        self.splice = Splice(lm.model, cache_mb=cache_mb)
+        self._prepared: dict[str, PreparedSplit] = {}
+        self._heads: dict[tuple[str, int], PreparedSplit] = {}
+        self._items: dict[tuple[str, int | None], Items] = {}
+        self._gold: dict[str, list[int]] = {}
 
-    def _pad_id(self) -> int:
-        tok = self.lm.tokenizer
-        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0)
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        from blackbox.config.base import ConfigError
 
+        placement = getattr(cfg.space, "placement", None)
+        if placement is not None and placement not in PROMPT_PLACEMENTS:
+            raise ConfigError(
+                f"config: space.placement: an lm-eval task takes a prompt before_input or "
+                f"after_input, not {placement!r}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> LMEvalTask:
+        from blackbox.config.base import ConfigError
+        from blackbox.evals.lm_eval_splits import task_splits
+        from blackbox.evals.lm_eval_tasks import quiet_lm_eval
+
+        task, lm = ctx.task(), ctx.lm()
+        splits = task_splits(task, cfg.task, cfg.seed)
+        sc = cfg.scoring
+        try:
+            obj = cls(
+                task,
+                lm,
+                splits,
+                metric=cfg.task.metric,
+                placement=cfg.space.placement if ctx.has_prompt else "before_input",
+                max_batch_tokens=sc.max_batch_tokens,
+                branch=sc.branch,
+                trunk_cache_mb=sc.trunk_cache_mb,
+                pack=sc.pack,
+                **ctx.objective_kw(max_rows=32),
+            )
+        except ValueError as exc:
+            field = "space.placement" if "placement" in str(exc) else "task.metric"
+            msg = str(exc).split(": ", 1)[-1]
+            raise ConfigError(f"config: {field}: {msg}") from None
+        with quiet_lm_eval():
+            for split in splits:
+                obj.prepared(split)
+        return obj
+
+    # -- data ---------------------------------------------------------------------------------
     def prepared(self, split: str) -> PreparedSplit:
         """The prepared requests of an objective split (built on first use)."""
-        if split not in self.splits:
-            raise ValueError(f"split {split!r} is not one of {sorted(self.splits)}")
+        self.check_split(split)
         if split not in self._prepared:
-            spec = self.splits[split]
+            spec = self._splits[split]
             pack = self.pack and self.scorer.packing is not False
             prep = prepare_split(self.task, self.lm, spec.split, spec.samples, pack)
             window = self.scorer.sliding_window
@@ -314,77 +206,180 @@ class LMEvalObjective(Objective):
             self._prepared[split] = prep.repacked(self.scorer.packing is not False and pack)
         return self._prepared[split]
 
+    def _head(self, split: str, limit: int | None) -> PreparedSplit:
+        prep = self.prepared(split)
+        if limit is None or limit >= prep.n_docs:
+            return prep
+        return self._heads.setdefault((split, limit), prep.head(limit))
+
     def n_examples(self, split: str = "search") -> int:
         return self.prepared(split).n_docs
 
-    def evaluate(
+    def gold(self, split: str) -> list[int]:
+        """Gold choice index of every document of ``split``."""
+        if split not in self._gold:
+            gold = [self.task.doc_to_target(d) for d in self.prepared(split).docs]
+            if not all(isinstance(g, int | np.integer) for g in gold):
+                raise ValueError(
+                    f"objective: task {self.task.config.task!r}: its targets are not choice "
+                    "indices, so gradient-guided search cannot follow the gold choice"
+                )
+            self._gold[split] = [int(g) for g in gold]
+        return self._gold[split]
+
+    def _request_items(self, split: str) -> Items:
+        key = (split, None)
+        if key not in self._items:
+            self._items[key] = request_items(self.prepared(split), self.placement)
+        return self._items[key]
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
+        prep = self._head(split, limit)  # the first ``limit`` documents, requests renumbered
+        n = len(iv)
+        metrics: list[dict[str, Any]] = [{} for _ in range(n)]
+        if isinstance(iv, HookIntervention):
+            lls, greedy = self._hook_scores(iv, prep)
+            for i in range(n):
+                metrics[i] = self._metrics(split, prep, lls[i], greedy[i])
+        else:
+            docs = list(range(prep.n_docs))
+            for members in iv.groups():
+                prompt, tokens = self._prompt_of(iv, members)
+                with torch.no_grad():
+                    ll, gr, means = self.request_scores(split, docs, prompt, tokens)
+                for j, i in enumerate(members):
+                    m = self._metrics(split, prep, ll[j].cpu().numpy(), gr[j].numpy())
+                    if "xentropy" in means:
+                        m["xentropy"] = float(means["xentropy"][j])
+                    metrics[i] = m
+        values = np.array([m[self.metric] for m in metrics], dtype=float)
+        xent = np.array([m.get("xentropy", np.nan) for m in metrics], dtype=float)
+        if not isinstance(iv, HookIntervention) and iv.is_tokens:
+            self._remember([iv.ids[i] for i in range(n)], xent)  # type: ignore[misc]
+        extra = xent[:, None] if self.extra_names else None
+        return Evaluation(values, metrics, extra=extra, cost=float(n * prep.n_docs))
+
+    def _metrics(
+        self, split: str, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray
+    ) -> dict[str, Any]:
+        """The task's metrics, and ``gold_logprob`` (the mean over documents of the gold
+        choice's log-probability among the choices) when targets are choice indices."""
+        m: dict[str, Any] = aggregate(self.task, prep, ll, greedy)
+        try:
+            gold = self.gold(split)
+        except ValueError:
+            return m
+        terms = []
+        for d in range(prep.n_docs):
+            x = np.asarray([ll[r] for r in prep.requests_of_doc[d]], dtype=float)
+            x = x - x.max()
+            terms.append(float(x[gold[d]] - np.log(np.exp(x).sum())))
+        m["gold_logprob"] = float(np.mean(terms))
+        return m
+
+    def _hook_scores(
+        self, iv: HookIntervention, prep: PreparedSplit
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(C, R)`` per-request log-likelihoods and greedy flags under hooks."""
+        index = list(range(len(iv)))
+
+        def apply(model: torch.nn.Module, block: list[int], rows: torch.Tensor, repeat: int):
+            return iv.apply(model, torch.tensor(block, dtype=torch.long)[rows.cpu()], repeat)
+
+        scores = self.scorer.score(prep.rows, index, apply, lambda i: iv.lowest_layer[i])
+        n_req = len(prep.query_of_request)
+        lls = np.zeros((len(iv), n_req))
+        greedy = np.zeros((len(iv), n_req), dtype=bool)
+        for r, q in enumerate(prep.query_of_request):
+            lls[:, r] = scores.logprob[:, q].sum(1)
+            greedy[:, r] = scores.greedy[:, q].all(1)
+        return lls, greedy
+
+    def _prompt_of(
+        self, iv: Any, members: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if iv.ids[members[0]] is not None:
+            ids = torch.tensor([iv.ids[i] for i in members], dtype=torch.long)
+            ids = ids.reshape(len(members), -1).to(self.splice.device)
+            return self.splice.embed(ids), ids
+        return torch.stack([iv.embeds[i] for i in members]).float(), None
+
+    def request_scores(
         self,
-        candidates: Sequence[Any],
-        split: str = "search",
-        limit: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Evaluation:
-        """Score ``candidates`` on ``split`` (its first ``limit`` documents if given).
+        split: str,
+        docs: Sequence[int],
+        prompt: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        next_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Requests of documents ``docs`` under ``C`` prompts ``(C, n, d)``.
 
         Returns:
-            values ``(n,)`` = the chosen metric; metrics = every aggregated task metric;
-            cost = sequences run through the model (0 for cache hits).
+            ``(C, R)`` continuation log-likelihoods (differentiable), ``(C, R)`` greedy flags
+            and, for token prompts, ``{"xentropy": (C,)}`` (and ``"next_logits"``) averaged
+            over the requests.
         """
         prep = self.prepared(split)
-        if limit is not None:
-            prep = self._heads.setdefault((split, limit), prep.head(limit))
-        keys = [(split, limit, self.key(c)) if self.key else None for c in candidates]
-        todo = [i for i, k in enumerate(keys) if k is None or k not in self._cache]
-        seen: dict[Any, int] = {}
-        unique = []
-        for i in todo:  # identical candidates within a batch are scored once
-            if keys[i] is None or keys[i] not in seen:
-                if keys[i] is not None:
-                    seen[keys[i]] = i
-                unique.append(i)
-        results: dict[int, dict[str, float]] = {}
-        cost = 0.0
-        if unique:
-            rows = prep.rows
-            scores = self.scorer.score(
-                rows, [candidates[i] for i in unique], self.apply, self.lowest_layer, progress
-            )
-            cost = float(len(unique) * rows.sequences)
-            for j, i in enumerate(unique):
-                results[i] = self._aggregate(prep, scores.logprob[j], scores.greedy[j])
-                if keys[i] is not None:
-                    self._cache[keys[i]] = results[i]
-        metrics: list[dict[str, Any]] = []
-        for i, k in enumerate(keys):
-            if i in results:
-                m = dict(results[i], cache_hit=False)
-            else:
-                src = self._cache[k] if k in self._cache else results[seen[k]]
-                m = dict(src, cache_hit=True)
-                self.cache_hits += 1
-            metrics.append(m)
-        values = np.array([m[self.metric] for m in metrics], dtype=float)
-        return Evaluation(values=values, metrics=metrics, cost=cost)
+        reqs = [r for d in docs for r in prep.requests_of_doc[d]]
+        ll, greedy, means = [], [], {}
+        for _, rows in run_documents(
+            self.splice,
+            self._request_items(split),
+            reqs,
+            f"{split}/{self.placement}",
+            lambda out, items, c: continuation_scores(self.splice, out, items, c),
+            max_rows=self.max_rows,
+            prompt=prompt,
+            tokens=tokens,
+            next_logits=next_logits,
+        ):
+            ll.append(rows.pop("ll"))
+            greedy.append(rows.pop("greedy").bool().cpu())
+            for k, v in rows.items():
+                means[k] = means[k] + v.sum(1) if k in means else v.sum(1)
+        return (
+            torch.cat(ll, 1),
+            torch.cat(greedy, 1),
+            {k: v / max(1, len(reqs)) for k, v in means.items()},
+        )
 
-    def _aggregate(
-        self, prep: PreparedSplit, logprob: np.ndarray, greedy: np.ndarray
-    ) -> dict[str, float]:
-        per_metric: dict[str, list[Any]] = defaultdict(list)
-        for d in range(prep.n_docs):
-            results = []
-            for r in prep.requests_of_doc[d]:
-                q = prep.query_of_request[r]
-                results.append((float(logprob[q].sum()), bool(greedy[q].all())))
-            for metric, value in self.task.process_results(prep.docs[d], results).items():
-                per_metric[metric].append(value)
-        agg = self.task.aggregation()
-        return {m: float(agg[m](vals)) for m, vals in per_metric.items() if m in agg}
-
-    def request_logliks(self, candidate: Any, split: str = "search") -> list[list[float]]:
-        """Per document, the log-likelihood of each request under one candidate (for parity tests)."""
+    def stats(
+        self,
+        split: str,
+        idx: Sequence[int] | None = None,
+        prompt: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        hooks: HookIntervention | None = None,
+        next_logits: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``{"value": (C,)}``: mean log-probability of the gold choice among each document's
+        choices (differentiable in ``prompt``); ``idx`` picks documents (all when ``None``)."""
+        if hooks is not None or prompt is None:
+            raise ValueError("lm_eval_task: gradients exist for prompt interventions only")
         prep = self.prepared(split)
-        scores = self.scorer.score(prep.rows, [candidate], self.apply, self.lowest_layer)
-        out = []
-        for reqs in prep.requests_of_doc:
-            out.append([float(scores.logprob[0][prep.query_of_request[r]].sum()) for r in reqs])
-        return out
+        docs = list(range(prep.n_docs)) if idx is None else list(idx)
+        ll, _, means = self.request_scores(split, docs, prompt, tokens, next_logits)
+        gold, terms, at = self.gold(split), [], 0
+        for d in docs:
+            k = len(prep.requests_of_doc[d])
+            terms.append(torch.log_softmax(ll[:, at : at + k], dim=1)[:, gold[d]])
+            at += k
+        return {"value": torch.stack(terms, 1).mean(1), **means}
+
+    def gradient_cost(self, idx: Sequence[int] | None = None, split: str = "search") -> float:
+        n = self.n_examples(split) if idx is None else len(idx)
+        return 3.0 * n
+
+    def request_logliks(self, iv: Intervention, split: str = "search") -> list[list[float]]:
+        """Per document, the log-likelihood of each request under the first candidate of
+        ``iv`` (for parity tests against ``simple_evaluate``)."""
+        prep = self.prepared(split)
+        if isinstance(iv, HookIntervention):
+            lls, _ = self._hook_scores(iv.subset([0]), prep)
+            ll = lls[0]
+        else:
+            prompt, tokens = self._prompt_of(iv, [0])
+            with torch.no_grad():
+                ll = self.request_scores(split, range(prep.n_docs), prompt, tokens)[0][0].numpy()
+        return [[float(ll[r]) for r in reqs] for reqs in prep.requests_of_doc]

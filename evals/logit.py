@@ -1,14 +1,18 @@
-"""Logit objective: target token's logit minus the best other logit (Fluent Dreaming eq. 3)."""
+"""Logit objective: target token's logit minus the best other logit (Fluent Dreaming eq. 3).
+
+Read at each document's last position and averaged; standardised like the activation
+objectives.  Ban the target's variants from a token space (``logit`` objectives do it by
+default) so that the prompt cannot simply contain the word.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from blackbox.evals.token_objective import TokenObjective
-from blackbox.forward.token_forward import ForwardOut
-from blackbox.search_spaces.tokens import TokenContext
+from blackbox.evals.document_objective import Standardised, at_last
+from blackbox.forward.splice import Items, SpliceOut
 
 
 def logit_margin(logits: torch.Tensor, target: int) -> torch.Tensor:
@@ -19,21 +23,26 @@ def logit_margin(logits: torch.Tensor, target: int) -> torch.Tensor:
     return tgt - others.max(dim=-1).values
 
 
-class LogitObjective(TokenObjective):
-    """Margin of ``target_id`` over every other token at the last position.
+class LogitObjective(Standardised):
+    """Margin of ``target_id`` over every other token at each document's last position."""
 
-    Ban the target's variants through ``TokenSpace(banned=[word])`` so that the prompt cannot
-    simply contain the word.
-    """
-
-    name: ClassVar[str] = "logit"
-    metric = "logit_margin"
+    raw_metric = "logit_margin"
 
     def __init__(
-        self, model: torch.nn.Module, target_id: int, context: TokenContext | None = None, **kw: Any
+        self, model: torch.nn.Module, splits: dict[str, Items], target_id: int, **kw: Any
     ) -> None:
-        super().__init__(model, context, **kw)
+        super().__init__(model, splits, **kw)
         self.target_id = int(target_id)
 
-    def score(self, out: ForwardOut) -> torch.Tensor:
-        return logit_margin(out.logits[:, -1].float(), self.target_id)
+    def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
+        logits = self.splice.logits(at_last(out.hidden, out)).float()  # (R, V)
+        return {"value": logit_margin(logits, self.target_id)}
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> LogitObjective:
+        from blackbox.evals.activation import _splits, _standardise_kw
+        from blackbox.search_spaces.steering_vectors import first_token_id
+
+        o = cfg.objective
+        target = first_token_id(ctx.tokenizer, o.target)
+        return cls(ctx.model, _splits(ctx), target, **_standardise_kw(o), **ctx.objective_kw())

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
-import torch
 
+from blackbox.api import Intervention, SpaceTraits
 from blackbox.strategies.base import Box
 
 C = TypeVar("C")
 
 
 class SearchSpace(ABC, Generic[C]):
-    """Maps rows of a bounded box to candidates (``C``) and back, and applies candidates.
+    """Maps rows of a bounded box to candidates (``C``) and back, and candidates to an
+    intervention (:mod:`blackbox.api`) that any objective can score.
 
-    Subclasses define :attr:`box`, :meth:`decode`, :meth:`encode` and :meth:`apply`.
-    Discrete spaces set ``is_discrete = True``.
+    Subclasses define ``traits``, :attr:`box`, :meth:`decode`, :meth:`encode` and
+    :meth:`intervention`.
     """
 
     name: ClassVar[str] = ""
-    is_discrete: ClassVar[bool] = False
+    traits: ClassVar[SpaceTraits]
 
     @property
     @abstractmethod
     def box(self) -> Box: ...
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.traits.discrete
 
     @property
     def dim(self) -> int:
@@ -46,24 +50,13 @@ class SearchSpace(ABC, Generic[C]):
     def encode(self, candidates: Sequence[C]) -> np.ndarray:
         """``(n, dim)`` box rows for ``candidates`` (inverse of :meth:`decode`)."""
 
+    @abstractmethod
+    def intervention(self, candidates: Sequence[C]) -> Intervention:
+        """What the candidates do to the model, for an objective to apply."""
+
     def sample(self, n: int, rng: np.random.Generator) -> list[C]:
         """``n`` uniform candidates."""
         return self.decode(self.box.sample(n, rng))
-
-    @contextmanager
-    def apply(
-        self, model: torch.nn.Module, candidates: Sequence[C], rows: torch.Tensor | None = None
-    ) -> Iterator[None]:
-        """Install the intervention of ``candidates`` on ``model`` for the duration of the block.
-
-        Args:
-            model: the model.
-            candidates: the candidates of this batch.
-            rows: ``(B,)`` long tensor, the index into ``candidates`` of each batch row; ``None``
-                means one candidate applied to every row.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not intervene through hooks")
-        yield  # pragma: no cover
 
     def describe(self, candidate: C) -> dict[str, Any]:
         """Flat, JSON-friendly attributes of a candidate (stored with each trial)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from blackbox.api import PointIntervention, SpaceTraits
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
 
@@ -20,7 +21,7 @@ class BoxSpace(SearchSpace[tuple[float, ...]]):
         baseline_point: optional ``(dim,)`` reference candidate evaluated before the search.
     """
 
-    name = "box"
+    traits = SpaceTraits("point", continuous=True)
 
     def __init__(self, box: Box, baseline_point: Sequence[float] | None = None) -> None:
         self._box = box
@@ -36,8 +37,12 @@ class BoxSpace(SearchSpace[tuple[float, ...]]):
     def encode(self, candidates: Sequence[tuple[float, ...]]) -> np.ndarray:
         return np.asarray(candidates, dtype=float).reshape(len(candidates), self.dim)
 
-    def baseline(self) -> tuple[float, ...] | None:
-        return self._baseline
+    def intervention(self, candidates: Sequence[tuple[float, ...]]) -> PointIntervention:
+        points = np.asarray(candidates, dtype=float).reshape(len(candidates), self.dim)
+        return PointIntervention(points, [tuple(r) for r in points.tolist()])
+
+    def baselines(self) -> dict[str, tuple[float, ...]]:
+        return {} if self._baseline is None else {"baseline": self._baseline}
 
     def describe(self, candidate: tuple[float, ...]) -> dict[str, Any]:
         return dict(zip(self.box.names, candidate))

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
+from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
 
@@ -91,7 +92,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         init_ids: token ids ``p0`` came from (reported only).
     """
 
-    name: ClassVar[str] = "soft_prompt"
+    traits = SpaceTraits("prompt", differentiable=True, continuous=True)
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         self.subspace_dim = subspace_dim
         self.bound = float(bound)
         self.init_ids = tuple(init_ids) if init_ids is not None else None
+        self._baselines: dict[str, SoftPrompt] = {}
         self.A: torch.Tensor | None = None
         if subspace_dim is not None:
             g = torch.Generator().manual_seed(int(seed))
@@ -144,6 +146,8 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
 
     def encode(self, candidates: Sequence[SoftPrompt]) -> np.ndarray:
         """Least-squares ``z`` of each candidate (exact in full mode and for decoded ones)."""
+        if any(tuple(c.embeddings.shape) != (self.n, self.d) for c in candidates):
+            raise ValueError(f"soft_prompt: a candidate is not ({self.n}, {self.d})")
         delta = torch.stack([c.embeddings.float().cpu() - self.p0 for c in candidates])
         flat = delta.reshape(len(candidates), -1)  # (C, n*d)
         if self.A is None:
@@ -152,12 +156,55 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
             z = torch.linalg.lstsq(self.A, flat.T).solution.T  # (C, k)
         return np.clip(z.numpy().astype(np.float64), -self.bound, self.bound)
 
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> SoftPromptSpace:
+        """``p0`` from random vocabulary rows or a text (seeded), ``sigma`` the spread of the
+        allowed rows; baselines: a hand-written text in the prompt's place and no prompt."""
+        from blackbox.config.base import ConfigError
+
+        sc, tok = cfg.space, ctx.tokenizer
+        embed = ctx.model.get_input_embeddings()
+        vocab = int(embed.weight.shape[0])
+        special = set(getattr(tok, "all_special_ids", []) or [])
+        allowed = [i for i in range(min(len(tok), vocab)) if i not in special]
+        text_ids = tok.encode(sc.init_text, add_special_tokens=False) if sc.init_text else None
+        if sc.subspace_dim is not None and sc.subspace_dim > sc.n_tokens * embed.weight.shape[1]:
+            raise ConfigError(
+                f"config: space.subspace_dim: {sc.subspace_dim} is larger than the soft prompt "
+                f"itself ({sc.n_tokens} x {embed.weight.shape[1]}); use null for the full space"
+            )
+        try:
+            _, ids = init_embeddings(embed.weight, sc.n_tokens, sc.init, cfg.seed, text_ids, allowed)
+        except ValueError as exc:
+            raise ConfigError(f"config: space.init: {exc}") from None
+        with torch.no_grad():
+            p0 = embed(torch.tensor(ids, device=embed.weight.device)).float().cpu()
+            sigma = float(embed(torch.tensor(allowed, device=embed.weight.device)).float().std())
+        space = cls(p0, sigma, sc.subspace_dim, sc.bound, cfg.seed, init_ids=ids)
+        with torch.no_grad():
+            for label, text in (("baseline", sc.baseline), ("no prompt", "")):
+                if text is None:
+                    continue
+                b_ids = tuple(tok.encode(text, add_special_tokens=False)) if text else ()
+                rows = torch.tensor(b_ids, dtype=torch.long, device=embed.weight.device)
+                emb = embed(rows).float().cpu() if b_ids else torch.zeros(0, space.d)
+                space._baselines[label] = SoftPrompt(emb, b_ids, label)
+        return space
+
+    def baselines(self) -> dict[str, SoftPrompt]:
+        """Reference prompts scored before the search (hand-written text, no prompt)."""
+        return dict(self._baselines)
+
+    def intervention(self, candidates: Sequence[SoftPrompt]) -> PromptIntervention:
+        """The candidates' embeddings, to splice into the objective's documents."""
+        return PromptIntervention.of_embeddings([c.embeddings for c in candidates])
+
     def describe(self, candidate: SoftPrompt) -> dict[str, Any]:
         e = candidate.embeddings
         out: dict[str, Any] = {
             "label": candidate.label,
-            "mean_norm": float(e.norm(dim=-1).mean()),
-            "distance_from_init": float((e - self.p0).norm()),
+            "mean_norm": float(e.norm(dim=-1).mean()) if e.shape[0] else 0.0,
+            "distance_from_init": float((e - self.p0).norm()) if e.shape == self.p0.shape else None,
         }
         if candidate.ids is not None:
             out["ids"] = list(candidate.ids)

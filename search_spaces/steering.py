@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.api import HookIntervention, SpaceTraits
 from blackbox.forward.hooks import add_per_row
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
@@ -45,7 +46,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
         fixed_layers: vector name -> layer, for vectors whose layer is not searched.
     """
 
-    name = "steering"
+    traits = SpaceTraits("hooks")
 
     def __init__(
         self,
@@ -177,10 +178,88 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
             for v in self.vectors
         )
 
+    def baselines(self) -> dict[str, SteeringCandidate]:
+        """The reference candidates scored before the search: the unsteered model."""
+        return {"unsteered": self.baseline()}
+
+    @staticmethod
+    def key(candidate: SteeringCandidate) -> tuple:
+        """Identity of a candidate (coefficients to 1e-6; zero edits drop out)."""
+        return tuple(
+            (e.vector, e.layer, round(e.coeff, 6)) for e in candidate if round(e.coeff, 6) != 0
+        )
+
+    def intervention(self, candidates: Sequence[SteeringCandidate]) -> HookIntervention:
+        """Per-row hooks adding each candidate's ``coeff * v`` at its layers."""
+        cands = list(candidates)
+        return HookIntervention(
+            apply=lambda model, rows, repeat=1: self.apply(model, cands, rows, repeat),
+            lowest_layer=[self.lowest_layer(c) for c in cands],
+            keys=[("steer", self.key(c)) for c in cands],
+            candidates=cands,
+        )
+
     def lowest_layer(self, candidate: SteeringCandidate) -> int | None:
         """The lowest layer the candidate changes (``None`` if it changes nothing)."""
         layers = [e.layer for e in candidate if e.coeff != 0.0]
         return min(layers) if layers else None
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> SteeringSpace:
+        """Build the vectors (contrastive prompts cached per model, files, logit lens) and the
+        space of ``cfg.space`` on ``ctx.model`` (one-line errors naming the field)."""
+        from pathlib import Path
+
+        from blackbox.config.base import ConfigError
+        from blackbox.models.layers import num_layers
+        from blackbox.search_spaces.steering_vectors import (
+            cached_contrastive_vector,
+            load_vector_file,
+            unembedding_vector,
+        )
+
+        sc, model, tok = cfg.space, ctx.model, ctx.tokenizer
+        n_layers = num_layers(model)
+        lo, hi = sc.layers
+        if not 0 <= lo <= hi < n_layers:
+            raise ConfigError(
+                f"config: space.layers: [{lo}, {hi}] is outside the model's layers; "
+                f"allowed 0..{n_layers - 1}"
+            )
+        for name, layer in sc.fixed_layers.items():
+            if not 0 <= layer < n_layers:
+                raise ConfigError(
+                    f"config: space.fixed_layers.{name}: {layer} is outside 0..{n_layers - 1}"
+                )
+        vectors = []
+        hidden = int(model.config.hidden_size)
+        for v in sc.vectors:
+            if v.file is not None:
+                try:
+                    vectors.append(load_vector_file(Path(v.file), v.name, n_layers, hidden))
+                except ValueError as exc:
+                    raise ConfigError(f"config: space.vectors.{v.name}.file: {exc}") from None
+            elif v.unembed is not None:
+                try:
+                    vectors.append(unembedding_vector(model, tok, v.name, *v.unembed))
+                except ValueError as exc:
+                    raise ConfigError(f"config: space.vectors.{v.name}.{exc}") from None
+            else:
+                vectors.append(
+                    cached_contrastive_vector(
+                        model,
+                        tok,
+                        f"{cfg.model.name}|{cfg.model.dtype}",
+                        v.name,
+                        v.concept or [],
+                        v.contrast or [],
+                        read=sc.read,
+                    )
+                )
+        try:
+            return cls(vectors, (lo, hi), sc.coeff, sc.fixed_layers)
+        except ValueError as exc:
+            raise ConfigError(f"config: space: {exc}") from None
 
     def describe(self, candidate: SteeringCandidate) -> dict[str, Any]:
         out: dict[str, Any] = {}

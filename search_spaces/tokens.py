@@ -7,9 +7,9 @@ the same ids, and the text contains no banned string).  Objectives score rejecte
 as NaN (the worst value for every strategy) with ``metrics["rejected"] = True`` and spend no
 forward pass on them.
 
-Fixed text before and after the optimised tokens (for chat models the chat template's user
-turn) is held as ids in :attr:`TokenSpace.context`; objectives take that context and cache the
-part before the optimised tokens once.
+Where the tokens go in a document (before or after the input, the system turn, a template
+marker) is the objective's layout (:mod:`blackbox.evals.documents`); the space only knows its
+vocabulary.
 """
 
 from __future__ import annotations
@@ -17,25 +17,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
+from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
-
-
-@dataclass(frozen=True)
-class TokenContext:
-    """Fixed token ids around the optimised tokens.
-
-    Attributes:
-        prefix_ids: ids placed before the optimised tokens (cached once as KV).
-        suffix_ids: ids placed after them (recomputed with every candidate).
-    """
-
-    prefix_ids: tuple[int, ...] = ()
-    suffix_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,14 +104,10 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         vocab_size: size of the model's vocabulary (default ``len(tokenizer)``).
         ascii_only: allow only printable-ASCII tokens.
         banned: strings banned case-insensitively from every token and every candidate's text.
-        prefix: fixed text before the optimised tokens (e.g. a chat user-turn prefix).
-        suffix: fixed text after them.
-        add_bos: put the tokenizer's BOS id first (if it has one and ``prefix`` does not).
         check_retokenisation: reject candidates whose ``encode(decode(ids)) != ids``.
     """
 
-    name: ClassVar[str] = "tokens"
-    is_discrete: ClassVar[bool] = True
+    traits = SpaceTraits("prompt", discrete=True, differentiable=True, vocabulary=True)
 
     def __init__(
         self,
@@ -132,9 +116,6 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         vocab_size: int | None = None,
         ascii_only: bool = True,
         banned: Sequence[str] = (),
-        prefix: str = "",
-        suffix: str = "",
-        add_bos: bool = False,
         check_retokenisation: bool = True,
     ) -> None:
         if n_tokens < 1:
@@ -144,6 +125,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         self.vocab_size = int(vocab_size or len(tokenizer))
         self.banned = tuple(banned)
         self.check_retokenisation = check_retokenisation
+        self.baseline_text: str | None = None
         texts = token_texts(tokenizer, min(self.vocab_size, len(tokenizer)))
         texts += [""] * (self.vocab_size - len(texts))  # ids past the tokenizer: never allowed
         self.mask = allowed_vocabulary(texts, tokenizer.all_special_ids, ascii_only, self.banned)
@@ -152,12 +134,6 @@ class TokenSpace(SearchSpace[TokenPrompt]):
             raise ValueError("tokens: the allowed vocabulary is empty")
         self._index = np.full(self.vocab_size, -1, dtype=np.int64)
         self._index[self.allowed_ids] = np.arange(self.allowed_ids.size)
-        prefix_ids = list(tokenizer.encode(prefix, add_special_tokens=False)) if prefix else []
-        bos = getattr(tokenizer, "bos_token_id", None)
-        if add_bos and bos is not None and prefix_ids[:1] != [bos]:
-            prefix_ids = [bos, *prefix_ids]
-        suffix_ids = tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
-        self.context = TokenContext(tuple(prefix_ids), tuple(suffix_ids))
         self._box = Box(
             lower=np.zeros(self.n_tokens),
             upper=np.full(self.n_tokens, self.allowed_ids.size - 1, dtype=float),
@@ -203,6 +179,8 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         ]
 
     def encode(self, candidates: Sequence[TokenPrompt]) -> np.ndarray:
+        if any(len(c.ids) != self.n_tokens for c in candidates):
+            raise ValueError(f"tokens: a candidate is not {self.n_tokens} tokens long")
         ids = np.array([c.ids for c in candidates], dtype=np.int64).reshape(-1, self.n_tokens)
         return self.indices_of(ids).astype(float)
 
@@ -212,6 +190,40 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         if len(ids) != self.n_tokens:
             raise ValueError(f"tokens: {text!r} is {len(ids)} tokens, need {self.n_tokens}")
         return self.decode(self.indices_of(np.array([ids])))[0]
+
+    @classmethod
+    def from_config(cls, cfg: Any, ctx: Any) -> TokenSpace:
+        """The space of ``cfg.space``; a ``logit`` objective bans its target's variants."""
+        from blackbox.config.base import ConfigError
+
+        sc, o = cfg.space, cfg.objective
+        banned = list(sc.banned)
+        if o.type == "logit" and o.ban_variants:
+            banned.append(o.target.strip())  # the prompt may not simply contain the target word
+        try:
+            space = cls(ctx.tokenizer, n_tokens=sc.n_tokens, ascii_only=sc.ascii_only, banned=banned)
+        except ValueError as exc:
+            raise ConfigError(f"config: space: {exc}") from None
+        space.baseline_text = sc.baseline
+        return space
+
+    def baselines(self) -> dict[str, TokenPrompt]:
+        """Reference prompts scored before the search: a hand-written text in the tokens'
+        place (``space.baseline``) and no prompt at all."""
+        out = {}
+        if self.baseline_text:
+            out["baseline"] = self.prompt_of_text(self.baseline_text)
+        out["no prompt"] = TokenPrompt((), "", True)
+        return out
+
+    def prompt_of_text(self, text: str) -> TokenPrompt:
+        """A token prompt of ``text``'s tokens, of any length (a baseline; not a box point)."""
+        ids = tuple(int(i) for i in self.tokenizer.encode(text, add_special_tokens=False))
+        return TokenPrompt(ids, text, True)
+
+    def intervention(self, candidates: Sequence[TokenPrompt]) -> PromptIntervention:
+        """Token prompts to splice into the objective's documents (rejected ones not scored)."""
+        return PromptIntervention.of_ids([c.ids for c in candidates], [c.valid for c in candidates])
 
     def describe(self, candidate: TokenPrompt) -> dict[str, Any]:
         return {"text": candidate.text, "ids": list(candidate.ids), "valid": candidate.valid}

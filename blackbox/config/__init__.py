@@ -1,22 +1,25 @@
-"""Study configuration: YAML validated into typed pydantic models (see :mod:`.schema`)."""
+"""Study configuration: YAML validated into typed pydantic models.
 
-from blackbox.config.schema import (
-    BudgetConfig,
-    ConfigError,
-    StudyConfig,
-    _Strict,
+:mod:`.schema` (the study), :mod:`.spaces` and :mod:`.objectives` (their sections),
+:mod:`.loading` (YAML, ``--set``, one-line errors), :mod:`.rules` (which space, objective and
+strategy can meet).
+"""
+
+from blackbox.config.base import ConfigError, Strict
+from blackbox.config.loading import (
     apply_overrides,
     format_validation_error,
     load_config,
     read_yaml,
     validate,
 )
+from blackbox.config.schema import BudgetConfig, StudyConfig
 
 __all__ = [
     "BudgetConfig",
     "ConfigError",
+    "Strict",
     "StudyConfig",
-    "_Strict",
     "apply_overrides",
     "format_validation_error",
     "load_config",

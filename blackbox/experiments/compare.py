@@ -1,25 +1,31 @@
-"""Compare strategies fairly: a matrix of strategies x seeds on one space, objective and budget.
+"""Compare fairly: a matrix of (space, strategy) entries x seeds on one objective and budget.
 
-``blackbox compare CONFIG [--set ...] [--out DIR]`` prepares the model, task, vectors and
-requests once (:func:`blackbox.study.prepare`), then runs every (strategy, seed) pair with a
-fresh strategy and an empty repeat cache, each against the same budget in forward-pass
-equivalents.  Every evaluation of every run is an Optuna trial in one storage (default
-``DIR/compare.db``), one study per run named ``<name>/<label>/seed<k>`` and tagged with the
-user attributes ``compare``, ``label``, ``strategy``, ``settings``, ``population`` and ``seed``.
+``blackbox compare CONFIG [--set ...] [--out DIR]`` loads the model once, prepares each
+search space with the shared objective once (:func:`blackbox.study.pipeline.prepare`), then
+runs every (entry, seed) pair with a fresh strategy and an empty repeat cache, each against the
+same budget in forward-pass equivalents, so gradient and gradient-free search, and steering,
+token and soft prompts, meet on one scale.  Every evaluation of every run is an Optuna trial in
+one storage (default ``DIR/compare.db``), one study per run named ``<name>/<label>/seed<k>``
+(``<name>/<task>/<label>/seed<k>`` with several tasks) and tagged with the user attributes
+``compare``, ``label``, ``space``, ``strategy``, ``settings``, ``population`` and ``seed``.
 
 Resuming: a run whose study holds its held-out records for the same budget is finished and
-skipped; an unfinished run resumes by deterministic replay.  Adding seeds or strategies to the
+skipped; an unfinished run resumes by deterministic replay.  Adding seeds or entries to the
 config and re-running the same command runs only the new pairs.  ``blackbox report DIR``
 (:mod:`blackbox.report.compare`) then rebuilds ``report.md`` and its plots from the storage.
 
 Config (YAML)::
 
     study: {...}            # a study config (blackbox run's schema) without strategy/budget;
-                            # its seed fixes the data subsample shared by every run
+                            # its seed fixes the data subsample shared by every run; its space
+                            # is the default space of every entry
+    spaces:                 # optional: more spaces by name, for entries that set `space:`
+      tokens: {type: tokens, n_tokens: 8, placement: after_input}
+    tasks: [bb_rotten_tomatoes, bb_navigate]   # optional: the whole matrix once per task
     strategies:             # one entry per curve
       - {label: pso, name: pso, population: 8, settings: {c1: 0.5}}
-      - {label: cma, name: nevergrad, settings: {optimizer: CMA}}
-    seeds: [0, 1, 2]        # strategy seeds; every strategy runs once per seed
+      - {label: tokens-epo, space: tokens, name: epo, population: 4}
+    seeds: [0, 1, 2]        # strategy seeds; every entry runs once per seed
     budget: {cost: 1536}    # forward-pass equivalents per run (optionally evaluations, seconds)
     threshold: 0.8          # report: budget to reach this search score (default: a median)
     storage: null           # Optuna storage URL (default sqlite:///DIR/compare.db)
@@ -43,12 +49,13 @@ from pydantic import Field, ValidationError, model_validator
 from blackbox.config import (
     BudgetConfig,
     ConfigError,
+    Strict,
     StudyConfig,
-    _Strict,
     apply_overrides,
     format_validation_error,
     read_yaml,
 )
+from blackbox.config.schema import SpaceSection
 from blackbox.strategies import make_strategy
 from blackbox.study.runner import Budget, Progress, Runner
 from blackbox.study.storage import open_study
@@ -56,15 +63,16 @@ from blackbox.study.storage import open_study
 STORAGE_FILE = "compare.db"
 
 
-class RunStrategy(_Strict):
-    """One strategy of the matrix (a curve in the report)."""
+class RunStrategy(Strict):
+    """One entry of the matrix (a curve in the report): a strategy on a space."""
 
-    name: str = Field(description="registered strategy name (pso, nevergrad, optuna, random)")
+    name: str = Field(description="registered strategy name (pso, nevergrad, optuna, random, ...)")
     label: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.+-]+$", description="curve name; default the strategy name"
     )
     population: int = Field(8, ge=1)
     settings: dict[str, Any] = Field(default_factory=dict)
+    space: str | None = Field(None, description="a key of `spaces`; default the study's space")
 
     @property
     def key(self) -> str:
@@ -77,10 +85,12 @@ class CompareBudget(BudgetConfig):
     evaluations: int | None = Field(None, ge=1)
 
 
-class CompareConfig(_Strict):
-    """A comparison: a study config, strategies, seeds and one budget."""
+class CompareConfig(Strict):
+    """A comparison: a study config, more spaces, entries, seeds and one budget."""
 
     study: StudyConfig
+    spaces: dict[str, SpaceSection] = Field(default_factory=dict)
+    tasks: list[str] | None = Field(None, min_length=1, description="one matrix per task")
     strategies: list[RunStrategy] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: CompareBudget
@@ -94,11 +104,37 @@ class CompareConfig(_Strict):
             raise ValueError(f"strategies: labels must be unique, got {labels} (set label:)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: must be unique, got {self.seeds}")
+        for s in self.strategies:
+            if s.space is not None and s.space not in self.spaces:
+                raise ValueError(
+                    f"strategies: {s.key!r}: space {s.space!r} is not a key of spaces "
+                    f"({', '.join(self.spaces) or 'none'})"
+                )
+        if self.tasks and self.study.task is None:
+            raise ValueError("tasks: the study scores no task (objective lm_eval_task)")
+        if self.tasks and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: must be unique, got {self.tasks}")
         return self
 
     @property
     def name(self) -> str:
         return self.study.name
+
+    def study_for(self, entry: RunStrategy, task: str | None = None) -> StudyConfig:
+        """The study config of one entry: its space and strategy (and the task)."""
+        from blackbox.config.loading import validate
+
+        data = self.study.resolved()
+        if entry.space is not None:
+            data["space"] = json.loads(self.spaces[entry.space].model_dump_json())
+        data["strategy"] = {
+            "name": entry.name,
+            "population": entry.population,
+            "settings": dict(entry.settings),
+        }
+        if task is not None:
+            data["task"] = dict(data["task"], name=task)
+        return validate(data, rules=False)
 
 
 def _check_raw(data: dict[str, Any]) -> None:
@@ -122,22 +158,18 @@ def validate_compare(data: dict[str, Any]) -> CompareConfig:
 
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
-    """Read, override (``--set study.task.search_size=16``) and validate a compare config."""
+    """Read, override (``--set study.task.search_size=16``) and validate a compare config;
+    every entry's space, objective and strategy must meet (before any model is loaded)."""
+    from blackbox.study.pipeline import check
+
     cfg = validate_compare(apply_overrides(read_yaml(path), overrides or []))
-    for s in cfg.strategies:  # bad names/settings fail before any model is loaded
+    for s in cfg.strategies:
         try:
-            make_strategy(s.name, _tiny_box(), seed=0, population=s.population, **s.settings)
-        except ValueError as exc:
-            raise ConfigError(f"config: strategies.{s.key}: {exc}") from None
+            check(cfg.study_for(s))
+        except ConfigError as exc:
+            msg = str(exc).removeprefix("config: ")
+            raise ConfigError(f"config: strategies.{s.key}: {msg}") from None
     return cfg
-
-
-def _tiny_box() -> Any:
-    import numpy as np
-
-    from blackbox.strategies.base import Box
-
-    return Box(np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.array([False, True]), ("a", "b"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,7 @@ class RunSpec:
     population: int
     settings: dict[str, Any]
     seed: int
+    space: str | None = None
 
     def study_name(self, prefix: str) -> str:
         return f"{prefix}/{self.label}/seed{self.seed}"
@@ -157,6 +190,7 @@ class RunSpec:
         return {
             "compare": prefix,
             "label": self.label,
+            "space": self.space,
             "strategy": self.strategy,
             "population": self.population,
             "settings": self.settings,
@@ -165,9 +199,9 @@ class RunSpec:
 
 
 def run_specs(strategies: list[RunStrategy], seeds: list[int]) -> list[RunSpec]:
-    """Every (strategy, seed) pair, seeds outermost so a partial matrix is balanced."""
+    """Every (entry, seed) pair, seeds outermost so a partial matrix is balanced."""
     return [
-        RunSpec(s.key, s.name, s.population, dict(s.settings), seed)
+        RunSpec(s.key, s.name, s.population, dict(s.settings), seed, s.space)
         for seed in seeds
         for s in strategies
     ]
@@ -222,21 +256,15 @@ def stop_at_cost(budget: Budget, study: Any = None) -> Callable[[Progress], None
     return callback
 
 
-def reset_objective(objective: Any, keep: Any = None) -> None:
+def reset_objective(objective: Any, keep: Any = ()) -> None:
     """Empty an objective's repeat cache so the next run pays for its own evaluations.
 
-    Entries of the candidate ``keep`` (the space's baseline, which every run scores and no
-    run's search budget counts) are kept, so the shared baseline is scored once.
+    Entries of the candidate keys ``keep`` (the space's baselines, which every run scores and
+    no run's search budget counts) are kept, so a shared baseline is scored once.
     """
-    cache = getattr(objective, "_cache", None)
-    if isinstance(cache, dict):
-        key = getattr(objective, "key", None)
-        kept = key(keep) if keep is not None and callable(key) else object()
-        for k in list(cache):
-            if not (isinstance(k, tuple) and k and k[-1] == kept):
-                del cache[k]
-    if hasattr(objective, "cache_hits"):
-        objective.cache_hits = 0
+    reset = getattr(objective, "reset_cache", None)
+    if reset is not None:
+        reset(keep=list(keep))
 
 
 def run_matrix(
@@ -251,6 +279,7 @@ def run_matrix(
     log: Callable[[str], None] = print,
     make: Callable[..., Any] = make_strategy,
     attrs: dict[str, Any] | None = None,
+    baselines: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Run every spec not yet finished; returns ``{study name: "done" | "skipped"}``.
 
@@ -266,6 +295,7 @@ def run_matrix(
         log: where to print one line per run.
         make: strategy factory (``make_strategy``'s signature).
         attrs: more study user attributes for every run (for example the report threshold).
+        baselines: reference candidates every run scores first (default: the space's).
     """
     from blackbox.study.storage import make_storage
 
@@ -291,8 +321,10 @@ def run_matrix(
         strategy = make(
             spec.strategy, space.box, seed=spec.seed, population=spec.population, **spec.settings
         )
-        baseline = space.baseline() if hasattr(space, "baseline") else None
-        reset_objective(objective, keep=baseline)
+        if baselines is None:
+            baselines = space.baselines() if hasattr(space, "baselines") else {}
+        keep = space.intervention(list(baselines.values())).keys if baselines else []
+        reset_objective(objective, keep=keep)
         summary = Runner(
             space,
             objective,
@@ -301,6 +333,7 @@ def run_matrix(
             run_budget,
             progress=progress,
             on_generation=stop_at_cost(run_budget, study),
+            baselines=baselines,
         ).run()
         study.set_user_attr("finished_budget", budget_attr(budget))
         study.set_user_attr("wall_seconds", round(summary.wall_seconds, 3))
@@ -316,42 +349,49 @@ def run_matrix(
 
 
 def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[str, str]:
-    """Prepare the shared model/task/space/objective once and run the matrix into ``out``."""
-    from blackbox.study.pipeline import prepare, seed_everything
+    """Load the model once; per task and space, prepare the objective and the space once and
+    run that space's entries x seeds into ``out``; write ``report.md`` (one per task)."""
+    from blackbox.models import load_model
+    from blackbox.report.compare import write_index, write_report
+    from blackbox.study.pipeline import prepare
+    from blackbox.study.rundir import seed_everything
 
-    first = cfg.strategies[0]
-    study_cfg = cfg.study.model_copy(
-        update={
-            "strategy": cfg.study.strategy.model_copy(
-                update={
-                    "name": first.name,
-                    "population": first.population,
-                    "settings": dict(first.settings),
-                }
-            )
-        }
-    )
-    prepared = prepare(study_cfg, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     url = cfg.storage or f"sqlite:///{(out / STORAGE_FILE).resolve()}"
     text = yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
     (out / "compare.yaml").write_text(text)
-    seed_everything(cfg.study.seed)
+    m = cfg.study.model
+    loaded = load_model(m.name, device=m.device, dtype=m.dtype)
     budget = Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost)
-    status = run_matrix(
-        prepared.space,
-        prepared.objective,
-        run_specs(cfg.strategies, cfg.seeds),
-        budget,
-        url,
-        cfg.name,
-        cfg.study.fingerprint(ignore=("budget", "storage", "scoring", "strategy")),
-        progress=progress,
-        attrs={"threshold": cfg.threshold},
-    )
-    from blackbox.report.compare import write_report
-
-    write_report(url, out, threshold=cfg.threshold, name=cfg.name)
+    status: dict[str, str] = {}
+    tasks: list[str | None] = list(cfg.tasks) if cfg.tasks else [None]
+    for task in tasks:
+        prefix = cfg.name if len(tasks) == 1 else f"{cfg.name}/{task}"
+        groups: dict[str | None, list[RunStrategy]] = {}
+        for s in cfg.strategies:
+            groups.setdefault(s.space, []).append(s)
+        for entries in groups.values():
+            study_cfg = cfg.study_for(entries[0], task)
+            prepared = prepare(study_cfg, progress=progress, loaded=loaded)
+            seed_everything(cfg.study.seed)
+            status.update(
+                run_matrix(
+                    prepared.space,
+                    prepared.objective,
+                    run_specs(entries, cfg.seeds),
+                    budget,
+                    url,
+                    prefix,
+                    study_cfg.fingerprint(ignore=("budget", "storage", "scoring", "strategy")),
+                    progress=progress,
+                    attrs={"threshold": cfg.threshold, "task": task},
+                    baselines=prepared.baselines,
+                )
+            )
+        where = out if len(tasks) == 1 else out / str(task)
+        write_report(url, where, threshold=cfg.threshold, name=prefix)
+    if len(tasks) > 1:
+        write_index(out, cfg.name, [str(t) for t in tasks])
     return status
 
 

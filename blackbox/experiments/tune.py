@@ -42,8 +42,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from blackbox.config import (
     ConfigError,
+    Strict,
     StudyConfig,
-    _Strict,
     apply_overrides,
     format_validation_error,
     read_yaml,
@@ -56,7 +56,7 @@ from blackbox.study.storage import make_storage, open_study
 POPULATION = "population"  # the one tunable that is not a strategy setting
 
 
-class ParamRange(_Strict):
+class ParamRange(Strict):
     """A searched setting: a float/int range (``low``, ``high``, ``log``, ``int``) or choices."""
 
     low: float | None = None
@@ -84,7 +84,7 @@ class ParamRange(_Strict):
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
 
-class TuneSettings(_Strict):
+class TuneSettings(Strict):
     """How the outer study runs."""
 
     trials: int = Field(16, ge=1, description="outer trials (whole inner runs) in total")
@@ -97,7 +97,7 @@ class TuneSettings(_Strict):
     params: dict[str, ParamRange] = Field(min_length=1)
 
 
-class TuneConfig(_Strict):
+class TuneConfig(Strict):
     """A tune: the inner study config and the outer study's settings."""
 
     study: StudyConfig
@@ -318,7 +318,8 @@ def trials_markdown(study: optuna.Study) -> str:
 
 def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.Study, Path]:
     """Prepare once, run the outer study into ``out``; write ``tuned.yaml`` and ``tune.md``."""
-    from blackbox.study.pipeline import prepare, seed_everything
+    from blackbox.study.pipeline import prepare
+    from blackbox.study.rundir import seed_everything
 
     prepared = prepare(cfg.study, progress=progress)
     out.mkdir(parents=True, exist_ok=True)

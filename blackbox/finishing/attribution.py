@@ -44,19 +44,21 @@ def substitution_grid(x: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def token_attribution(
-    space: Any, objective: Any, x: np.ndarray, k: int = 32
+    problem: Any, x: np.ndarray, k: int = 32
 ) -> tuple[list[TokenAttribution], float]:
-    """Attribute ``x`` ``(n,)`` (box indices); returns the rows and the cost spent.
+    """Attribute ``x`` ``(n,)`` (box indices of ``problem.space``); returns the rows and the
+    cost spent.
 
-    Cost: one gradient pass (3) plus ``n * k`` evaluations (rejected substitutes are free).
+    Cost: one gradient pass plus ``n * k`` evaluations (rejected substitutes are free).
     """
     x = np.asarray(x, dtype=np.int64)
+    space = problem.space
     allowed = space.allowed_ids
-    tg = objective.token_gradients(allowed[x][None], 0.0)
+    tg = problem.token_gradients(allowed[x][None], 0.0)
     grad = tg.grad[0][:, allowed]  # (n, A)
     cand = topk_tokens(grad, k)  # (n, k)
     grid = substitution_grid(x, cand)
-    ev = objective.evaluate(space.decode(grid.astype(float)))
+    ev = problem.evaluate(space.decode(grid.astype(float)))
     vals = np.where(np.isfinite(ev.values), ev.values, -np.inf).reshape(len(x), -1)  # (n, k)
     vals = np.where(cand == x[:, None], -np.inf, vals)  # a token is not its own substitute
     base = float(tg.values[0])

@@ -12,7 +12,7 @@
 
 ``loss_of_ids`` is any function ``(B, n)`` ids -> ``(B,)`` losses computed exactly (no grad);
 ``grad_of_ids`` gives ``(n, V)`` gradients of the loss with respect to the one-hot inputs.
-:func:`objective_fns` makes both from a soft-prompt objective.
+:func:`objective_fns` makes both from any differentiable objective.
 """
 
 from __future__ import annotations
@@ -174,27 +174,27 @@ def hotflip_repair(
 def objective_fns(
     objective: Any, split: str = "search", idx: Sequence[int] | None = None
 ) -> tuple[LossFn, GradFn]:
-    """Exact loss and one-hot gradient of token ids under a soft-prompt objective.
+    """Exact loss and one-hot gradient of token ids under a differentiable objective.
 
-    ``objective`` has ``loss(soft (C, n, d), split, idx) -> (C,)`` and a ``forward`` with the
-    embedding matrix (:class:`~blackbox.evals.soft_prompt.SoftObjective`).
+    ``objective`` has ``loss(prompt (C, n, d), split, idx) -> (C,)`` and an ``embedder`` (the
+    splice engine: ``embed``, ``embedding``, ``model``), as every
+    :class:`~blackbox.evals.base.Differentiable` objective does.
     """
-    fwd = objective.forward
+    from blackbox.forward.splice import embed_one_hot
+
+    emb = objective.embedder
 
     def loss_of_ids(ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return objective.loss(fwd.embed(ids).float(), split, idx)
+            return objective.loss(emb.embed(ids).float(), split, idx)
 
     def grad_of_ids(ids: torch.Tensor) -> torch.Tensor:
-        emb = fwd.embedding
-        one_hot = torch.zeros(ids.numel(), emb.shape[0], device=emb.device, dtype=emb.dtype)
+        vocab = emb.embedding.shape[0]
+        one_hot = torch.zeros(ids.numel(), vocab, device=emb.device)
         one_hot[torch.arange(ids.numel()), ids.to(emb.device)] = 1.0
         one_hot.requires_grad_(True)
-        scale = getattr(objective.model.get_input_embeddings(), "embed_scale", None)
-        soft = one_hot @ emb  # (n, d)
-        if scale is not None:
-            soft = soft * scale
-        objective.loss(soft[None].float(), split, idx)[0].backward()
+        soft = embed_one_hot(emb.model, one_hot[None])  # (1, n, d)
+        objective.loss(soft.float(), split, idx)[0].backward()
         return one_hot.grad
 
     return loss_of_ids, grad_of_ids

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from blackbox.finishing.base import FINISHERS, Finisher
 from blackbox.models.layers import layer_path
 
 
@@ -39,3 +40,14 @@ def export_steered(space: Any, candidate: Any, model: torch.nn.Module, path: Pat
     torch.save(steer_config(space, candidate, model), tmp)
     os.replace(tmp, path)
     return path
+
+
+@FINISHERS.register("steering")
+class SteeringFinisher(Finisher):
+    """Steering runs end with the best candidate as lm-eval's ``steered`` .pt
+    (``lm_eval --model steered`` reproduces its lm-eval scores)."""
+
+    @classmethod
+    def export(cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None) -> list[Path]:
+        target = Path(out) if out is not None else Path(run_dir) / "steered.pt"
+        return [export_steered(p.space, candidate, p.loaded.model, target)]

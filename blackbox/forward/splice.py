@@ -1,59 +1,124 @@
-"""Batched forward passes with soft-prompt embeddings spliced into token sequences.
+"""One batched forward for every intervention on every document set: ``[pre | prompt | post]``.
 
-Every item of a data split is a pair of id lists, ``pre`` and ``post``: the soft prompt's ``n``
-vectors go between them (``[pre | soft | post]``), through ``inputs_embeds``.  Candidates are
-batched with items: a call runs ``C`` soft prompts on ``D`` items as ``C * D`` rows.
+An objective's documents are :class:`Items`: per document the token ids before the prompt
+(``pre``) and after it (``post``).  :class:`Splice` runs ``C`` candidates on ``D`` documents as
+``C * D`` rows (candidate-major: row ``c * D + i``):
 
-The ``pre`` part never depends on the soft prompt, so its key/values are computed once per item
-(kept in an LRU cache by item key), assembled left-padded (positions counted from each item's
-first real token) and reused across candidates, calls and minibatches; only ``soft + post`` run per candidate.  With the soft prompt after
-the input (the review, then the soft prompt, then the answer cue) that is a handful of tokens
-per row.  Results equal the unpadded concatenation up to float rounding (tested).
+- a *prompt* intervention (token or soft prompt, ``(C, n, d)`` embeddings) goes between ``pre``
+  and ``post`` through ``inputs_embeds``.  ``pre`` never depends on the prompt, so its
+  key/values are computed once per document (one document at a time, so results never depend
+  on batch composition), kept in an LRU cache by document key, assembled left-padded
+  (positions counted from each document's first real token) and reused across candidates,
+  calls and minibatches; only ``prompt + post`` run per candidate;
+- a *hook* intervention (steering) runs ``pre + post`` whole (the hooks change every
+  position) with candidate ``c``'s hooks on its rows.
+
+Requested activations (:class:`Capture`: a decoder layer's output, or the input of its MLP
+output projection) are recorded over the positions that ran.  The LM head is not applied here:
+objectives read final hidden states at the positions they need (:meth:`Splice.logits`).
+Results equal a plain unpadded forward of the concatenation up to float rounding (tested on
+four architectures).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
+from blackbox.api import HookIntervention
 from blackbox.models.compat import cache_kwargs, output_cache
+from blackbox.models.layers import decoder_layers, layer_output_hidden, mlp_output_projection
+
+
+@dataclass
+class Items:
+    """``D`` documents as token ids around the prompt.
+
+    Attributes:
+        pre: ``D`` id lists before the prompt (cached key/values under a prompt intervention).
+        post: ``D`` id lists after it.
+        gold: ``(D,)`` gold label index per document (classification), or ``None``.
+        targets: per document, ``(offset in post, ids)`` of a target read teacher-forced
+            (reference completions), or empty.
+    """
+
+    pre: list[list[int]]
+    post: list[list[int]]
+    gold: np.ndarray | None = None
+    targets: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.post)
+
+    def subset(self, idx: Sequence[int]) -> Items:
+        idx = list(idx)
+        return Items(
+            [self.pre[i] for i in idx],
+            [self.post[i] for i in idx],
+            None if self.gold is None else self.gold[idx],
+            [self.targets[i] for i in idx] if self.targets else [],
+        )
+
+
+@dataclass(frozen=True)
+class Capture:
+    """An activation to record: decoder block ``layer``'s output (``"residual"``) or the input
+    of its MLP output projection (``"mlp"``, the neurons)."""
+
+    layer: int
+    kind: Literal["residual", "mlp"] = "residual"
 
 
 @dataclass
 class PreCache:
-    """Key/value cache of the left-padded ``pre`` ids of a chunk of ``D`` items.
+    """Key/values of the left-padded ``pre`` ids of ``D`` documents.
 
     Attributes:
         kv: per layer, keys and values ``(D, heads, P, head_dim)`` (empty when ``P == 0``).
         mask: ``(D, P)`` 1 for real tokens, 0 for left padding.
         lengths: ``(D,)`` real ``pre`` lengths.
+        last: ``(D, d)`` final hidden state at each document's last ``pre`` token (zeros for
+            an empty ``pre``).
     """
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     mask: torch.Tensor
     lengths: torch.Tensor
+    last: torch.Tensor
 
 
 @dataclass
 class SpliceOut:
-    """Final hidden states of ``[soft | post]`` for ``C * D`` rows (candidate-major).
+    """Final hidden states of ``C * D`` rows (candidate-major).
 
     Attributes:
-        hidden: ``(C * D, n + L, d)`` last-layer hidden states (after the final norm).
-        mask: ``(C * D, n + L)`` 1 where a real token is.
-        n_soft: ``n``, the soft prompt length (``post`` starts at ``hidden[:, n]``).
-        last: ``(C * D,)`` index of each row's last real position.
+        hidden: ``(R, T, d)`` last-layer hidden states (after the final norm) of the positions
+            that ran: ``[prompt | post]`` under a prompt, ``[pre | post]`` under hooks.
+        mask: ``(R, T)`` 1 where a real token is.
+        n_prompt: ``n``, the prompt length (the prompt sits at ``hidden[:, :n]``).
+        post_start: ``(R,)`` index in ``hidden`` where each row's ``post`` starts.
+        last: ``(R,)`` index of each row's last real position.
+        pre_last: ``(R, d)`` final hidden state of each row's last ``pre`` token (zeros where
+            ``pre`` is empty or ran inside ``hidden``), for the prompt's first prediction.
+        has_pre_last: ``(R,)`` whether ``pre_last`` holds a real state.
+        captured: requested activations ``(R, T, width)``.
     """
 
     hidden: torch.Tensor
     mask: torch.Tensor
-    n_soft: int
+    n_prompt: int
+    post_start: torch.Tensor
     last: torch.Tensor
+    pre_last: torch.Tensor
+    has_pre_last: torch.Tensor
+    captured: dict[Capture, torch.Tensor] = field(default_factory=dict)
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -64,21 +129,57 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return base
 
 
-class SoftForward:
-    """Runs ``[pre | soft | post]`` batches for one model, caching the ``pre`` key/values.
+def embed_one_hot(model: torch.nn.Module, one_hot: torch.Tensor) -> torch.Tensor:
+    """``(..., n, d)`` input embeddings of one-hot ``(..., n, V)`` rows, differentiable.
+
+    ``one_hot @ W_E`` times the embedding's own scale where the model has one (Gemma).
+    """
+    emb = model.get_input_embeddings()
+    out = one_hot.to(emb.weight.dtype) @ emb.weight
+    scale = getattr(emb, "embed_scale", None)
+    return out * scale.to(out.dtype) if torch.is_tensor(scale) else out * (scale or 1.0)
+
+
+@contextmanager
+def capture(model: torch.nn.Module, wanted: Sequence[Capture]) -> Iterator[dict[Capture, Any]]:
+    """Record the activations ``wanted`` while the block runs (hooks always removed).
+
+    Register after any steering hooks: forward hooks run in registration order, so a residual
+    capture at a steered layer sees the steered output.
+    """
+    store: dict[Capture, Any] = {}
+    layers = decoder_layers(model) if wanted else None
+    with ExitStack() as stack:
+        for cap in dict.fromkeys(wanted):
+            if cap.kind == "residual":
+                handle = layers[cap.layer].register_forward_hook(  # type: ignore[index]
+                    lambda _m, _a, out, c=cap: store.__setitem__(c, layer_output_hidden(out))
+                )
+            else:
+                proj = mlp_output_projection(model, cap.layer)
+                handle = proj.register_forward_pre_hook(
+                    lambda _m, args, c=cap: store.__setitem__(c, args[0])
+                )
+            stack.callback(handle.remove)
+        yield store
+
+
+class Splice:
+    """Runs ``[pre | prompt | post]`` batches for one model, caching ``pre`` key/values.
 
     Args:
         model: a causal LM in eval mode (its parameters are not trained).
-        cache_mb: memory for cached ``pre`` chunks (least recently used dropped first).
+        cache_mb: memory for cached ``pre`` key/values (least recently used dropped first).
     """
 
     def __init__(self, model: torch.nn.Module, cache_mb: int = 512) -> None:
         self.model = model
         self.decoder = _decoder(model)
         self.cache_bytes = cache_mb * 2**20
-        self._cache: OrderedDict[Any, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._cache: OrderedDict[Hashable, tuple[list[Any], torch.Tensor]] = OrderedDict()
         self._bytes = 0
         self.pad_id = 0
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
 
     @property
     def device(self) -> torch.device:
@@ -96,125 +197,153 @@ class SoftForward:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` final hidden states -> ``(..., V)`` logits (with final soft-capping)."""
         out = self.model.get_output_embeddings()(hidden)
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:
-            out = torch.tanh(out / cap) * cap
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
         return out
 
-    def _store(self, key: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+    # -- the pre cache -------------------------------------------------------------------------
+    @staticmethod
+    def _size(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+
+    def _store(self, key: Hashable, entry: tuple[list[Any], torch.Tensor]) -> None:
+        size = self._size(entry[0])
         if size > self.cache_bytes:
             return
-        self._cache[key] = kv
+        self._cache[key] = entry
         self._bytes += size
         while self._bytes > self.cache_bytes:
             _, old = self._cache.popitem(last=False)
-            self._bytes -= sum(k.numel() * k.element_size() * 2 for k, _ in old)
+            self._bytes -= self._size(old[0])
 
     @torch.no_grad()
-    def _compute(self, pre: Sequence[Sequence[int]]) -> PreCache:
-        """Left-padded key/values of ``pre`` in one forward."""
-        dev = self.device
-        width = max((len(p) for p in pre), default=0)
-        lengths = torch.tensor([len(p) for p in pre], device=dev)
-        mask = torch.zeros(len(pre), width, dtype=torch.long, device=dev)
-        ids = torch.full((len(pre), width), self.pad_id, dtype=torch.long, device=dev)
-        for i, p in enumerate(pre):
-            if p:
-                ids[i, width - len(p) :] = torch.tensor(list(p), device=dev)
-                mask[i, width - len(p) :] = 1
-        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if width:
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
-        return PreCache(kv, mask, lengths)
+    def _compute(self, pre: Sequence[int]) -> tuple[list[Any], torch.Tensor]:
+        """Key/values and last final hidden state ``(d,)`` of one document's ``pre``."""
+        ids = torch.tensor([list(pre)], dtype=torch.long, device=self.device)
+        out = self.decoder(input_ids=ids, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        return kv, out.last_hidden_state[0, -1]
 
     def pre_cache(
-        self, pre: Sequence[Sequence[int]], keys: Sequence[Any] | None = None
+        self, pre: Sequence[Sequence[int]], keys: Sequence[Hashable] | None = None
     ) -> PreCache:
-        """Left-padded key/values of ``pre``; items with a key are computed and cached one by
-        one (LRU), so any subset of a split (a minibatch) reuses them."""
-        if keys is None:
-            return self._compute(pre)
-        fresh: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for i, k in enumerate(keys):
-            if pre[i] and k not in self._cache and i not in fresh:
-                # one item at a time: its key/values never depend on which items share a
-                # batch, so a resumed run (other minibatches first) replays bit for bit
-                fresh[i] = self._compute([pre[i]]).kv
-                self._store(k, fresh[i])
-        dev = self.device
+        """Left-padded key/values of ``pre``.  Each document is computed alone (its key/values
+        never depend on which documents share a batch, so a resumed run replays bit for bit)
+        and cached under its key (LRU), so any subset of a split (a minibatch) reuses them."""
+        dev, d = self.device, self.embedding.shape[1]
         width = max((len(p) for p in pre), default=0)
         lengths = torch.tensor([len(p) for p in pre], device=dev)
         mask = torch.zeros(len(pre), width, dtype=torch.long, device=dev)
         for i, p in enumerate(pre):
             mask[i, width - len(p) :] = 1 if p else 0
+        dtype = self.embedding.dtype
+        last = torch.zeros(len(pre), d, device=dev, dtype=dtype)
         if not width:
-            return PreCache([], mask, lengths)
-        items = []
-        for i, k in enumerate(keys):
-            if not pre[i]:
+            return PreCache([], mask, lengths, last)
+        items: list[tuple[list[Any], torch.Tensor] | None] = []
+        for i, p in enumerate(pre):
+            if not p:
                 items.append(None)
+                continue
+            k = keys[i] if keys is not None else None
+            if k is not None and k in self._cache:
+                self._cache.move_to_end(k)
+                items.append(self._cache[k])
             else:
-                items.append(fresh[i] if i in fresh else self._cache[k])
-                if k in self._cache:
-                    self._cache.move_to_end(k)
-        ref = next(it for it in items if it is not None)
+                entry = self._compute(p)
+                if k is not None:
+                    self._store(k, entry)
+                items.append(entry)
+        ref = next(it for it in items if it is not None)[0]
         kv = []
         for layer, (k0, v0) in enumerate(ref):
             ks = k0.new_zeros(len(pre), k0.shape[1], width, k0.shape[3])
             vs = v0.new_zeros(len(pre), v0.shape[1], width, v0.shape[3])
             for i, it in enumerate(items):
                 if it is not None:
-                    ks[i, :, width - len(pre[i]) :] = it[layer][0][0]
-                    vs[i, :, width - len(pre[i]) :] = it[layer][1][0]
+                    ks[i, :, width - len(pre[i]) :] = it[0][layer][0][0]
+                    vs[i, :, width - len(pre[i]) :] = it[0][layer][1][0]
             kv.append((ks, vs))
-        return PreCache(kv, mask, lengths)
+        for i, it in enumerate(items):
+            if it is not None:
+                last[i] = it[1]
+        return PreCache(kv, mask, lengths, last)
 
+    # -- forward -------------------------------------------------------------------------------
     def __call__(
         self,
-        soft: torch.Tensor,
-        pre: Sequence[Sequence[int]],
-        post: Sequence[Sequence[int]],
-        keys: Sequence[Any] | None = None,
+        items: Items,
+        prompt: torch.Tensor | None = None,
+        hooks: HookIntervention | None = None,
+        keys: Sequence[Hashable] | None = None,
+        captures: Sequence[Capture] = (),
     ) -> SpliceOut:
-        """Run ``C`` soft prompts on ``D`` items.
+        """Run ``C`` candidates on the ``D`` documents of ``items``.
 
         Args:
-            soft: ``(C, n, d)`` soft-prompt embeddings (may require grad).
-            pre: ``D`` id lists before the soft prompt.
-            post: ``D`` id lists after it (each non-empty unless ``n > 0``).
-            keys: per item, a cache key of its ``pre`` key/values (``None``: not cached).
+            items: the documents.
+            prompt: ``(C, n, d)`` prompt embeddings (may require grad), or ``None``.
+            hooks: a hook intervention of ``C`` candidates (``prompt`` must then be ``None``).
+            keys: per document, a cache key of its ``pre`` key/values (``None``: not cached).
+            captures: activations to record.
 
         Returns:
             :class:`SpliceOut` over ``C * D`` rows, candidate-major (row ``c * D + i``).
         """
-        if len(pre) != len(post):
-            raise ValueError(f"pre has {len(pre)} items, post {len(post)}")
+        if hooks is not None:
+            if prompt is not None and prompt.shape[1]:
+                raise ValueError("splice: hooks and a prompt cannot be applied together")
+            return self._run_hooks(items, hooks, captures)
+        if prompt is None:
+            prompt = torch.zeros(1, 0, self.embedding.shape[1], device=self.device)
+        return self._run_prompt(items, prompt, keys, captures)
+
+    def _right_padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
-        c, n, _ = soft.shape
-        d_items = len(post)
-        cache = self.pre_cache(pre, keys)
-        width = max(len(p) for p in post)
-        post_ids = torch.full((d_items, width), self.pad_id, dtype=torch.long, device=dev)
-        post_mask = torch.zeros(d_items, width, dtype=torch.long, device=dev)
-        for i, p in enumerate(post):
-            post_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long, device=dev)
-            post_mask[i, : len(p)] = 1
+        width = max(1, max(len(s) for s in seqs))
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=dev)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long, device=dev)
+            mask[i, : len(s)] = 1
+        return ids, mask
+
+    def _run_prompt(
+        self,
+        items: Items,
+        prompt: torch.Tensor,
+        keys: Sequence[Hashable] | None,
+        captures: Sequence[Capture],
+    ) -> SpliceOut:
+        dev = self.device
+        c, n, _ = prompt.shape
+        d_items = len(items)
+        if n == 0 and any(not q for q in items.post):
+            # no prompt and nothing after it: the last pre token runs instead of being cached,
+            # so every row has a position of its own (the sequence is unchanged)
+            if any(not p and not q for p, q in zip(items.pre, items.post)):
+                raise ValueError("splice: an empty document needs a prompt")
+            shift = [not q for q in items.post]
+            pre = [p[:-1] if s else p for p, s in zip(items.pre, shift)]
+            post = [p[-1:] if s else q for p, q, s in zip(items.pre, items.post, shift)]
+            items = Items(pre, post, items.gold, items.targets)
+            if keys is not None:
+                keys = [(k, "short") if s else k for k, s in zip(keys, shift)]
+            out = self._run_prompt(items, prompt, keys, captures)
+            out.post_start = out.post_start + torch.tensor(shift, device=dev).repeat(c).long()
+            return out
+        cache = self.pre_cache(items.pre, keys)
+        post_ids, post_mask = self._right_padded(items.post)
         post_emb = self.embed(post_ids)  # (D, L, d)
-        soft = soft.to(device=dev, dtype=post_emb.dtype)
+        prompt = prompt.to(device=dev, dtype=post_emb.dtype)
         embeds = torch.cat(
-            [
-                soft[:, None].expand(c, d_items, n, -1),
-                post_emb[None].expand(c, -1, -1, -1),
-            ],
+            [prompt[:, None].expand(c, d_items, n, -1), post_emb[None].expand(c, -1, -1, -1)],
             dim=2,
-        ).reshape(c * d_items, n + width, -1)  # (C*D, n+L, d)
+        ).reshape(c * d_items, n + post_ids.shape[1], -1)  # (C*D, n+L, d)
         new_mask = torch.cat(
             [torch.ones(d_items, n, dtype=torch.long, device=dev), post_mask], dim=1
         )  # (D, n+L)
-        pos = cache.lengths[:, None] + torch.arange(n + width, device=dev)[None]  # (D, n+L)
+        pos = cache.lengths[:, None] + torch.arange(new_mask.shape[1], device=dev)[None]
         full_mask = torch.cat([cache.mask, new_mask], dim=1)  # (D, P+n+L)
         past = None
         if cache.kv:
@@ -226,13 +355,64 @@ class SoftForward:
                 for k, v in cache.kv
             ]
             past = DynamicCache(ddp_cache_data=data)
-        out = self.decoder(
-            inputs_embeds=embeds,
-            attention_mask=full_mask.repeat(c, 1),
-            position_ids=pos.repeat(c, 1),
-            **cache_kwargs(self.decoder, past),
-            use_cache=past is not None,
-        )
+        with capture(self.model, captures) as store:
+            out = self.decoder(
+                inputs_embeds=embeds,
+                attention_mask=full_mask.repeat(c, 1),
+                position_ids=pos.repeat(c, 1),
+                **cache_kwargs(self.decoder, past),
+                use_cache=past is not None,
+            )
         mask = new_mask.repeat(c, 1)
-        last = mask.sum(1) - 1
-        return SpliceOut(out.last_hidden_state, mask, n, last)
+        rows = c * d_items
+        return SpliceOut(
+            hidden=out.last_hidden_state,
+            mask=mask,
+            n_prompt=n,
+            post_start=torch.full((rows,), n, dtype=torch.long, device=dev),
+            last=mask.sum(1) - 1,
+            pre_last=cache.last.repeat(c, 1),
+            has_pre_last=(cache.lengths > 0).repeat(c),
+            captured=dict(store),
+        )
+
+    def _run_hooks(
+        self, items: Items, hooks: HookIntervention, captures: Sequence[Capture]
+    ) -> SpliceOut:
+        dev = self.device
+        c, d_items = len(hooks), len(items)
+        ids, mask = self._right_padded([list(p) + list(q) for p, q in zip(items.pre, items.post)])
+        rows = torch.arange(c).repeat_interleave(d_items)  # (C*D,) candidate of each row
+        with hooks.apply(self.model, rows, 1), capture(self.model, captures) as store:
+            out = self.decoder(
+                input_ids=ids.repeat(c, 1), attention_mask=mask.repeat(c, 1), use_cache=False
+            )
+        mask = mask.repeat(c, 1)
+        pre_len = torch.tensor([len(p) for p in items.pre], device=dev).repeat(c)
+        hidden = out.last_hidden_state
+        return SpliceOut(
+            hidden=hidden,
+            mask=mask,
+            n_prompt=0,
+            post_start=pre_len,
+            last=mask.sum(1) - 1,
+            pre_last=hidden.new_zeros(c * d_items, hidden.shape[-1]),
+            has_pre_last=torch.zeros(c * d_items, dtype=torch.bool, device=dev),
+            captured=dict(store),
+        )
+
+
+def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``x[r, pos[r, j]]`` for ``x`` ``(R, T, k)`` and ``pos`` ``(R, m)`` -> ``(R, m, k)``."""
+    return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def prompt_next_logits(splice: Splice, out: SpliceOut) -> torch.Tensor:
+    """``(R, n, V)`` logits predicting each prompt token: row 0 from the last ``pre`` token
+    (zeros without one), row ``j`` from prompt position ``j - 1``."""
+    n = out.n_prompt
+    first = splice.logits(out.pre_last)[:, None]  # (R, 1, V)
+    first = first * out.has_pre_last[:, None, None].to(first.dtype)
+    if n <= 1:
+        return first[:, :n]
+    return torch.cat([first, splice.logits(out.hidden[:, : n - 1])], dim=1)

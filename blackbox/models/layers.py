@@ -186,3 +186,69 @@ def repeat_batch(value: Any, small: int, repeat: int) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(repeat_batch(v, small, repeat) for v in value)
     return value
+
+
+# Paths, inside one decoder block, to the MLP's output projection: its *input* is the MLP's
+# hidden activation (``act(gate) * up`` for gated MLPs), whose coordinates are the neurons.
+MLP_OUTPUT_PATHS: tuple[str, ...] = (
+    "mlp.down_proj",  # Llama, Mistral, Qwen2, Gemma, Gemma2/3, OLMo, StableLM, Phi3, SmolLM
+    "mlp.dense_4h_to_h",  # GPT-NeoX (Pythia), Falcon, Bloom
+    "mlp.c_proj",  # GPT-2, GPTBigCode (Conv1D / Linear)
+    "mlp.fc2",  # Phi
+    "mlp.fc_out",  # GPT-J, CodeGen
+    "fc2",  # OPT (no MLP submodule)
+    "ffn.down_proj",  # MPT
+    "feed_forward.w2",  # InternLM-style
+)
+
+
+def _in_out(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` widths of a linear-like module (``nn.Linear`` or GPT-2's ``Conv1D``)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0]), int(weight.shape[1])  # Conv1D stores (in, out)
+    return None
+
+
+def mlp_output_projection(model: nn.Module, layer: int) -> nn.Module:
+    """The module whose input is the MLP activation of decoder block ``layer``.
+
+    Known paths are tried first (`MLP_OUTPUT_PATHS`); otherwise the one linear module under an
+    MLP-like child (``mlp``, ``ffn``, ``feed_forward``) that maps a wider space back to the
+    residual width.
+
+    Raises:
+        ValueError: one line naming the block's class and its children when no (single)
+            projection exists, e.g. a mixture-of-experts block.
+    """
+    block = decoder_layers(model)[layer]
+    d = hidden_size(model)
+    for path in MLP_OUTPUT_PATHS:
+        found = _get_path(block, path)
+        widths = _in_out(found) if isinstance(found, nn.Module) else None
+        if widths is not None and widths[1] == d:
+            return found
+    hits = [
+        module
+        for name, module in block.named_modules()
+        if any(k in name for k in ("mlp", "ffn", "feed_forward"))
+        and (w := _in_out(module)) is not None
+        and w[1] == d
+        and w[0] > d
+    ]
+    if len(hits) == 1:
+        return hits[0]
+    children = ", ".join(f"{n} ({type(m).__name__})" for n, m in block.named_children())
+    raise ValueError(
+        f"{type(block).__name__}: no single MLP output projection found (tried "
+        f"{', '.join(MLP_OUTPUT_PATHS)}); the block holds: {children}"
+    )
+
+
+def mlp_width(model: nn.Module, layer: int) -> int:
+    """Number of MLP neurons in decoder block ``layer`` (the projection's input width)."""
+    widths = _in_out(mlp_output_projection(model, layer))
+    assert widths is not None
+    return widths[0]

@@ -34,6 +34,7 @@ class RunCurve:
         heldout_baseline: held-out score of the baseline, if recorded.
         candidates: described candidates (dicts), one per evaluation.
         extra: secondary objectives (dicts), one per evaluation, or ``None``.
+        space: the search space's name in the comparison (``None`` if unknown).
     """
 
     name: str
@@ -47,6 +48,7 @@ class RunCurve:
     heldout_baseline: float | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     extra: list[dict[str, float]] | None = None
+    space: str | None = None
 
     @property
     def best(self) -> np.ndarray:

@@ -69,18 +69,26 @@ def curve_from_trials(
     cost = np.cumsum([float(t.user_attrs.get("cost") or 0.0) for t in search])
     seconds = np.cumsum([float(t.user_attrs.get("seconds") or 0.0) for t in search])
     extras = [t.user_attrs.get("extra") for t in search]
-    baseline = [_value(t) for t in by_kind["baseline"]]
+    bases = sorted(by_kind["baseline"], key=lambda t: t.number)
+    baseline = [_value(t) for t in bases]
+    first_label = bases[0].user_attrs.get("label") if bases else None
     held_base, held_best = None, None
     best_i = int(np.nanargmax(values)) if np.isfinite(values).any() else None
     for t in sorted(by_kind["heldout"], key=lambda t: t.number):
-        is_base = bool(by_kind["baseline"]) and t.user_attrs.get("index") == 0
-        if is_base:
+        label = t.user_attrs.get("label")
+        if label is not None:  # labelled records: the baselines' labels and "best"
+            if label == "best":
+                held_best = _value(t)
+            elif label == first_label:
+                held_base = _value(t)
+        elif bases and t.user_attrs.get("index") == 0:
             held_base = _value(t)
         elif best_i is None or t.params == search[best_i].params:
             held_best = _value(t)
     return RunCurve(
         name=name,
         label=str(attrs.get("label") or name),
+        space=attrs.get("space"),
         seed=attrs.get("seed"),
         values=values,
         cost=cost,
@@ -317,3 +325,18 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", type=float, help="score for 'cost to reach' (default: median)")
     p.add_argument("--name", help="only the comparison of this name (storage shared by several)")
     p.set_defaults(handler=cmd_report)
+
+
+def write_index(out: Path, name: str, tasks: list[str]) -> Path:
+    """``report.md`` of a comparison over several tasks: per task, its summary table, its
+    best-so-far plot and a link to its full report (``<task>/report.md``)."""
+    lines = [f"# {name}", "", f"One comparison per task: {', '.join(tasks)}.", ""]
+    for task in tasks:
+        part = (out / task / "report.md").read_text().splitlines()
+        start = next((i for i, ln in enumerate(part) if ln.startswith("|")), len(part))
+        end = next((i for i in range(start, len(part)) if not part[i].startswith("|")), len(part))
+        lines += [f"## {task}", "", f"Full report: [{task}/report.md]({task}/report.md)", ""]
+        lines += part[start:end] + ["", f"![{task}: best so far]({task}/best_vs_cost.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

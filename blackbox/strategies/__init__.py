@@ -1,6 +1,8 @@
 """Array-level ask/tell strategies and their registry.
 
-``STRATEGIES`` maps a config name to a :class:`Strategy` subclass; :func:`make_strategy`
+``STRATEGIES`` (a :class:`~blackbox.registry.Registry`) maps a config name to a
+:class:`Strategy` subclass, whose ``traits`` say what it needs (gradients, a vocabulary, a
+continuous box, ordered axes); :func:`make_strategy`
 builds one and checks the name and the settings first.
 
 Settings schema: every strategy class declares ``settings_schema``, a frozen dataclass whose
@@ -30,6 +32,7 @@ import dataclasses
 import inspect
 from typing import Any
 
+from blackbox.registry import Registry
 from blackbox.strategies.adam import Adam, AdamSettings
 from blackbox.strategies.base import Box, Strategy
 from blackbox.strategies.epo import EPO, GCG
@@ -39,9 +42,9 @@ from blackbox.strategies.optuna_sampler import OptunaSampler, OptunaSettings
 from blackbox.strategies.pso import PSO, PSOSettings
 from blackbox.strategies.random_search import RandomSearch, RandomSearchSettings
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (PSO, Nevergrad, OptunaSampler, RandomSearch, EPO, GCG, TokenGA, Adam)
-}
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+for _cls in (PSO, Nevergrad, OptunaSampler, RandomSearch, EPO, GCG, TokenGA, Adam):
+    STRATEGIES.add(_cls)
 
 __all__ = [
     "STRATEGIES",
@@ -65,12 +68,7 @@ __all__ = [
 
 def get_strategy_class(name: str) -> type[Strategy]:
     """The registered class called ``name``; ``ValueError`` (one line) if there is none."""
-    try:
-        return STRATEGIES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"strategy: unknown name {name!r}; allowed: {sorted(STRATEGIES)}"
-        ) from None
+    return STRATEGIES.get(name)
 
 
 def settings_fields(cls: type[Strategy]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ any other candidate.  Gradient calls are charged through ``pop_extra_cost`` (a b
 counts as two forward passes), so budgets in forward-pass equivalents compare it fairly with
 gradient-free strategies.
 
-Runner contract (as for EPO/GCG): ``bind(space, objective)`` before the first ask; the space
-has ``embeddings(z) -> (n, d)`` (differentiable) and the objective ``loss(soft, split, idx)``,
+Runner contract (as for EPO/GCG): ``bind(problem)`` before the first ask; the problem's space
+has ``embeddings(z) -> (n, d)`` (differentiable) and the problem ``loss(soft, split, idx)``,
 ``n_examples(split)`` (what ``idx`` indexes) and ``gradient_cost(idx)``.
 """
 
@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from blackbox.api import StrategyTraits
 from blackbox.strategies.base import Box, Strategy
 
 
@@ -51,7 +52,7 @@ class Adam(Strategy):
     """Adam on the soft-prompt coordinates ``z`` (see the module docstring)."""
 
     name: ClassVar[str] = "adam"
-    uses_gradients: ClassVar[bool] = True
+    traits = StrategyTraits(needs_gradients=True, needs_continuous=True, population=False)
     settings_schema: ClassVar[type] = AdamSettings
 
     def __init__(self, box: Box, seed: int = 0, population: int = 1, **settings: Any) -> None:
@@ -60,7 +61,7 @@ class Adam(Strategy):
         self.z = torch.zeros(box.dim, requires_grad=True)
         self.opt = torch.optim.Adam([self.z], lr=self.config.lr)
         self.space: Any = None
-        self.objective: Any = None
+        self.problem: Any = None
         self._extra = 0.0
         self.losses: list[float] = []
 
@@ -68,11 +69,11 @@ class Adam(Strategy):
     def batch_size(self) -> int:
         return 1
 
-    def bind(self, space: Any, objective: Any) -> None:
-        """Attach the soft-prompt space (``embeddings``) and the objective (``loss``)."""
-        if not hasattr(space, "embeddings") or not hasattr(objective, "loss"):
+    def bind(self, problem: Any) -> None:
+        """Attach the problem: a soft-prompt space (``embeddings``) and its objective (``loss``)."""
+        if not hasattr(problem.space, "embeddings") or not hasattr(problem.objective, "loss"):
             raise TypeError("adam works on soft-prompt spaces with a differentiable objective")
-        self.space, self.objective = space, objective
+        self.problem, self.space = problem, problem.space
 
     def pop_extra_cost(self) -> float:
         """Forward-pass equivalents of the gradient steps since the last call."""
@@ -80,11 +81,11 @@ class Adam(Strategy):
         return cost
 
     def _step(self) -> None:
-        n_items = self.objective.n_examples("search")
+        n_items = self.problem.n_examples("search")
         m = self.config.minibatch
         idx = None if m == 0 or m >= n_items else sorted(self.rng.choice(n_items, m, False))
         self.opt.zero_grad()
-        loss = self.objective.loss(self.space.embeddings(self.z)[None], "search", idx)[0]
+        loss = self.problem.loss(self.space.embeddings(self.z)[None], "search", idx)[0]
         loss.backward()
         self.opt.step()
         with torch.no_grad():
@@ -92,11 +93,11 @@ class Adam(Strategy):
             hi = torch.as_tensor(self.box.upper, dtype=self.z.dtype)
             self.z.copy_(torch.maximum(torch.minimum(self.z, hi), lo))
         self.losses.append(float(loss.detach()))
-        self._extra += self.objective.gradient_cost(idx)
+        self._extra += self.problem.gradient_cost(idx)
 
     def _ask(self, n: int) -> np.ndarray:
-        if self.objective is None:
-            raise RuntimeError("adam: call bind(space, objective) before ask")
+        if self.problem is None:
+            raise RuntimeError("adam: call bind(problem) before ask")
         for _ in range(self.config.steps):
             self._step()
         row = self.z.detach().numpy().astype(np.float64)

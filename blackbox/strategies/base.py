@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from blackbox.api import StrategyTraits
+
 
 @dataclass(frozen=True)
 class Box:
@@ -89,7 +91,16 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str] = ""
-    uses_gradients: ClassVar[bool] = False
+    traits: ClassVar[StrategyTraits] = StrategyTraits()
+
+    @classmethod
+    def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
+        """What this strategy needs with these settings (default: the class's traits)."""
+        return cls.traits
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.traits_for(self.settings).needs_gradients
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
         if population < 1:

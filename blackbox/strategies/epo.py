@@ -3,7 +3,7 @@
 A population of ``M`` prompts, member ``i`` tied to fluency weight ``lambda_i`` (log-spaced in
 ``[lambda_min, lambda_max]``).  Each iteration:
 
-1. ``ask``: one gradient call on the ``M`` parents (``objective.token_gradients``, the gradient
+1. ``ask``: one gradient call on the ``M`` parents (``problem.token_gradients``, the gradient
    of ``f - lambda_i * xentropy`` w.r.t. one-hot inputs; 3 forward-pass equivalents each, exposed
    through :meth:`EPO.pop_extra_cost`), then ``r`` children per parent from the proposal mix.
 2. ``tell(x, values, extra)``: pool = parents + children; member ``i`` becomes the pool's best
@@ -14,10 +14,11 @@ A population of ``M`` prompts, member ``i`` tied to fluency weight ``lambda_i`` 
 
 GCG (Zou et al. 2023) is EPO with ``M = 1`` and ``lambda = 0`` (:class:`GCG`).
 
-Runner contract: call ``bind(space, objective)`` once before the loop; add ``pop_extra_cost()``
-to the budget after each ``ask``/``tell``; optionally pass ``extra=ev.extra`` to ``tell`` (the
-self cross-entropy, ``objective.extra_names == ("xentropy",)``).  Without ``extra`` the strategy
-reads the cross-entropies from the objective's ``recent_xentropy`` (no extra forward pass) and
+Runner contract: call ``bind(problem)`` (a :class:`~blackbox.api.Problem`: the token space and
+its objective) once before the loop; add ``pop_extra_cost()`` to the budget after each
+``ask``/``tell``; optionally pass ``extra=ev.extra`` to ``tell`` (the self cross-entropy,
+``objective.extra_names == ("xentropy",)``).  Without ``extra`` the strategy reads the
+cross-entropies from the problem's ``recent_xentropy`` (no extra forward pass) and
 scores only prompts it cannot find there (for example trials replayed on resume).
 """
 
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from blackbox.api import StrategyTraits
 from blackbox.pareto import FrontPoint, select_per_weight, update_front
 from blackbox.strategies.base import Box, Strategy
 from blackbox.strategies.proposals import EPO_PROPOSALS, ProposalInputs, ProposalMix
@@ -45,19 +47,23 @@ def lambda_grid(m: int, lo: float, hi: float) -> np.ndarray:
 class GradientGuided(Strategy):
     """Shared plumbing of token strategies that may call the objective's gradients."""
 
-    uses_gradients: ClassVar[bool] = True
+    traits = StrategyTraits(needs_gradients=True, needs_vocabulary=True)
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
         super().__init__(box, seed=seed, population=population, **settings)
         self.space: Any = None
-        self.objective: Any = None
+        self.problem: Any = None
         self._extra_cost = 0.0
         self._last_extra: np.ndarray | None = None
         self._last_gradients: Any = None
 
-    def bind(self, space: Any, objective: Any) -> None:
-        """Attach the token space (for ``allowed_ids``) and the objective (for gradients)."""
-        self.space, self.objective = space, objective
+    def bind(self, problem: Any) -> None:
+        """Attach the problem: its token space (``allowed_ids``) and objective (gradients)."""
+        self.problem, self.space = problem, problem.space
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.mix.needs_grad or self.mix.needs_logits
 
     def pop_extra_cost(self) -> float:
         """Forward-pass equivalents spent inside the strategy since the last call."""
@@ -72,21 +78,20 @@ class GradientGuided(Strategy):
     def _xentropy(self, x: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``(n,)`` cross-entropies of the told batch ``x`` (inf where ``values`` is not finite).
 
-        Read from ``tell``'s ``extra`` if given, else from the objective's ``recent_xentropy``
+        Read from ``tell``'s ``extra`` if given, else from the problem's ``recent_xentropy``
         (the batch it just scored); any still missing are scored here and charged as extra cost.
         """
         ok = np.isfinite(values)
         if self._last_extra is not None:
             xent = self._last_extra.reshape(len(x), -1)[:, 0].copy()
-        elif self.objective is None or self.space is None:
+        elif self.problem is None:
             xent = np.zeros(len(x))
         else:
             ids = self.space.allowed_ids[x.astype(np.int64)]
-            lookup = getattr(self.objective, "recent_xentropy", None)
-            xent = lookup(ids) if lookup is not None else np.full(len(x), np.nan)
+            xent = self.problem.recent_xentropy(ids)
             missing = ok & ~np.isfinite(xent)
             if missing.any():
-                ev = self.objective.evaluate(self.space.decode(x[missing]))
+                ev = self.problem.evaluate(self.space.decode(x[missing]))
                 self._extra_cost += float(ev.cost)
                 xent[missing] = np.asarray(ev.extra, dtype=float)[:, 0]
         return np.where(ok, xent, np.inf)
@@ -116,10 +121,10 @@ class GradientGuided(Strategy):
         )
         if not (mix.needs_grad or mix.needs_logits):
             return inputs
-        if self.objective is None or self.space is None:
-            raise RuntimeError(f"{self.name}: gradient proposals need bind(space, objective)")
+        if self.problem is None:
+            raise RuntimeError(f"{self.name}: gradient proposals need bind(problem)")
         allowed = self.space.allowed_ids
-        tg = self.objective.token_gradients(allowed[inputs.parents], lambdas)
+        tg = self.problem.token_gradients(allowed[inputs.parents], lambdas)
         self._extra_cost += tg.cost
         self._last_gradients = tg
         inputs.grad = tg.grad[:, :, allowed]  # (P, n, A)
@@ -228,7 +233,7 @@ class EPO(GradientGuided):
 
     def _xentropy_of(self, x: np.ndarray) -> np.ndarray:
         """Score ``x`` with the bound objective (charged as extra cost); sets parent values."""
-        ev = self.objective.evaluate(self.space.decode(x))
+        ev = self.problem.evaluate(self.space.decode(x))
         self._extra_cost += float(ev.cost)
         self.parent_values = np.where(np.isfinite(ev.values), ev.values, -np.inf)
         return np.asarray(ev.extra, dtype=float)[:, 0]

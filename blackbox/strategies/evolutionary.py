@@ -24,9 +24,13 @@ from typing import Any, ClassVar
 import nevergrad as ng
 import numpy as np
 
+from blackbox.api import StrategyTraits
 from blackbox.strategies.base import Box, Strategy
 
 BUDGET_IF_UNKNOWN = 1000
+DISCRETE_FAMILIES = ("Discrete", "NGOpt", "Portfolio", "RandomSearch")
+"""Optimizers whose names hold one of these treat integer coordinates as discrete values
+(they can search token ids); the others move along ordered axes."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,13 @@ class Nevergrad(Strategy):
     """
 
     name: ClassVar[str] = "nevergrad"
+    traits = StrategyTraits(ordinal=True)
     settings_schema: ClassVar[type] = NevergradSettings
+
+    @classmethod
+    def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
+        name = str(settings.get("optimizer", NevergradSettings.optimizer))
+        return StrategyTraits(ordinal=not any(f in name for f in DISCRETE_FAMILIES))
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
         super().__init__(box, seed=seed, population=population, **settings)

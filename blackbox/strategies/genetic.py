@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from blackbox.api import StrategyTraits
 from blackbox.strategies.base import Box
 from blackbox.strategies.epo import GradientGuided
 from blackbox.strategies.proposals import ProposalMix
@@ -48,6 +49,14 @@ class TokenGA(GradientGuided):
     """
 
     name: ClassVar[str] = "token_ga"
+    traits = StrategyTraits(needs_vocabulary=True)
+
+    @classmethod
+    def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
+        mix = ProposalMix(settings.get("mutation", "random_replace"), settings.get("mutation_settings"))
+        return StrategyTraits(
+            needs_gradients=mix.needs_grad or mix.needs_logits, needs_vocabulary=True
+        )
 
     def __init__(
         self,
@@ -63,7 +72,6 @@ class TokenGA(GradientGuided):
     ) -> None:
         super().__init__(box, seed=seed, population=population, **settings)
         self.mix = ProposalMix(mutation, mutation_settings)
-        self.uses_gradients = self.mix.needs_grad or self.mix.needs_logits  # type: ignore[misc]
         self.crossover = float(crossover)
         self.tournament_size = int(tournament_size)
         self.fluency_weight = float(fluency_weight)

@@ -19,9 +19,12 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial, TrialState
 
+from blackbox.api import StrategyTraits
 from blackbox.strategies.base import Box, Strategy
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
+ORDINAL_SAMPLERS = ("cmaes", "gp", "qmc")
+"""Samplers that model coordinates as points on ordered axes (not for token ids)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,11 @@ class OptunaSampler(Strategy):
 
     name: ClassVar[str] = "optuna"
     settings_schema: ClassVar[type] = OptunaSettings
+
+    @classmethod
+    def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
+        sampler = str(settings.get("sampler", OptunaSettings.sampler)).lower()
+        return StrategyTraits(ordinal=sampler in ORDINAL_SAMPLERS)
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
         super().__init__(box, seed=seed, population=population, **settings)

@@ -29,6 +29,7 @@ from pyswarms.backend.operators import compute_pbest
 from pyswarms.backend.swarms import Swarm
 from pyswarms.backend.topology import Ring, Star
 
+from blackbox.api import StrategyTraits
 from blackbox.strategies.base import Box, Strategy
 
 TOPOLOGIES = ("global", "local")
@@ -135,6 +136,7 @@ class PSO(Strategy):
     """
 
     name: ClassVar[str] = "pso"
+    traits = StrategyTraits(ordinal=True)
     settings_schema: ClassVar[type] = PSOSettings
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:

@@ -26,7 +26,7 @@ class RandomSearch(Strategy):
         population: default number of candidates per :meth:`ask`.
     """
 
-    name: ClassVar[str] = "random"
+    name: ClassVar[str] = "random"  # no needs: it meets every space
     settings_schema: ClassVar[type] = RandomSearchSettings
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:

@@ -18,7 +18,8 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from blackbox.evals.base import Evaluation, Objective
+from blackbox.api import Evaluation, Problem
+from blackbox.evals.base import Objective
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Strategy
 from blackbox.study.storage import Memo, add_record
@@ -56,9 +57,9 @@ class Progress:
 
 @dataclass
 class Scored:
-    """One recorded evaluation."""
+    """One recorded evaluation (``x`` is ``None`` for a baseline that is not a box point)."""
 
-    x: np.ndarray
+    x: np.ndarray | None
     candidate: Any
     value: float
     metrics: dict[str, Any]
@@ -67,11 +68,16 @@ class Scored:
 
 @dataclass
 class RunSummary:
-    """What a run found."""
+    """What a run found.
 
-    baseline: Scored | None
+    ``baselines`` / ``heldout_baselines`` map each baseline's label (``unsteered``,
+    ``no prompt``, ``baseline``) to its score on the search / held-out split; ``baseline`` and
+    ``heldout_baseline`` are the first of them.
+    """
+
+    baselines: dict[str, Scored]
     best: Scored | None
-    heldout_baseline: Scored | None
+    heldout_baselines: dict[str, Scored]
     heldout_best: Scored | None
     evaluations: int
     resumed: int
@@ -82,22 +88,33 @@ class RunSummary:
     cost_history: list[float] = field(default_factory=list)
     search_cost: float = 0.0
 
+    @property
+    def baseline(self) -> Scored | None:
+        return next(iter(self.baselines.values()), None)
+
+    @property
+    def heldout_baseline(self) -> Scored | None:
+        return next(iter(self.heldout_baselines.values()), None)
+
 
 class Runner:
     """Drives a strategy over a space against an objective, recording into an Optuna study.
 
     Args:
         space: the search space.
-        objective: scores decoded candidates (higher is better).
+        objective: scores the space's interventions (higher is better).
         strategy: the ask/tell strategy over ``space.box``.
         study: the Optuna study receiving one trial per evaluation.
         budget: when to stop.
         search_split: the objective split searched on.
-        heldout_split: the split the best candidate is re-scored on (``None``: skip).
+        heldout_split: the split the best candidate is re-scored on (``None``, or a split the
+            objective does not have: skip).
         progress: show a progress bar.
         on_generation: called with a :class:`Progress` after every generation (for example to
             report intermediate values to an outer Optuna trial, which may raise
             ``optuna.TrialPruned`` to stop the run).
+        baselines: reference candidates scored before the search, by label (default: the
+            space's ``baselines()``); they need not be box points.
     """
 
     def __init__(
@@ -111,18 +128,25 @@ class Runner:
         heldout_split: str | None = "heldout",
         progress: bool = True,
         on_generation: Callable[[Progress], None] | None = None,
+        baselines: dict[str, Any] | None = None,
     ) -> None:
         if not budget.is_set():
             raise ValueError("budget: set evaluations, seconds or cost")
         self.on_generation = on_generation
         self.space, self.objective, self.strategy = space, objective, strategy
+        self.problem = Problem(space, objective)
         self.study, self.budget = study, budget
-        self.search_split, self.heldout_split = search_split, heldout_split
+        splits = getattr(objective, "splits", None) or [search_split]
+        self.search_split = search_split
+        self.heldout_split = heldout_split if heldout_split in splits else None
         self.progress = progress
         self.names = space.box.names
+        if baselines is None:
+            baselines = space.baselines() if hasattr(space, "baselines") else {}
+        self.baselines = dict(baselines)
 
     def _evaluate(self, candidates: Sequence[Any], split: str) -> Evaluation:
-        ev = self.objective.evaluate(candidates, split=split)
+        ev = self.problem.evaluate(candidates, split=split)
         vals = np.asarray(ev.values, dtype=float)
         if vals.shape != (len(candidates),):
             raise RuntimeError(
@@ -131,17 +155,32 @@ class Runner:
         return ev
 
     def _score_batch(
-        self, kind: str, generation: int, x: np.ndarray, split: str, memo: Memo
+        self,
+        kind: str,
+        generation: int,
+        x: np.ndarray | None,
+        split: str,
+        memo: Memo,
+        candidates: list[Any] | None = None,
+        labels: list[str] | None = None,
     ) -> tuple[list[Scored], int, float]:
-        """Score rows of ``x``, reading recorded ones from ``memo``; record the new ones."""
-        cands = self.space.decode(x)
-        known = [memo.get(kind, generation, i, x[i], self.names) for i in range(len(x))]
+        """Score rows of ``x`` (or ``candidates``, whose rows may be ``None``), reading recorded
+        ones from ``memo``; record the new ones."""
+        cands = self.space.decode(x) if candidates is None else list(candidates)
+        # baselines are recorded without params: they need not be points of the box
+        xs: list[np.ndarray | None] = (
+            [x[i] for i in range(len(x))] if x is not None else [None] * len(cands)
+        )
+        known = [
+            memo.get(kind, generation, i, xs[i], self.names, label=None if not labels else labels[i])
+            for i in range(len(cands))
+        ]
         todo = [i for i, t in enumerate(known) if t is None]
-        out: list[Scored | None] = [None] * len(x)
+        out: list[Scored | None] = [None] * len(cands)
         for i, t in enumerate(known):
             if t is not None:
                 out[i] = Scored(
-                    x[i],
+                    xs[i],
                     cands[i],
                     Memo.value(t),
                     dict(t.user_attrs.get("metrics", {})),
@@ -163,6 +202,7 @@ class Runner:
                     "kind": kind,
                     "generation": generation,
                     "index": i,
+                    **({"label": labels[i]} if labels else {}),
                     "split": split,
                     "candidate": self.space.describe(cands[i]),
                     "metrics": {k: v for k, v in metrics.items() if k != "cache_hit"},
@@ -175,9 +215,9 @@ class Runner:
                         f"extra{k}" for k in range(ev.extra.shape[1])
                     ]
                     attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
-                add_record(self.study, self.space.box, x[i], value, attrs)
-                out[i] = Scored(x[i], cands[i], value, dict(metrics), cost / len(todo))
-        return [s for s in out if s is not None], len(x) - len(todo), cost
+                add_record(self.study, self.space.box, xs[i], value, attrs)
+                out[i] = Scored(xs[i], cands[i], value, dict(metrics), cost / len(todo))
+        return [s for s in out if s is not None], len(cands) - len(todo), cost
 
     def run(self) -> RunSummary:
         """Run (or resume) the study; returns the summary."""
@@ -185,14 +225,23 @@ class Runner:
         memo = Memo.load(self.study)
         resumed, cost = 0, 0.0
         if hasattr(self.strategy, "bind"):
-            self.strategy.bind(self.space, self.objective)
+            self.strategy.bind(self.problem)
 
-        baseline = None
-        base_cand = self.space.baseline() if hasattr(self.space, "baseline") else None
-        if base_cand is not None:
-            xb = self.space.encode([base_cand])
-            (baseline,), r, c = self._score_batch("baseline", -1, xb, self.search_split, memo)
+        labels = list(self.baselines)
+        baselines: dict[str, Scored] = {}
+        if labels:
+            scored, r, c = self._score_batch(
+                "baseline",
+                -1,
+                None,
+                self.search_split,
+                memo,
+                candidates=[self.baselines[k] for k in labels],
+                labels=labels,
+            )
+            baselines = dict(zip(labels, scored))
             resumed, cost = resumed + r, cost + c
+        baseline = next(iter(baselines.values()), None)
 
         history: list[float] = []
         cost_history: list[float] = []
@@ -250,19 +299,26 @@ class Runner:
         finally:
             bar.close()
 
-        held_base = held_best = None
+        held_bases: dict[str, Scored] = {}
+        held_best = None
         if self.heldout_split is not None and best is not None:
-            xs = [best.x]
-            if baseline is not None:
-                xs.insert(0, baseline.x)
-            scored, r, c = self._score_batch("heldout", -1, np.stack(xs), self.heldout_split, memo)
+            cands = [self.baselines[k] for k in labels] + [best.candidate]
+            scored, r, c = self._score_batch(
+                "heldout",
+                -1,
+                None,
+                self.heldout_split,
+                memo,
+                candidates=cands,
+                labels=[*labels, "best"],
+            )
             resumed, cost = resumed + r, cost + c
             held_best = scored[-1]
-            held_base = scored[0] if baseline is not None else None
+            held_bases = dict(zip(labels, scored[:-1]))
         return RunSummary(
-            baseline=baseline,
+            baselines=baselines,
             best=best,
-            heldout_baseline=held_base,
+            heldout_baselines=held_bases,
             heldout_best=held_best,
             evaluations=done,
             resumed=resumed,

@@ -184,12 +184,15 @@ MAX_PARAMS = 256
 
 
 def add_record(
-    study: optuna.Study, box: Box, x: np.ndarray, value: float, attrs: dict[str, Any]
+    study: optuna.Study, box: Box, x: np.ndarray | None, value: float, attrs: dict[str, Any]
 ) -> optuna.trial.FrozenTrial:
-    """Add one complete (or failed, if ``value`` is not finite) trial."""
+    """Add one complete (or failed, if ``value`` is not finite) trial (``x`` ``None``: a
+    candidate that is not a box point, such as a hand-written baseline: no params)."""
     finite = value is not None and math.isfinite(value)
-    if box.dim > MAX_PARAMS:
+    if x is None:
         params: dict[str, Any] = {}
+    elif box.dim > MAX_PARAMS:
+        params = {}
         attrs = {**attrs, "x": [float(v) for v in x]}
     else:
         params = {
@@ -239,9 +242,13 @@ class Memo:
         index: int,
         x: np.ndarray | None = None,
         names: tuple[str, ...] = (),
+        label: str | None = None,
     ) -> optuna.trial.FrozenTrial | None:
-        """The recorded trial at that place, if its params equal ``x`` (when given)."""
+        """The recorded trial at that place, if its params equal ``x`` and its ``label``
+        attribute equals ``label`` (each when given)."""
         t = self.by_key.get((kind, generation, index))
+        if t is not None and label is not None and t.user_attrs.get("label") != label:
+            return None
         if t is None or x is None:
             return t
         got = trial_x(t, names)

@@ -196,7 +196,7 @@ class Worker:
     Args:
         study: the shared study (its sampler proposes the candidates).
         space: the search space (``box``, ``decode``, ``describe``).
-        objective: scores a batch of decoded candidates on ``split``.
+        objective: scores the space's intervention of a batch of candidates on ``split``.
         budget: complete search trials the study should reach.
         batch: trials asked per objective call (one batched forward pass).
         heartbeat: seconds between heartbeats.
@@ -314,7 +314,7 @@ class Worker:
         t0 = time.perf_counter()
         self._evaluating = True
         try:
-            ev = self.objective.evaluate(cands, split=self.split)
+            ev = self.objective.evaluate(self.space.intervention(cands), split=self.split)
         finally:
             self._evaluating = False
         seconds = (time.perf_counter() - t0) / len(trials)

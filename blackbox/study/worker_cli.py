@@ -59,8 +59,7 @@ def register(subparsers: Any) -> None:
 def _check(args: argparse.Namespace) -> tuple[Any, str]:
     """Validate the config and the options (cheap, before any model load)."""
     from blackbox.config import ConfigError, load_config
-    from blackbox.strategies import make_strategy
-    from blackbox.study.pipeline import _dummy_box
+    from blackbox.study.pipeline import check
 
     cfg = load_config(args.config, args.overrides)
     url = args.storage or os.environ.get(STORAGE_ENV) or cfg.storage
@@ -73,13 +72,7 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
             raise ConfigError(f"worker: --{name} must be >= 1, got {getattr(args, name)}")
     if args.grace <= args.heartbeat:
         raise ConfigError(f"worker: --grace ({args.grace}) must exceed --heartbeat")
-    make_strategy(
-        cfg.strategy.name,
-        _dummy_box(),
-        seed=cfg.seed,
-        population=cfg.strategy.population,
-        **cfg.strategy.settings,
-    )
+    check(cfg)
     if cfg.strategy.name != "optuna":
         raise ConfigError(
             f"worker: strategy {cfg.strategy.name!r} is a population strategy and runs in one "
@@ -117,7 +110,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         make_storage(url)  # fail fast, and create the tables once rather than racing on them
         return _spawn(args, url)
     storage = make_storage(url, args.heartbeat, args.grace, retry_callback(args.max_retry))
-    from blackbox.study.pipeline import prepare, seed_everything
+    from blackbox.study.pipeline import prepare
+    from blackbox.study.rundir import seed_everything
 
     prepared = prepare(cfg, progress=False)
     name = args.study or cfg.name

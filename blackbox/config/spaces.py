@@ -1,0 +1,118 @@
+"""Config sections of the search spaces (``space.type``: steering, tokens, soft_prompt)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from blackbox.config.base import Strict
+
+Placement = Literal["before_input", "after_input", "system", "template"]
+
+
+class VectorConfig(Strict):
+    """One steering vector: contrastive prompts, a tensor file, or a logit-lens direction."""
+
+    name: str = Field(min_length=1)
+    concept: list[str] | None = None
+    contrast: list[str] | None = None
+    file: str | None = None
+    unembed: tuple[str, str] | None = Field(
+        None, description="[a, b]: unembedding row of token a minus that of token b"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VectorConfig:
+        prompts = self.concept is not None or self.contrast is not None
+        if prompts + (self.file is not None) + (self.unembed is not None) != 1:
+            raise ValueError("give exactly one of concept+contrast prompts, file or unembed")
+        if prompts and (not self.concept or not self.contrast):
+            raise ValueError("concept and contrast both need at least one prompt")
+        return self
+
+
+class SteeringSpaceConfig(Strict):
+    """Per steering vector a layer and a relative coefficient."""
+
+    type: Literal["steering"] = "steering"
+    vectors: list[VectorConfig] = Field(min_length=1)
+    layers: tuple[int, int] = Field(description="inclusive layer range searched")
+    coeff: tuple[float, float] = Field((-1.0, 1.0), description="relative coefficient range")
+    fixed_layers: dict[str, int] = Field(default_factory=dict)
+    read: Literal["last", "mean"] = "last"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SteeringSpaceConfig:
+        if not all(math.isfinite(c) for c in self.coeff):
+            raise ValueError(f"coeff: bounds must be finite numbers, got {list(self.coeff)}")
+        if self.layers[0] > self.layers[1]:
+            raise ValueError(f"layers: lower bound {self.layers[0]} > upper {self.layers[1]}")
+        if self.coeff[0] > self.coeff[1]:
+            raise ValueError(f"coeff: lower bound {self.coeff[0]} > upper {self.coeff[1]}")
+        names = [v.name for v in self.vectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"vectors: names must be unique, got {names}")
+        return self
+
+
+class TokenSpaceConfig(Strict):
+    """A sequence of ``n_tokens`` token ids from an allowed vocabulary."""
+
+    type: Literal["tokens"]
+    n_tokens: int = Field(8, ge=1, le=256)
+    ascii_only: bool = True
+    banned: list[str] = Field(default_factory=list, description="case-insensitive substrings")
+    placement: Placement = Field(
+        "before_input", description="where the tokens go in each of the objective's documents"
+    )
+    prefix: str = Field("", description="fixed text right before the tokens")
+    suffix: str = Field("", description="fixed text right after the tokens")
+    baseline: str | None = Field(
+        None, description="hand-written text in the tokens' place, scored as a baseline"
+    )
+
+
+class ProjectionConfig(Strict):
+    """Soft prompt -> tokens after the search: nearest-token beam, then HotFlip repair."""
+
+    enabled: bool = True
+    beam_k: int = Field(3, ge=1, description="nearest tokens per position in the beam")
+    beam_max: int = Field(81, ge=1, description="most beam combinations scored")
+    repair_steps: int = Field(16, ge=0)
+    repair_topk: int = Field(16, ge=1, description="swaps proposed per position and step")
+    ban: list[str] = Field(
+        default_factory=list, description="texts whose tokens repair may not use"
+    )
+
+
+class SoftPromptSpaceConfig(Strict):
+    """``n_tokens`` soft vectors ``p = A z + p0`` (``subspace_dim: null`` = the full space)."""
+
+    type: Literal["soft_prompt"]
+    n_tokens: int = Field(4, ge=1, le=256)
+    placement: Placement = Field(
+        "after_input", description="where the vectors go in each of the objective's documents"
+    )
+    init: Literal["random", "text"] = "random"
+    init_text: str | None = Field(None, description="text whose token embeddings start p0")
+    subspace_dim: int | None = Field(
+        None, ge=1, description="k of the random subspace z (Black-Box Tuning); null: full n*d"
+    )
+    bound: float = Field(5.0, gt=0, description="box half-width of z, in embedding spreads")
+    baseline: str | None = Field(
+        None, description="hand-written text in the soft prompt's place, scored as a baseline"
+    )
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+
+    @model_validator(mode="after")
+    def _init_text(self) -> SoftPromptSpaceConfig:
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init_text: init 'text' needs a non-empty init_text")
+        if not math.isfinite(self.bound):
+            raise ValueError(f"bound: must be a finite number, got {self.bound}")
+        return self
+
+
+SpaceConfig = SteeringSpaceConfig | TokenSpaceConfig | SoftPromptSpaceConfig

@@ -1,0 +1,254 @@
+"""An lm-eval task's requests, built and tokenised by lm-eval itself, as packed rows.
+
+Requests are built once per split with lm-eval's own task machinery
+(``task.build_all_requests``) and tokenised once with lm-eval's own encoding (``HFLM``'s
+``_encode_pair`` and truncation).  :func:`merge_rows` then merges them into rows for the
+batched scorer (each context once, its continuations packed after it as a prefix tree, rows
+packed side by side without padding); :func:`aggregate` sends per-request
+``(loglikelihood, is_greedy)`` pairs back through ``task.process_results`` and the task's
+aggregation functions, so every number is lm-eval's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from blackbox.forward.loglik import LoglikScorer, Rows, bin_pack
+
+
+@dataclass
+class PreparedSplit:
+    """A split's requests, tokenised and merged into rows.
+
+    Attributes:
+        docs: ``D`` documents (in doc-id order).
+        doc_ids: ``D`` doc ids as lm-eval numbered them.
+        requests_of_doc: per document, its request indices in ``Instance.idx`` order.
+        query_of_request: per request, its query indices (one per continuation token).
+        rows: the merged rows and queries.
+    """
+
+    name: str
+    docs: list[dict]
+    doc_ids: list[int]
+    requests_of_doc: list[list[int]]
+    query_of_request: list[np.ndarray]
+    rows: Rows
+    pairs: list[tuple[list[int], list[int]]]
+    max_length: int
+    pack: bool = True
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.docs)
+
+    def head(self, limit: int) -> PreparedSplit:
+        """The same split restricted to its first ``limit`` documents (a lower fidelity)."""
+        if limit >= self.n_docs:
+            return self
+        reqs = self.requests_of_doc[:limit]
+        flat = [r for rs in reqs for r in rs]
+        pairs = [self.pairs[r] for r in flat]
+        rows, per_request = merge_rows(pairs, self.max_length, self.pack)
+        renum, i = [], 0
+        for rs in reqs:
+            renum.append(list(range(i, i + len(rs))))
+            i += len(rs)
+        return PreparedSplit(
+            self.name,
+            self.docs[:limit],
+            self.doc_ids[:limit],
+            renum,
+            per_request,
+            rows,
+            pairs,
+            self.max_length,
+            self.pack,
+        )
+
+    def repacked(self, pack: bool) -> PreparedSplit:
+        """The same requests merged with (``pack=True``) or without packed tree rows."""
+        if pack == self.pack:
+            return self
+        rows, per_request = merge_rows(self.pairs, self.max_length, pack)
+        return dataclasses.replace(self, rows=rows, query_of_request=per_request, pack=pack)
+
+
+def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Tokenise ``(context, continuation)`` pairs exactly as ``HFLM.loglikelihood`` does."""
+    out = []
+    for context, continuation in args:
+        if context == "":
+            cont = lm.tok_encode(continuation, add_special_tokens=False)
+            if lm.prefix_token_id != cont[0]:
+                out.append(([lm.prefix_token_id], cont))
+            else:
+                out.append((cont[:1], cont[1:]))
+        else:
+            out.append(lm._encode_pair(context, continuation))
+    return out
+
+
+def merge_rows(
+    pairs: Sequence[tuple[list[int], list[int]]], max_length: int, pack: bool = True
+) -> tuple[Rows, list[np.ndarray]]:
+    """Merge ``(context_enc, continuation_enc)`` pairs into unique input rows.
+
+    The input of a request is ``(ctx + cont)[-(max_length + 1):][:-1]`` (lm-eval's causal
+    truncation) and its continuation's ``k`` tokens are predicted at the input's last ``k``
+    positions.  Requests with the same input share one row.  With ``pack``, requests that share
+    a context and need no truncation share one *packed tree* row instead: the context once, then
+    the continuations' tokens as a prefix tree, each attending only to the context and its own
+    earlier tokens (see :class:`~blackbox.forward.loglik.Rows`), so a multiple-choice question
+    runs its context once whatever the length of its choices; the rows are then packed side by
+    side (:func:`~blackbox.forward.loglik.bin_pack`), so no forward pass computes padding.
+
+    Returns:
+        the rows (with one query per continuation token) and, per request, its query indices.
+    """
+    row_of: dict[tuple[str, tuple[int, ...]], int] = {}
+    tokens: list[list[int]] = []
+    parents: list[list[int] | None] = []
+    trie: dict[tuple[int, int, int], int] = {}  # (row, parent position, token) -> position
+    q_row, q_pos, q_tok = [], [], []
+    per_request: list[np.ndarray] = []
+    for ctx, cont in pairs:
+        if not ctx or not cont:
+            raise ValueError("lm-eval request with an empty context or continuation")
+        start = len(q_row)
+        if pack and len(ctx) + len(cont) <= max_length + 1:
+            r = row_of.setdefault(("tree", tuple(ctx)), len(tokens))
+            if r == len(tokens):
+                tokens.append(list(ctx))
+                parents.append(list(range(-1, len(ctx) - 1)))
+            node = len(ctx) - 1  # the last context token predicts the first continuation token
+            for t in cont:
+                q_row.append(r), q_pos.append(node), q_tok.append(t)
+                if len(q_row) - start == len(cont):
+                    break  # the last token is predicted, never fed
+                child = trie.get((r, node, t))
+                if child is None:
+                    child = trie[(r, node, t)] = len(tokens[r])
+                    tokens[r].append(t)
+                    parents[r].append(node)  # type: ignore[union-attr]
+                node = child
+        else:
+            inp = tuple((ctx + cont)[-(max_length + 1) :][:-1])
+            r = row_of.setdefault(("seq", inp), len(tokens))
+            if r == len(tokens):
+                tokens.append(list(inp))
+                parents.append(None)
+            k = len(cont)
+            for j, t in enumerate(cont):
+                q_row.append(r), q_pos.append(len(inp) - k + j), q_tok.append(t)
+        per_request.append(np.arange(start, len(q_row)))
+    trees: list[np.ndarray | None] = [
+        None if p is None or p == list(range(-1, len(p) - 1)) else np.array(p) for p in parents
+    ]
+    rows = Rows(
+        tokens,
+        np.array(q_row),
+        np.array(q_pos),
+        np.array(q_tok),
+        trees if any(p is not None for p in trees) else None,
+    )
+    return (bin_pack(rows) if pack else rows), per_request
+
+
+def check_packing(
+    scorer: LoglikScorer,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    max_length: int,
+    n_requests: int = 16,
+) -> bool:
+    """Once per model: packed rows must score requests as plain rows do.
+
+    Scores the first ``n_requests`` requests unsteered both ways and compares each request's
+    log-likelihood (fp32: to 1e-3 relative; half precision: 5e-2, as batch composition alone
+    moves it that much).  Sets and returns ``scorer.packing``.
+    """
+    sample = list(pairs[:n_requests])
+    lls = []
+    for pack in (True, False):
+        rows, per_request = merge_rows(sample, max_length, pack)
+        scores = scorer.score(rows, [None], lambda *_: contextlib.nullcontext())
+        lls.append(np.array([scores.logprob[0][q].sum() for q in per_request]))
+    tol = 1e-3 if scorer.lm_head.weight.dtype == torch.float32 else 5e-2
+    scorer.packing = bool(np.all(np.abs(lls[0] - lls[1]) <= tol * (1 + np.abs(lls[1]))))
+    if not scorer.packing:
+        warnings.warn(
+            f"{type(scorer.model).__name__}: packed context rows do not match plain rows; "
+            "scoring every request on its own row",
+            stacklevel=2,
+        )
+    return scorer.packing
+
+
+def prepare_split(
+    task: Any, lm: Any, split: str, samples: Sequence[int] | None, pack: bool = True
+) -> PreparedSplit:
+    """Build and tokenise the requests of ``split`` (all docs, or the doc indices ``samples``).
+
+    ``pack``: requests sharing a context share one packed tree row (see :func:`merge_rows`).
+    """
+    task.config.test_split = split
+    task.build_all_requests(samples=list(samples) if samples else None, rank=0, world_size=1)
+    by_doc: dict[int, list[Any]] = defaultdict(list)
+    for inst in task.instances:
+        if inst.request_type != "loglikelihood":
+            raise ValueError(
+                f"task {task.config.task!r}: request type {inst.request_type!r} is not supported "
+                "(only loglikelihood tasks: multiple_choice, loglikelihood)"
+            )
+        by_doc[inst.doc_id].append(inst)
+    doc_ids = sorted(by_doc)
+    flat: list[Any] = []
+    requests_of_doc: list[list[int]] = []
+    for d in doc_ids:
+        insts = sorted(by_doc[d], key=lambda i: i.idx)
+        requests_of_doc.append(list(range(len(flat), len(flat) + len(insts))))
+        flat.extend(insts)
+    pairs = encode_requests(lm, [inst.args for inst in flat])
+    rows, per_request = merge_rows(pairs, lm.max_length, pack)
+    return PreparedSplit(
+        name=split,
+        docs=[by_doc[d][0].doc for d in doc_ids],
+        doc_ids=doc_ids,
+        requests_of_doc=requests_of_doc,
+        query_of_request=per_request,
+        rows=rows,
+        pairs=pairs,
+        max_length=lm.max_length,
+        pack=pack,
+    )
+
+
+@dataclass
+class TaskSplitSpec:
+    """Which split and which documents a named split of the objective uses."""
+
+    split: str
+    samples: list[int] | None = None
+
+
+
+
+def aggregate(task: Any, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray) -> dict[str, float]:
+    """Task metrics from per-request log-likelihoods ``(R,)`` and greedy flags ``(R,)``, through
+    ``task.process_results`` per document and the task's aggregation functions."""
+    per_metric: dict[str, list[Any]] = defaultdict(list)
+    for d in range(prep.n_docs):
+        results = [(float(ll[r]), bool(greedy[r])) for r in prep.requests_of_doc[d]]
+        for metric, value in task.process_results(prep.docs[d], results).items():
+            per_metric[metric].append(value)
+    agg = task.aggregation()
+    return {m: float(agg[m](vals)) for m, vals in per_metric.items() if m in agg}

@@ -1,0 +1,90 @@
+"""Which documents of an lm-eval task a study searches on and holds out.
+
+``load_task`` builds the task (bundled or any lm-eval name or task YAML) with one-line errors;
+``task_splits`` draws the seeded ``search`` subsample (stratified by gold answer) and the
+``heldout`` documents (never search documents when both come from one split).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blackbox.config.base import ConfigError
+from blackbox.evals.lm_eval_requests import TaskSplitSpec
+from blackbox.evals.sampling import subsample
+
+
+def load_task(name: str) -> Any:
+    """The lm-eval ``Task`` called ``name`` (one-line :class:`ConfigError` if the name is
+    unknown or its data cannot be loaded)."""
+    from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+
+    try:
+        with quiet_lm_eval():
+            tasks = load_tasks([name])
+    except (ValueError, ConfigError):
+        raise
+    except Exception as exc:  # e.g. datasets failing on an empty or malformed data file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"config: task.name: {name!r}: its data cannot be loaded "
+            f"({type(exc).__name__}{': ' + first if first else ''}); is a data file empty or malformed?"
+        ) from None
+    if not tasks:
+        raise ConfigError(f"config: task.name: {name!r} holds no task")
+    return next(iter(tasks.values()))
+
+
+def build_lm(loaded: Any) -> Any:
+    """An lm-eval ``HFLM`` around an already loaded model (used for its tokenisation)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from blackbox.evals.lm_eval_tasks import quiet_lm_eval
+
+    with quiet_lm_eval():
+        return HFLM(
+            pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=16, device=loaded.device
+        )
+
+
+def split_names(task: Any, search: str | None, heldout: str | None) -> tuple[str, str]:
+    """The search and held-out split names (defaults: train, then the task's eval split)."""
+    c = task.config
+    available = [s for s in (c.training_split, c.validation_split, c.test_split) if s]
+    search = search or c.training_split or c.test_split or c.validation_split
+    heldout = heldout or c.test_split or c.validation_split
+    for field, split in (("search_split", search), ("heldout_split", heldout)):
+        if split not in available:
+            raise ConfigError(
+                f"config: task.{field}: {split!r} is not a split of this task; allowed: {available}"
+            )
+    return search, heldout
+
+
+def gold_labels(task: Any, split: str) -> list[Any] | None:
+    """Gold target of every document of ``split`` (``None`` if the task has none)."""
+    try:
+        return [task.doc_to_target(doc) for doc in task.dataset[split]]
+    except Exception:
+        return None
+
+
+def task_splits(task: Any, tcfg: Any, seed: int) -> dict[str, TaskSplitSpec]:
+    """The seeded ``search`` subsample and the ``heldout`` documents of ``tcfg`` (a
+    :class:`~blackbox.config.schema.TaskConfig`)."""
+    search_split, heldout_split = split_names(task, tcfg.search_split, tcfg.heldout_split)
+    n_search = len(task.dataset[search_split])
+    if n_search == 0:
+        raise ConfigError(
+            f"config: task.search_split: split {search_split!r} of {tcfg.name!r} is empty"
+        )
+    labels = gold_labels(task, search_split) if tcfg.stratify else None
+    search_docs = subsample(n_search, tcfg.search_size, seed, labels=labels)
+    exclude = set(search_docs) if heldout_split == search_split else None
+    heldout_docs = subsample(len(task.dataset[heldout_split]), tcfg.heldout_size, seed + 1, exclude)
+    if not heldout_docs:
+        raise ConfigError(f"config: task.heldout_split: no documents left in {heldout_split!r}")
+    return {
+        "search": TaskSplitSpec(search_split, search_docs),
+        "heldout": TaskSplitSpec(heldout_split, heldout_docs),
+    }
