@@ -153,13 +153,14 @@ def _print_summary(result: dict[str, Any]) -> None:
         from blackbox.finishing.soft import stage_table
 
         print(stage_table(result))
+    # plain prints below: rich would wrap them at the terminal's width
     prompt = result.get("prompt")
     if prompt:
-        console.print(f"best prompt: {prompt['text']!r}")
+        print(f"best prompt: {prompt['text']!r}")
     if result.get("pareto_front"):
-        console.print(f"Pareto front: {len(result['pareto_front'])} prompts (pareto.png)")
-    console.print(f"best candidate: {result['best']['candidate']}")
-    console.print(
+        print(f"Pareto front: {len(result['pareto_front'])} prompts (pareto.png)")
+    print(f"best candidate: {result['best']['candidate']}")
+    print(
         f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from "
         f"storage, {result['cache_hits']} repeats), {result['cost_forward_passes']:.0f} "
         f"forward-pass equivalents, {result['wall_seconds']} s"
@@ -190,9 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from blackbox.study.export import export_run
 
-    paths, best = export_run(
-        Path(args.run_dir), Path(args.out) if args.out else None, args.storage
-    )
+    paths, best = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.storage)
     print(f"wrote {', '.join(str(p) for p in paths)} (score {best:.4f})")
     return 0
 

@@ -1,11 +1,11 @@
 """A small typed registry: config names -> classes (as lm-eval's and nevergrad's registries).
 
-    SPACES: Registry[SearchSpace] = Registry("space")
+SPACES: Registry[SearchSpace] = Registry("space")
 
-    @SPACES.register("steering")
-    class SteeringSpace(SearchSpace): ...
+@SPACES.register("steering")
+class SteeringSpace(SearchSpace): ...
 
-    SPACES.get("steering")      # the class; a one-line ValueError naming what is allowed
+SPACES.get("steering")      # the class; a one-line ValueError naming what is allowed
 """
 
 from __future__ import annotations

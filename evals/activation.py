@@ -157,7 +157,9 @@ class ResidualDirectionObjective(_Residual):
         else:
             g = torch.Generator().manual_seed(int(o.direction_seed or 0))
             direction = torch.randn(hidden_size(ctx.model), generator=g)
-        return cls(ctx.model, _splits(ctx), o.layer, direction, **_standardise_kw(o), **ctx.objective_kw())
+        return cls(
+            ctx.model, _splits(ctx), o.layer, direction, **_standardise_kw(o), **ctx.objective_kw()
+        )
 
 
 class FeatureDirectionObjective(_Residual):
@@ -185,9 +187,18 @@ class FeatureDirectionObjective(_Residual):
     def from_config(cls, cfg: Any, ctx: Any) -> FeatureDirectionObjective:
         o = cfg.objective
         ctx.check_layer("objective.layer", o.layer)
-        v = _file_direction(o.file, "objective.file", ctx, row=o.row)
+        if o.unembed is not None:
+            v = _unembedding(o.unembed, ctx)[0]
+        else:
+            v = _file_direction(o.file, "objective.file", ctx, row=o.row)
         return cls(
-            ctx.model, _splits(ctx), o.layer, v, bias=o.bias, **_standardise_kw(o), **ctx.objective_kw()
+            ctx.model,
+            _splits(ctx),
+            o.layer,
+            v,
+            bias=o.bias,
+            **_standardise_kw(o),
+            **ctx.objective_kw(),
         )
 
 
@@ -228,10 +239,15 @@ class LpFeaturesObjective(_Residual):
 
         o = cfg.objective
         ctx.check_layer("objective.layer", o.layer)
-        dirs = _file_direction(o.file, "objective.file", ctx, row=o.rows, matrix=True)
+        if o.unembed is not None:
+            dirs = _unembedding(o.unembed, ctx)
+        else:
+            dirs = _file_direction(o.file, "objective.file", ctx, row=o.rows, matrix=True)
         k = dirs.reshape(-1, dirs.shape[-1]).shape[0]
         if isinstance(o.offsets, list) and len(o.offsets) not in (1, k):
-            raise ConfigError(f"config: objective.offsets: {len(o.offsets)} values for {k} features")
+            raise ConfigError(
+                f"config: objective.offsets: {len(o.offsets)} values for {k} features"
+            )
         return cls(
             ctx.model,
             _splits(ctx),
@@ -251,6 +267,24 @@ def _splits(ctx: Any) -> dict[str, Items]:
     return {k: layout(ctx.tokenizer, v, **ctx.layout_kw())[0] for k, v in ctx.documents().items()}
 
 
+def _unembedding(words: Sequence[str], ctx: Any) -> torch.Tensor:
+    """``(k, d)`` unembedding rows of the words' (first) tokens: the residual directions that
+    write each word (the logit lens)."""
+    from blackbox.config.base import ConfigError
+
+    out = ctx.model.get_output_embeddings().weight
+    rows = []
+    for w in words:
+        ids = ctx.tokenizer(w, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(
+                f"config: objective.unembed: {w!r} is {len(ids)} tokens; give words that are one "
+                "token (a leading space often makes one)"
+            )
+        rows.append(out[ids[0]].detach().float())
+    return torch.stack(rows)
+
+
 def _file_direction(
     path: str, field: str, ctx: Any, row: Any = None, matrix: bool = False
 ) -> torch.Tensor:
@@ -265,10 +299,14 @@ def _file_direction(
         t = load_direction(path, row)
     except Exception as exc:  # unpickling, safetensors and indexing errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise ConfigError(f"config: {field}: {path!r} cannot be read as a direction ({first})") from None
+        raise ConfigError(
+            f"config: {field}: {path!r} cannot be read as a direction ({first})"
+        ) from None
     d = hidden_size(ctx.model)
     ok = t.shape[-1] == d and (t.dim() == 1 or (matrix and t.dim() == 2))
     if not ok:
         want = f"(k, {d}) or ({d},)" if matrix else f"({d},) (pick a row of a matrix with row:)"
-        raise ConfigError(f"config: {field}: {path!r} holds shape {tuple(t.shape)}; expected {want}")
+        raise ConfigError(
+            f"config: {field}: {path!r} holds shape {tuple(t.shape)}; expected {want}"
+        )
     return t

@@ -167,7 +167,9 @@ class BehaviourMatching(TargetObjective):
         # the reference prompt takes the prompt's place; steering matches it without a prompt
         ref = dict(lay, placement=lay["placement"] if ctx.has_prompt else "system")
         if ref["placement"] == "system" and o.system is not None:
-            raise ConfigError("config: objective.system: the reference prompt fills the system turn")
+            raise ConfigError(
+                "config: objective.system: the reference prompt fills the system turn"
+            )
         if ref["placement"] == "system" and not o.chat:
             raise ConfigError("config: objective.chat: a system-turn reference needs chat: true")
         obj, texts = cls.from_prompts(

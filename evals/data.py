@@ -23,6 +23,9 @@ Layout of :func:`blackbox_data_dir`::
 
 Every file is written to a temporary file and moved into place with ``os.replace``, so an
 interrupted fetch never leaves half a file, and a second call is a quick no-op.
+
+(One module of ~480 lines on purpose: fetching, verifying, converting and publishing share the
+archive pins and the atomic-write discipline, and the tests exercise them together.)
 """
 
 from __future__ import annotations

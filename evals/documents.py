@@ -83,8 +83,10 @@ def render(
     With ``chat`` the turns go through the tokenizer's chat template (generation prompt
     added) and ``completion_prefix`` follows the assistant header.
     """
-    user = normalise_marker(user).replace(PROMPT, _MARK)
-    system = normalise_marker(system or "").replace(PROMPT, _MARK)
+    system = system or ""
+    if _MARK not in user + system:  # a caller's text: its {prompt} (or {soft}) is the marker
+        user = normalise_marker(user).replace(PROMPT, _MARK)
+        system = normalise_marker(system).replace(PROMPT, _MARK)
     where = [t for t in (user, system) if _MARK in t]
     if len(where) != 1 or where[0].count(_MARK) != 1:
         raise ValueError("the prompt must hold exactly one {prompt} marker (template or system)")

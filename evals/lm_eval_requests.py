@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.forward.loglik import LoglikScorer, Rows, bin_pack
+from blackbox.forward.loglik import LoglikScorer
+from blackbox.forward.rows import Rows, bin_pack
 
 
 @dataclass
@@ -240,9 +241,9 @@ class TaskSplitSpec:
     samples: list[int] | None = None
 
 
-
-
-def aggregate(task: Any, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray) -> dict[str, float]:
+def aggregate(
+    task: Any, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray
+) -> dict[str, float]:
     """Task metrics from per-request log-likelihoods ``(R,)`` and greedy flags ``(R,)``, through
     ``task.process_results`` per document and the task's aggregation functions."""
     per_metric: dict[str, list[Any]] = defaultdict(list)

@@ -90,7 +90,8 @@ class LMEvalTask(Differentiable):
         task: an lm-eval ``Task``.
         lm: an ``HFLM`` wrapping the model (its tokenisation and ``max_length`` only).
         splits: objective split name -> task split and document indices.
-        metric: the task metric maximised (``acc``, ``acc_norm``, ...).
+        metric: the task metric maximised (``acc``, ``acc_norm``, ...), or ``gold_logprob``:
+            the mean log-probability of the gold choice among the choices (smooth).
         placement: where a prompt goes (``before_input`` or ``after_input``).
         max_batch_tokens: steering engine: tokens per forward pass (halved on OOM).
         branch: steering engine: run the unsteered trunk once, branch at the lowest layer.
@@ -118,7 +119,7 @@ class LMEvalTask(Differentiable):
         cache_mb: int = 512,
     ) -> None:
         super().__init__()
-        metrics = list(task.aggregation())
+        metrics = [*task.aggregation(), "gold_logprob"]
         if metric not in metrics:
             raise ValueError(
                 f"metric: {metric!r} is not a metric of task {task.config.task!r}; "
@@ -205,6 +206,11 @@ class LMEvalTask(Differentiable):
                 check_packing(self.scorer, prep.pairs, prep.max_length)
             self._prepared[split] = prep.repacked(self.scorer.packing is not False and pack)
         return self._prepared[split]
+
+    def spec(self, split: str) -> TaskSplitSpec:
+        """Which task split and which of its documents an objective split uses."""
+        self.check_split(split)
+        return self._splits[split]
 
     def _head(self, split: str, limit: int | None) -> PreparedSplit:
         prep = self.prepared(split)
@@ -296,9 +302,7 @@ class LMEvalTask(Differentiable):
             greedy[:, r] = scores.greedy[:, q].all(1)
         return lls, greedy
 
-    def _prompt_of(
-        self, iv: Any, members: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prompt_of(self, iv: Any, members: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if iv.ids[members[0]] is not None:
             ids = torch.tensor([iv.ids[i] for i in members], dtype=torch.long)
             ids = ids.reshape(len(members), -1).to(self.splice.device)

@@ -18,9 +18,7 @@ class FunctionObjective(Objective):
         splits: objective split names accepted (all score the same function).
     """
 
-    traits = ObjectiveTraits(
-        interventions=frozenset({POINT}), gradients=False, per_document=False
-    )
+    traits = ObjectiveTraits(interventions=frozenset({POINT}), gradients=False, per_document=False)
     metric = "value"
 
     def __init__(

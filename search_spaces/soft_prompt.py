@@ -174,7 +174,9 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
                 f"itself ({sc.n_tokens} x {embed.weight.shape[1]}); use null for the full space"
             )
         try:
-            _, ids = init_embeddings(embed.weight, sc.n_tokens, sc.init, cfg.seed, text_ids, allowed)
+            _, ids = init_embeddings(
+                embed.weight, sc.n_tokens, sc.init, cfg.seed, text_ids, allowed
+            )
         except ValueError as exc:
             raise ConfigError(f"config: space.init: {exc}") from None
         with torch.no_grad():

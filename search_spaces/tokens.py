@@ -201,7 +201,9 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         if o.type == "logit" and o.ban_variants:
             banned.append(o.target.strip())  # the prompt may not simply contain the target word
         try:
-            space = cls(ctx.tokenizer, n_tokens=sc.n_tokens, ascii_only=sc.ascii_only, banned=banned)
+            space = cls(
+                ctx.tokenizer, n_tokens=sc.n_tokens, ascii_only=sc.ascii_only, banned=banned
+            )
         except ValueError as exc:
             raise ConfigError(f"config: space: {exc}") from None
         space.baseline_text = sc.baseline

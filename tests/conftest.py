@@ -55,6 +55,22 @@ def gemma_config() -> transformers.PretrainedConfig:
     )
 
 
+def neox_config() -> transformers.PretrainedConfig:
+    """Tiny GPTNeoXConfig (Pythia's architecture): hidden 64, 4 layers, 4 heads."""
+    return transformers.GPTNeoXConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        **SPECIAL_IDS,
+    )
+
+
+EXTRA_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {"neox": neox_config}
+"""Architectures tested by the objectives but not by every forward-pass test."""
+
 CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "llama": llama_config,
     "gpt2": gpt2_config,
@@ -66,8 +82,9 @@ CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
 def build_tiny_model(arch: str, seed: int = SEED) -> nn.Module:
     """A tiny random causal LM of ``arch`` (a key of `CONFIGS`), eval mode, frozen, fp32."""
     torch.manual_seed(seed)
+    config = {**CONFIGS, **EXTRA_CONFIGS}[arch]()
     model = transformers.AutoModelForCausalLM.from_config(
-        CONFIGS[arch](), attn_implementation="eager", dtype=torch.float32
+        config, attn_implementation="eager", dtype=torch.float32
     )
     model.eval()
     model.requires_grad_(False)
@@ -103,6 +120,11 @@ def tiny_qwen2() -> nn.Module:
 @pytest.fixture(scope="session")
 def tiny_gemma() -> nn.Module:
     return build_tiny_model("gemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_neox() -> nn.Module:
+    return build_tiny_model("neox")
 
 
 @pytest.fixture(scope="session", params=list(CONFIGS))

@@ -54,23 +54,23 @@ def _candidates(space):
 
 def _assert_equals_simple_evaluate(p, cands, values) -> None:
     """Same accuracy as lm-eval's simple_evaluate with the hooks, log-likelihoods to 1e-4."""
-    spec = p.objective.splits["search"]
+    spec = p.objective.spec("search")
     for c, value in zip(cands, values):
         ref, ref_lls = reference_scores(
             p.lm, p.task, spec.split, spec.samples, lambda c=c: p.space.apply(p.loaded.model, [c])
         )
         assert value == pytest.approx(ref["acc"], abs=0)
-        fast = np.concatenate(p.objective.request_logliks(c))
+        fast = np.concatenate(p.objective.request_logliks(p.space.intervention([c])))
         np.testing.assert_allclose(fast, np.concatenate(ref_lls), atol=1e-4, rtol=0)
 
 
 def test_fast_path_equals_simple_evaluate_on_real_model(prepared) -> None:
     p = prepared
     cands = _candidates(p.space)
-    ev = p.objective.evaluate(cands)
-    base_lls = np.concatenate(p.objective.request_logliks(cands[0]))
-    for c in cands[1:]:  # every steered candidate changes the model's log-likelihoods
-        assert np.abs(np.concatenate(p.objective.request_logliks(c)) - base_lls).max() > 1e-2
+    ev = p.problem.evaluate(cands)
+    lls = [np.concatenate(p.objective.request_logliks(p.space.intervention([c]))) for c in cands]
+    for other in lls[1:]:  # every steered candidate changes the model's log-likelihoods
+        assert np.abs(other - lls[0]).max() > 1e-2
     _assert_equals_simple_evaluate(p, cands, ev.values)
 
 
@@ -84,7 +84,7 @@ def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
     assert p.objective.scorer.packing is True and search.rows.parents is not None
     assert search.rows.sequences == 12 < sum(map(len, search.requests_of_doc))
     cands = _candidates(p.space)[:3]
-    ev = p.objective.evaluate(cands)
+    ev = p.problem.evaluate(cands)
     _assert_equals_simple_evaluate(p, cands, ev.values)
 
 
@@ -96,8 +96,8 @@ def test_export_reproduced_by_lm_eval_steered_model(prepared, tmp_path) -> None:
     p = prepared
     cand = _candidates(p.space)[1]
     path = export_steered(p.space, cand, p.loaded.model, tmp_path / "steered.pt")
-    spec = p.objective.splits["heldout"]
-    ours = p.objective.evaluate([cand], split="heldout").values[0]
+    spec = p.objective.spec("heldout")
+    ours = p.problem.evaluate([cand], split="heldout").values[0]
     with quiet_lm_eval():
         steered = SteeredModel(
             pretrained=str(p.loaded.path), steer_path=str(path), device="cpu", batch_size=8
@@ -166,7 +166,7 @@ def test_killed_run_resumes_with_the_same_command(tmp_path) -> None:
     ]
     assert len(keys) == len(set(keys)) == 1 + 16 + 2, "no evaluation lost or recorded twice"
     assert (out / "steered.pt").exists() and (out / "best_so_far.png").exists()
-    assert "baseline (unsteered)" in log and "best steering" in log
+    assert "baseline: unsteered" in log and "best found" in log
 
 
 def test_bad_layer_range_is_one_line_and_writes_nothing(tmp_path) -> None:

@@ -49,28 +49,54 @@ def loaded(tiny_llama: Any, tokenizer: Any) -> LoadedModel:
 
 
 SPACE_CFG: dict[str, Any] = {
-    "steering": lambda f: {"type": "steering", "layers": [0, 3], "coeff": [-0.5, 0.5],
-                           "vectors": [{"name": "v", "file": str(f / "vec.pt")}]},
+    "steering": lambda f: {
+        "type": "steering",
+        "layers": [0, 3],
+        "coeff": [-0.5, 0.5],
+        "vectors": [{"name": "v", "file": str(f / "vec.pt")}],
+    },
     "tokens": lambda f: {"type": "tokens", "n_tokens": 3, "placement": "after_input"},
-    "soft_prompt": lambda f: {"type": "soft_prompt", "n_tokens": 2, "placement": "after_input",
-                              "subspace_dim": 4,
-                              "projection": {"beam_k": 1, "beam_max": 1, "repair_steps": 0}},
+    "soft_prompt": lambda f: {
+        "type": "soft_prompt",
+        "n_tokens": 2,
+        "placement": "after_input",
+        "subspace_dim": 4,
+        "projection": {"beam_k": 1, "beam_max": 1, "repair_steps": 0},
+    },
 }
 DOCS = {"prompts": PROMPTS, "heldout_prompts": HELDOUT, "calibrate": 4}
 OBJECTIVE_CFG: dict[str, Any] = {
     "lm_eval_task": lambda f: {"type": "lm_eval_task"},
     "classification": lambda f: {"type": "classification", "search_size": 2, "heldout_size": 2},
-    "behaviour": lambda f: {"type": "behaviour", "reference": "Talk like a pirate.",
-                            "prompts": PROMPTS, "heldout_prompts": HELDOUT,
-                            "max_new_tokens": 4, "k": 2},
-    "reference": lambda f: {"type": "reference", "target": "Sure, here", "prompts": PROMPTS,
-                            "heldout_prompts": HELDOUT},
+    "behaviour": lambda f: {
+        "type": "behaviour",
+        "reference": "Talk like a pirate.",
+        "prompts": PROMPTS,
+        "heldout_prompts": HELDOUT,
+        "max_new_tokens": 4,
+        "k": 2,
+    },
+    "reference": lambda f: {
+        "type": "reference",
+        "target": "Sure, here",
+        "prompts": PROMPTS,
+        "heldout_prompts": HELDOUT,
+    },
     "neuron": lambda f: {"type": "neuron", "layer": 2, "index": 5, **DOCS},
     "residual_direction": lambda f: {"type": "residual_direction", "layer": 1, **DOCS},
-    "feature_direction": lambda f: {"type": "feature_direction", "layer": 1,
-                                    "file": str(f / "feature.pt"), **DOCS},
-    "lp_features": lambda f: {"type": "lp_features", "layer": 1, "file": str(f / "sae.pt"),
-                              "rows": [0, 3], **DOCS},
+    "feature_direction": lambda f: {
+        "type": "feature_direction",
+        "layer": 1,
+        "file": str(f / "feature.pt"),
+        **DOCS,
+    },
+    "lp_features": lambda f: {
+        "type": "lp_features",
+        "layer": 1,
+        "file": str(f / "sae.pt"),
+        "rows": [0, 3],
+        **DOCS,
+    },
     "logit": lambda f: {"type": "logit", "target": " sea", **DOCS},
     "fluency": lambda f: {"type": "fluency", "prompts": PROMPTS},
 }
@@ -135,12 +161,20 @@ def test_every_allowed_cell_runs(pair, files, loaded, tmp_path) -> None:
         s_cfg = cfg.strategy
         from blackbox.strategies import make_strategy
 
-        strat = make_strategy(s_cfg.name, p.space.box, seed=0, population=s_cfg.population,
-                              **s_cfg.settings)
+        strat = make_strategy(
+            s_cfg.name, p.space.box, seed=0, population=s_cfg.population, **s_cfg.settings
+        )
         p.objective.reset_cache()
         st = open_study(url, cfg.name, p.space.box, cfg.fingerprint())
-        summary = Runner(p.space, p.objective, strat, st, Budget(evaluations=2), progress=False,
-                         baselines=p.baselines).run()
+        summary = Runner(
+            p.space,
+            p.objective,
+            strat,
+            st,
+            Budget(evaluations=2),
+            progress=False,
+            baselines=p.baselines,
+        ).run()
         assert summary.evaluations == 2, strategy
         values = [t.value for t in st.get_trials() if t.user_attrs.get("kind") == "search"]
         assert len(values) == 2 and any(v is not None and np.isfinite(v) for v in values), strategy
@@ -159,8 +193,9 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("space,objective,strategy,message", REFUSED)
-def test_a_refused_cell_is_one_line_naming_both_sides(space, objective, strategy, message,
-                                                      files) -> None:
+def test_a_refused_cell_is_one_line_naming_both_sides(
+    space, objective, strategy, message, files
+) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         validate(study(space, objective, strategy, files))
     assert "\n" not in str(err.value)

@@ -101,18 +101,37 @@ class DirectionObjectiveConfig(Documents, Standardise):
     direction_file: str | None = None
 
 
-class FeatureObjectiveConfig(Documents, Standardise):
+class _FeatureSource(Strict):
+    """A feature direction from a tensor file (an SAE decoder) or the unembedding of words."""
+
+    file: str | None = Field(None, description=".pt or .safetensors: a vector or a matrix")
+    unembed: list[str] | None = Field(
+        None, min_length=1, description="words whose unembedding rows are the directions"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _FeatureSource:
+        if (self.file is None) == (self.unembed is None):
+            raise ValueError("file: give exactly one of file or unembed")
+        return self
+
+
+class FeatureObjectiveConfig(Documents, Standardise, _FeatureSource):
     type: Literal["feature_direction"]
     layer: int = Field(ge=0)
-    file: str
     row: int | None = Field(None, ge=0, description="row of a 2-D matrix (an SAE decoder)")
     bias: float = 0.0
 
+    @model_validator(mode="after")
+    def _one_word(self) -> FeatureObjectiveConfig:
+        if self.unembed is not None and len(self.unembed) != 1:
+            raise ValueError("unembed: feature_direction takes one word (lp_features takes many)")
+        return self
 
-class LpFeaturesObjectiveConfig(Documents, Standardise):
+
+class LpFeaturesObjectiveConfig(Documents, Standardise, _FeatureSource):
     type: Literal["lp_features"]
     layer: int = Field(ge=0)
-    file: str
     rows: list[int] | None = Field(None, min_length=1, description="rows of a 2-D matrix")
     offsets: list[float] | float = 0.0
     p: float = Field(0.5, gt=0)

@@ -1,6 +1,6 @@
 """Finishing steps, one per search space: what a run writes after the search.
 
-``FINISHERS`` maps a space name to a :class:`~blackbox.finishing.base.Finisher`:
+``FINISHERS`` (:mod:`.registry`) maps a space name to a :class:`~blackbox.finishing.base.Finisher`:
 
 - ``steering`` (:mod:`.steering`): the best candidate as lm-eval's ``steered`` .pt;
 - ``tokens`` (:mod:`.tokens`): the best prompt's text, per-token attribution, the fluency Pareto

@@ -1,11 +1,9 @@
-"""The finishing-step interface and its registry (space name -> finisher)."""
+"""The finishing-step interface."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, ClassVar
-
-from blackbox.registry import Registry
 
 
 class Finisher:
@@ -30,13 +28,3 @@ class Finisher:
     def export(cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None) -> list[Path]:
         """Write the files of ``candidate`` (the run's best); returns their paths."""
         raise NotImplementedError
-
-
-FINISHERS: Registry[Finisher] = Registry("finishing step")
-
-
-def finisher_for(space_name: str) -> type[Finisher]:
-    """The finisher of a space (importing the finishing modules registers them)."""
-    from blackbox.finishing import soft, steering, tokens  # noqa: F401
-
-    return FINISHERS.get(space_name)

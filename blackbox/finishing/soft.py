@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.finishing.base import FINISHERS, Finisher
+from blackbox.finishing.base import Finisher
 
 
 def stage_row(p: Any, label: str, cand: Any) -> dict[str, Any]:
@@ -89,7 +89,6 @@ def token_stages(p: Any, best: Any, progress: bool = True) -> list[Any]:
     return out
 
 
-@FINISHERS.register("soft_prompt")
 class SoftFinisher(Finisher):
     """Stages from baselines to repaired tokens; safetensors and ``tokens.json``."""
 

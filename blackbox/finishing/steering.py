@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from blackbox.finishing.base import FINISHERS, Finisher
+from blackbox.finishing.base import Finisher
 from blackbox.models.layers import layer_path
 
 
@@ -42,7 +42,6 @@ def export_steered(space: Any, candidate: Any, model: torch.nn.Module, path: Pat
     return path
 
 
-@FINISHERS.register("steering")
 class SteeringFinisher(Finisher):
     """Steering runs end with the best candidate as lm-eval's ``steered`` .pt
     (``lm_eval --model steered`` reproduces its lm-eval scores)."""

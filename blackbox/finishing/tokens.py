@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.finishing.base import FINISHERS, Finisher
+from blackbox.finishing.base import Finisher
 
 
 def front_from_trials(study: Any) -> list[dict[str, Any]]:
@@ -61,7 +61,6 @@ def plot_front(front: list[dict[str, Any]], path: Path, value_name: str) -> None
     plt.close(fig)
 
 
-@FINISHERS.register("tokens")
 class TokensFinisher(Finisher):
     """Best prompt, attribution, Pareto front; ``tokens.json`` holds the prompt's ids and text."""
 

@@ -1,4 +1,4 @@
-"""Forward hooks that add per-row steering vectors to decoder-layer outputs.
+"""Forward hooks: per-row steering additions to decoder-layer outputs, and activation capture.
 
 One batch can carry many candidates: row ``b`` of the batch belongs to candidate ``rows[b]``
 and receives, at each hooked layer, the sum of ``coeff * v`` of that candidate's vectors on
@@ -10,15 +10,17 @@ unsteered trunk is computed once for all candidates.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from blackbox.models.layers import (
     decoder_layers,
     layer_output_hidden,
+    mlp_output_projection,
     repeat_batch,
     replace_layer_output,
 )
@@ -89,3 +91,36 @@ def add_per_row(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@dataclass(frozen=True)
+class Capture:
+    """An activation to record: decoder block ``layer``'s output (``"residual"``) or the input
+    of its MLP output projection (``"mlp"``, the neurons)."""
+
+    layer: int
+    kind: Literal["residual", "mlp"] = "residual"
+
+
+@contextmanager
+def capture(model: torch.nn.Module, wanted: Sequence[Capture]) -> Iterator[dict[Capture, Any]]:
+    """Record the activations ``wanted`` while the block runs (hooks always removed).
+
+    Register after any steering hooks: forward hooks run in registration order, so a residual
+    capture at a steered layer sees the steered output.
+    """
+    store: dict[Capture, Any] = {}
+    layers = decoder_layers(model) if wanted else None
+    with ExitStack() as stack:
+        for cap in dict.fromkeys(wanted):
+            if cap.kind == "residual":
+                handle = layers[cap.layer].register_forward_hook(  # type: ignore[index]
+                    lambda _m, _a, out, c=cap: store.__setitem__(c, layer_output_hidden(out))
+                )
+            else:
+                proj = mlp_output_projection(model, cap.layer)
+                handle = proj.register_forward_pre_hook(
+                    lambda _m, args, c=cap: store.__setitem__(c, args[0])
+                )
+            stack.callback(handle.remove)
+        yield store

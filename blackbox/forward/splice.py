@@ -23,18 +23,17 @@ four architectures).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from blackbox.api import HookIntervention
+from blackbox.forward.hooks import Capture, capture
 from blackbox.models.compat import cache_kwargs, output_cache
-from blackbox.models.layers import decoder_layers, layer_output_hidden, mlp_output_projection
 
 
 @dataclass
@@ -65,15 +64,6 @@ class Items:
             None if self.gold is None else self.gold[idx],
             [self.targets[i] for i in idx] if self.targets else [],
         )
-
-
-@dataclass(frozen=True)
-class Capture:
-    """An activation to record: decoder block ``layer``'s output (``"residual"``) or the input
-    of its MLP output projection (``"mlp"``, the neurons)."""
-
-    layer: int
-    kind: Literal["residual", "mlp"] = "residual"
 
 
 @dataclass
@@ -138,30 +128,6 @@ def embed_one_hot(model: torch.nn.Module, one_hot: torch.Tensor) -> torch.Tensor
     out = one_hot.to(emb.weight.dtype) @ emb.weight
     scale = getattr(emb, "embed_scale", None)
     return out * scale.to(out.dtype) if torch.is_tensor(scale) else out * (scale or 1.0)
-
-
-@contextmanager
-def capture(model: torch.nn.Module, wanted: Sequence[Capture]) -> Iterator[dict[Capture, Any]]:
-    """Record the activations ``wanted`` while the block runs (hooks always removed).
-
-    Register after any steering hooks: forward hooks run in registration order, so a residual
-    capture at a steered layer sees the steered output.
-    """
-    store: dict[Capture, Any] = {}
-    layers = decoder_layers(model) if wanted else None
-    with ExitStack() as stack:
-        for cap in dict.fromkeys(wanted):
-            if cap.kind == "residual":
-                handle = layers[cap.layer].register_forward_hook(  # type: ignore[index]
-                    lambda _m, _a, out, c=cap: store.__setitem__(c, layer_output_hidden(out))
-                )
-            else:
-                proj = mlp_output_projection(model, cap.layer)
-                handle = proj.register_forward_pre_hook(
-                    lambda _m, args, c=cap: store.__setitem__(c, args[0])
-                )
-            stack.callback(handle.remove)
-        yield store
 
 
 class Splice:

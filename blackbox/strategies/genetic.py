@@ -53,7 +53,9 @@ class TokenGA(GradientGuided):
 
     @classmethod
     def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
-        mix = ProposalMix(settings.get("mutation", "random_replace"), settings.get("mutation_settings"))
+        mix = ProposalMix(
+            settings.get("mutation", "random_replace"), settings.get("mutation_settings")
+        )
         return StrategyTraits(
             needs_gradients=mix.needs_grad or mix.needs_logits, needs_vocabulary=True
         )

@@ -29,7 +29,7 @@ def export_run(
         storage: the storage URL when the run's is not in the directory (its password is
             masked in the saved config).
     """
-    from blackbox.finishing.base import finisher_for
+    from blackbox.finishing.registry import FINISHERS
     from blackbox.models import load_model
     from blackbox.report.run import search_trials
     from blackbox.search_spaces.registry import SPACES
@@ -56,4 +56,4 @@ def export_run(
         raise ConfigError(f"export: the best trial of {str(run_dir)!r} does not fit the space")
     cand = space.decode(np.asarray(x)[None])[0]
     p = Prepared(cfg, loaded, space, None, None, None, {})  # type: ignore[arg-type]
-    return finisher_for(cfg.space.type).export(p, cand, run_dir, out), float(best.value)
+    return FINISHERS.get(cfg.space.type).export(p, cand, run_dir, out), float(best.value)

@@ -104,9 +104,7 @@ def check(cfg: StudyConfig) -> None:
     if cfg.space.type == "steering":
         for v in cfg.space.vectors:
             if v.file is not None and not Path(v.file).is_file():
-                raise ConfigError(
-                    f"config: space.vectors.{v.name}.file: {v.file!r} does not exist"
-                )
+                raise ConfigError(f"config: space.vectors.{v.name}.file: {v.file!r} does not exist")
     o = cfg.objective
     for name in ("file", "direction_file", "prompts_file", "heldout_prompts_file"):
         path = getattr(o, name, None)
@@ -119,10 +117,7 @@ def _baselines(space: Any, objective: Any) -> dict[str, Any]:
     out = dict(space.baselines()) if hasattr(space, "baselines") else {}
     items = getattr(objective, "_splits", {})
     empty = any(
-        not p and not q
-        for v in items.values()
-        if hasattr(v, "pre")
-        for p, q in zip(v.pre, v.post)
+        not p and not q for v in items.values() if hasattr(v, "pre") for p, q in zip(v.pre, v.post)
     )
     if empty:
         out.pop("no prompt", None)
@@ -272,13 +267,13 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
 
 def execute(p: Prepared, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
-    from blackbox.finishing.base import finisher_for
+    from blackbox.finishing.registry import FINISHERS
     from blackbox.report.run import plot_run
 
     study, url, runner = start_run(p, run_dir, progress)
     summary = runner.run()
     result = result_dict(p, summary, url)
-    result.update(finisher_for(p.config.space.type).finish(p, summary, study, run_dir, progress))
+    result.update(FINISHERS.get(p.config.space.type).finish(p, summary, study, run_dir, progress))
     atomic_text(run_dir / "result.json", json.dumps(result, indent=2, default=float))
     plot_run(study, p.space, run_dir)
     return result

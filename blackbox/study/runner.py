@@ -163,16 +163,21 @@ class Runner:
         memo: Memo,
         candidates: list[Any] | None = None,
         labels: list[str] | None = None,
+        rows: list[np.ndarray | None] | None = None,
     ) -> tuple[list[Scored], int, float]:
-        """Score rows of ``x`` (or ``candidates``, whose rows may be ``None``), reading recorded
-        ones from ``memo``; record the new ones."""
+        """Score rows of ``x``, or ``candidates`` with their box ``rows`` (``None`` for a
+        baseline, which need not be a point of the box: recorded without params), reading
+        recorded ones from ``memo``; record the new ones."""
         cands = self.space.decode(x) if candidates is None else list(candidates)
-        # baselines are recorded without params: they need not be points of the box
         xs: list[np.ndarray | None] = (
-            [x[i] for i in range(len(x))] if x is not None else [None] * len(cands)
+            [x[i] for i in range(len(x))]
+            if x is not None
+            else (list(rows) if rows is not None else [None] * len(cands))
         )
         known = [
-            memo.get(kind, generation, i, xs[i], self.names, label=None if not labels else labels[i])
+            memo.get(
+                kind, generation, i, xs[i], self.names, label=None if not labels else labels[i]
+            )
             for i in range(len(cands))
         ]
         todo = [i for i, t in enumerate(known) if t is None]
@@ -311,6 +316,7 @@ class Runner:
                 memo,
                 candidates=cands,
                 labels=[*labels, "best"],
+                rows=[None] * len(labels) + [best.x],
             )
             resumed, cost = resumed + r, cost + c
             held_best = scored[-1]

@@ -99,19 +99,6 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(evil)
 
 
-def test_stratified_subsample_balances_labels() -> None:
-    from blackbox.study.pipeline import _subsample
-
-    labels = [0] * 90 + [1] * 10
-    got = _subsample(100, 20, seed=0, labels=labels)
-    assert len(got) == 20 == len(set(got))
-    assert sum(labels[i] for i in got) == 10  # half from the rare class
-    assert got == _subsample(100, 20, seed=0, labels=labels)  # seeded
-    small = _subsample(100, 30, seed=1, labels=labels)  # rare class runs out: topped up
-    assert len(small) == 30 and sum(labels[i] for i in small) == 10
-    assert _subsample(100, 200, seed=0) == list(range(100))
-
-
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("soft_*.yaml")), ids=lambda p: p.name)
 def test_bundled_soft_prompt_studies_validate(path: Path) -> None:
     cfg = load_config(path)
@@ -127,13 +114,23 @@ def _soft() -> dict:
     ("edit", "message"),
     [
         (
-            lambda d: d.update(objective={"type": "logit", "target": "cat"}),
-            "config: objective.type: 'logit' does not score a soft-prompt study; "
-            "allowed: classification, behaviour, lm_eval_task",
+            lambda d: d.update(objective={"type": "fluency"}),
+            "config: objective.type: 'fluency' cannot score a soft-prompt space (continuous "
+            "embeddings): it reads a prompt's token ids, and only a token space has them; "
+            "spaces it scores: tokens",
+        ),
+        (
+            lambda d: d.update(strategy={"name": "gcg"}),
+            "config: strategy.name: 'gcg' cannot search a soft-prompt space (continuous "
+            "embeddings): it proposes token ids from a vocabulary, which only a token space "
+            "has; strategies for soft_prompt with classification: adam, nevergrad, optuna, "
+            "pso, random; 'gcg' works on: tokens",
         ),
         (
             lambda d: d.pop("objective"),
-            "config: objective: a soft-prompt study needs an objective (classification, behaviour, lm_eval_task)",
+            "config: objective: a study needs an objective (lm_eval_task with a task:, "
+            "classification, behaviour, reference, neuron, residual_direction, "
+            "feature_direction, lp_features, logit or fluency)",
         ),
         (
             lambda d: d["space"].update(init="text"),
@@ -152,6 +149,72 @@ def _soft() -> dict:
 )
 def test_soft_prompt_config_errors_are_one_line(edit, message: str) -> None:
     data = _soft()
+    edit(data)
+    with pytest.raises(ConfigError) as info:
+        validate(data)
+    assert str(info.value) == message
+
+
+def test_every_bundled_study_validates_and_its_combination_can_run() -> None:
+    for path in sorted(STUDIES.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        if "strategies" in data or "tune" in data:
+            continue  # compare and tune configs (tested with their commands)
+        cfg = load_config(path)
+        assert cfg.objective.type and cfg.space.type, path.name
+
+
+def test_older_configs_are_migrated_to_one_schema() -> None:
+    steer = validate(_demo())
+    assert steer.objective.type == "lm_eval_task"  # a task and no objective: score the task
+    dream = validate(
+        {
+            "name": "d",
+            "space": {"type": "tokens", "chat_template": True},
+            "objective": {"type": "neuron", "layer": 1, "index": 2},
+            "strategy": {"name": "epo"},
+        }
+    )
+    assert dream.objective.chat is True and "chat_template" not in dream.space.model_fields
+    soft = _soft()
+    soft["objective"]["projection"] = {"beam_k": 2}
+    soft["space"]["projection"] = {"repair_steps": 1}  # as --set space.projection.x=... makes
+    cfg = validate(soft)
+    assert cfg.space.projection.beam_k == 2 and cfg.space.projection.repair_steps == 1
+    assert cfg.space.baseline == "Is this review positive or negative?"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["strategy"].update(name="adam"),
+            "config: strategy.name: 'adam' cannot search a steering space (integer layers and "
+            "coefficients, applied as hooks): it takes gradient steps on continuous "
+            "coordinates; strategies for steering with lm_eval_task: nevergrad, optuna, pso, "
+            "random; 'adam' works on: soft_prompt",
+        ),
+        (
+            lambda d: d.update(objective={"type": "neuron", "layer": 3, "index": 1}),
+            "config: task: objective 'neuron' does not read a task; remove it",
+        ),
+        (
+            lambda d: (
+                d.pop("task"),
+                d.update(objective={"type": "neuron", "layer": 3, "index": 1}),
+            ),
+            "config: objective.prompts: steering has no prompt of its own, so 'neuron' must be "
+            "measured over a prompt set; give objective.prompts (a list) or "
+            "objective.prompts_file (one prompt per line)",
+        ),
+        (
+            lambda d: d["space"].update(coeff=[float("nan"), 0.1]),
+            "config: space.coeff: bounds must be finite numbers, got [nan, 0.1]",
+        ),
+    ],
+)
+def test_combinations_are_checked_before_any_model_loads(edit, message: str) -> None:
+    data = _demo()
     edit(data)
     with pytest.raises(ConfigError) as info:
         validate(data)

@@ -1,132 +1,181 @@
+"""Internal-activation objectives: exact against a plain forward, under a token prompt, a soft
+prompt and steering hooks, on five architectures (GPT-NeoX included); z-scores."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from objective_conformance import ObjectiveConformance
 
+from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.activation import (
     FeatureDirectionObjective,
     LpFeaturesObjective,
     NeuronObjective,
     ResidualDirectionObjective,
+    load_direction,
     lp_combine,
 )
-from blackbox.search_spaces.tokens import TokenContext, TokenPrompt
+from blackbox.evals.documents import layout
+from blackbox.forward.hooks import add_per_row
+from blackbox.models.layers import decoder_layers, mlp_output_projection, mlp_width
+from blackbox.search_spaces.tokens import TokenSpace
 
-V = 49152
-CTX = TokenContext(prefix_ids=(1, 500, 600), suffix_ids=(11,))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=V,
-    )
-    return LlamaForCausalLM(cfg).eval()
+ARCHS = ["llama", "gpt2", "qwen2", "gemma", "neox"]
+DOCS = ["The sea is", "A cat sat on"]
 
 
 @pytest.fixture(scope="module")
-def ids():
-    return np.random.default_rng(0).integers(0, V, size=(4, 5))
+def items(tokenizer):
+    return layout(tokenizer, DOCS, placement="after_input")[0]
 
 
-def _full(ids: np.ndarray) -> torch.Tensor:
-    n = len(ids)
-    pre = torch.tensor(CTX.prefix_ids).expand(n, -1)
-    suf = torch.tensor(CTX.suffix_ids).expand(n, -1)
-    return torch.cat([pre, torch.as_tensor(ids), suf], 1)
+def _reads(model, seqs: list[list[int]], layer: int, embeds: list[torch.Tensor] | None = None):
+    """Per sequence: the residual after ``layer`` and the MLP input of ``layer``, last token."""
+    res, mlp = [], []
+    for i, ids in enumerate(seqs):
+        store = {}
+        h1 = decoder_layers(model)[layer].register_forward_hook(
+            lambda m, a, o, store=store: store.setdefault(
+                "res", o[0] if isinstance(o, tuple) else o
+            )
+        )
+        h2 = mlp_output_projection(model, layer).register_forward_pre_hook(
+            lambda m, a, store=store: store.setdefault("mlp", a[0])
+        )
+        with torch.no_grad():
+            if embeds is None:
+                model(input_ids=torch.tensor([ids]))
+            else:
+                model(inputs_embeds=embeds[i][None])
+        h1.remove(), h2.remove()
+        res.append(store["res"][0, -1].float())
+        mlp.append(store["mlp"][0, -1].float())
+    return torch.stack(res), torch.stack(mlp)
 
 
-def _hidden(model, ids, layer):
-    with torch.no_grad():
-        return model(input_ids=_full(ids), output_hidden_states=True).hidden_states[layer + 1][
-            :, -1
-        ]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_activation_objective_equals_a_plain_forward(arch, request, items) -> None:
+    model = request.getfixturevalue(f"tiny_{arch}")
+    layer, index = 2, 7
+    g = torch.Generator().manual_seed(0)
+    d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+    v = torch.randn(d, generator=g)
+    dirs = torch.randn(3, d, generator=g)
+    splits = {"search": items}
+    objs = {
+        "neuron": NeuronObjective(model, splits, layer, index),
+        "direction": ResidualDirectionObjective(model, splits, layer, v),
+        "feature": FeatureDirectionObjective(model, splits, layer, v, bias=0.5),
+        "lp": LpFeaturesObjective(model, splits, layer, dirs, offsets=0.1, p=0.5),
+    }
+    prompts = [[300, 301, 302], [400, 401, 402]]
+    seqs = [[pre + p + post for pre, post in zip(items.pre, items.post)] for p in prompts]
+    for name, obj in objs.items():
+        ev = obj.evaluate(PromptIntervention.of_ids(prompts))
+        for c in range(2):
+            res, mlp = _reads(model, seqs[c], layer)
+            want = {
+                "neuron": mlp[:, index],
+                "direction": (res @ v) / (res.norm(dim=-1) * v.norm()),
+                "feature": res @ v + 0.5,
+                "lp": lp_combine(res @ dirs.T, torch.full((3,), 0.1), 0.5),
+            }[name].mean()
+            assert ev.values[c] == pytest.approx(float(want), abs=1e-4), (name, c)
+        assert ev.cost == 2 * len(DOCS)
+    assert mlp_width(model, layer) > index
 
 
-def test_neuron_matches_direct_mlp(model, ids) -> None:
-    obj = NeuronObjective(model, layer=1, index=17, context=CTX)
-    ev = obj.evaluate(list(ids))
-    store = {}
-    mlp = model.model.layers[1].mlp
-    h = mlp.register_forward_pre_hook(lambda m, a: store.setdefault("x", a[0]))
-    with torch.no_grad():
-        model(input_ids=_full(ids))
-    h.remove()
-    x = store["x"][:, -1]
-    ref = (mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))[:, 17]
-    assert np.allclose(ev.values, ref.numpy(), atol=1e-5)
-    assert ev.cost == 4 and ev.extra.shape == (4, 1)
-    assert obj.extra_names == ("xentropy",)
+def test_hooks_and_soft_prompts_read_the_same_positions(tiny_llama, items) -> None:
+    obj = NeuronObjective(tiny_llama, {"search": items}, 1, 3)
+    # steering: add 2.0 * v at layer 0 on every position, compare with a hooked plain forward
+    v = torch.linspace(-1, 1, 64)
+    from blackbox.api import HookIntervention
+
+    def apply(model, rows, repeat=1):
+        return add_per_row(model, {0: torch.stack([2.0 * v * float(r) for r in rows])}, repeat)
+
+    hooks = HookIntervention(apply, [0, 0], ["off", "on"])
+    ev = obj.evaluate(hooks)
+    seqs = [pre + post for pre, post in zip(items.pre, items.post)]
+    with add_per_row(tiny_llama, {0: 2.0 * v}):
+        _, on = _reads(tiny_llama, seqs, 1)
+    _, off = _reads(tiny_llama, seqs, 1)
+    assert ev.values[0] == pytest.approx(float(off[:, 3].mean()), abs=1e-5)
+    assert ev.values[1] == pytest.approx(float(on[:, 3].mean()), abs=1e-5)
+    # a soft prompt equal to token embeddings scores as those tokens
+    ids = [[300, 301]]
+    soft = tiny_llama.get_input_embeddings()(torch.tensor(ids[0])).detach()
+    a = obj.evaluate(PromptIntervention.of_ids(ids)).values[0]
+    b = obj.evaluate(PromptIntervention.of_embeddings([soft])).values[0]
+    assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_residual_alignment_and_z(model, ids) -> None:
-    d = torch.randn(64)
-    obj = ResidualDirectionObjective(model, 0, d, context=CTX)
-    ev = obj.evaluate(list(ids))
-    h = _hidden(model, ids, 0)
-    ref = (h @ d) / (h.norm(dim=-1) * d.norm())
-    assert np.allclose(ev.values, ref.numpy(), atol=1e-5)
-    assert "z" not in ev.metrics[0]
-    rand = np.random.default_rng(1).integers(0, V, size=(64, 5))
-    assert obj.calibrate(rand) == 64
-    ev = obj.evaluate(list(ids))
-    r = ResidualDirectionObjective(model, 0, d, context=CTX).evaluate(list(rand)).values
-    z = (ev.values - r.mean()) / r.std(ddof=1)
-    assert np.allclose([m["z"] for m in ev.metrics], z, atol=1e-4)
-    std = ResidualDirectionObjective(model, 0, d, context=CTX, standardise=True)
-    std.calibrate(rand)
-    assert np.allclose(std.evaluate(list(ids)).values, z, atol=1e-4)
-
-
-def test_feature_direction_from_file(model, ids, tmp_path) -> None:
-    w_dec = torch.randn(10, 64)
-    torch.save({"W_dec": w_dec}, tmp_path / "sae.pt")
-    obj = FeatureDirectionObjective(model, 1, tmp_path / "sae.pt", row=3, bias=0.5, context=CTX)
-    ref = _hidden(model, ids, 1) @ w_dec[3] + 0.5
-    assert np.allclose(obj.evaluate(list(ids)).values, ref.numpy(), atol=1e-4)
-
-
-def test_lp_features(model, ids, tmp_path) -> None:
-    dirs = torch.randn(3, 64)
-    torch.save(dirs, tmp_path / "dirs.pt")
-    obj = LpFeaturesObjective(
-        model, 1, tmp_path / "dirs.pt", rows=[0, 2], offsets=[0.1, -0.2], p=0.5, context=CTX
+def test_z_scores_against_random_candidates(tiny_llama, tokenizer) -> None:
+    items = layout(tokenizer, [""], chat=True)[0]  # dreaming: the prompt alone in a user turn
+    space = TokenSpace(tokenizer, n_tokens=3)
+    obj = ResidualDirectionObjective(
+        tiny_llama, {"search": items}, 2, torch.randn(64), standardise=True
     )
-    a = (_hidden(model, ids, 1) @ dirs[[0, 2]].T).numpy()
-    r = np.maximum(a + np.array([0.1, -0.2]), 0)
-    ref = (r**0.5).sum(1) ** 2
-    assert np.allclose(obj.evaluate(list(ids)).values, ref, atol=1e-3)
+    problem = Problem(space, obj)
+    raw = problem.evaluate(space.sample(5, np.random.default_rng(1)))
+    assert obj.metric == "alignment" and not obj.calibrated
+    cal = obj.calibrate(problem, 32, seed=0)
+    assert cal["candidates"] == 32 and cal["sigma"] > 0 and cal["cost"] <= 32
+    z = problem.evaluate(space.sample(5, np.random.default_rng(1)))
+    assert obj.metric == "z"
+    want = (raw.values - cal["mu"]) / cal["sigma"]
+    ok = np.isfinite(raw.values)
+    np.testing.assert_allclose(z.values[ok], want[ok], atol=1e-5)
+    np.testing.assert_allclose(
+        [m["alignment"] for m, k in zip(z.metrics, ok) if k], raw.values[ok], atol=1e-6
+    )
 
 
-def test_lp_combine_rewards_both() -> None:
-    both = lp_combine(torch.tensor([[1.0, 1.0]]), torch.zeros(2), 0.5)
+def test_neuron_finds_the_mlp_of_every_architecture_or_says_why() -> None:
+    import transformers
+
+    moe = transformers.AutoModelForCausalLM.from_config(
+        transformers.MixtralConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=2,
+        )
+    )
+    with pytest.raises(ValueError, match="MixtralDecoderLayer: no single MLP output projection"):
+        mlp_output_projection(moe, 0)
+
+
+def test_load_direction_reads_rows_of_an_sae_decoder(tmp_path) -> None:
+    w = torch.randn(5, 8)
+    torch.save({"W_dec": w}, tmp_path / "sae.pt")
+    assert torch.equal(load_direction(tmp_path / "sae.pt", 3), w[3])
+    assert torch.equal(load_direction(tmp_path / "sae.pt", [0, 4]), w[[0, 4]])
+    from safetensors.torch import save_file
+
+    save_file({"direction": w[1].contiguous()}, str(tmp_path / "v.safetensors"))
+    assert torch.equal(load_direction(tmp_path / "v.safetensors"), w[1])
+
+
+def test_lp_combine_rewards_joint_activation() -> None:
     one = lp_combine(torch.tensor([[2.0, 0.0]]), torch.zeros(2), 0.5)
-    none = lp_combine(torch.tensor([[-1.0, -3.0]]), torch.zeros(2), 0.5)
-    assert both.item() == pytest.approx(4.0) and one.item() == pytest.approx(2.0)
-    assert none.item() == 0.0
-    x = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], requires_grad=True)
-    lp_combine(x, torch.zeros(2), 0.5).sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad[0, 0] > 0 and x.grad[1].abs().sum() == 0
+    both = lp_combine(torch.tensor([[1.0, 1.0]]), torch.zeros(2), 0.5)
+    assert float(both) > float(one)  # same sum, p < 1 prefers spreading it
+    assert float(lp_combine(torch.tensor([[-1.0, -2.0]]), torch.zeros(2), 0.5)) == 0.0
 
 
-def test_rejected_candidates_are_nan_and_free(model) -> None:
-    obj = NeuronObjective(model, 0, 1, context=CTX)
-    cands = [TokenPrompt((5, 6, 7), "x", True), TokenPrompt((5, 6, 8), "y", False)]
-    ev = obj.evaluate(cands)
-    assert np.isfinite(ev.values[0]) and np.isnan(ev.values[1])
-    assert ev.metrics[1] == {"rejected": True} and ev.cost == 1.0
+class TestNeuronConformance(ObjectiveConformance):
+    @pytest.fixture
+    def problem(self, tiny_qwen2, tokenizer):
+        items = layout(tokenizer, DOCS, placement="before_input")[0]
+        obj = NeuronObjective(tiny_qwen2, {"search": items}, 1, 11, max_rows=3)  # several chunks
+        return Problem(TokenSpace(tokenizer, n_tokens=3), obj)
 
-
-def test_batching_and_cache_do_not_change_values(model, ids) -> None:
-    a = NeuronObjective(model, 1, 3, context=CTX, batch_size=1).evaluate(list(ids))
-    b = NeuronObjective(model, 1, 3, context=CTX, use_prefix_cache=False).evaluate(list(ids))
-    assert np.allclose(a.values, b.values, atol=1e-4)
-    assert np.allclose(a.extra, b.extra, atol=1e-4)
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(5, np.random.default_rng(0))

@@ -1,33 +1,29 @@
+"""Fluency: minus a token prompt's self cross-entropy, exact, token prompts only."""
+
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from blackbox.api import PromptIntervention
+from blackbox.evals.documents import layout
 from blackbox.evals.fluency import FluencyObjective
-from blackbox.search_spaces.tokens import TokenContext
 
 
-def test_fluency_is_minus_self_ce_and_equals_extra() -> None:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    ctx = TokenContext((1, 2), ())
-    ids = np.random.default_rng(0).integers(0, 49152, size=(2, 6))
-    ev = FluencyObjective(model, context=ctx).evaluate(list(ids))
-    full = torch.cat([torch.tensor([[1, 2]]).expand(2, -1), torch.as_tensor(ids)], 1)
-    with torch.no_grad():
-        logits = model(input_ids=full).logits
-    ref = torch.stack([F.cross_entropy(logits[b, 1:-1], full[b, 2:]) for b in range(2)])
-    assert np.allclose(-ev.values, ref.numpy(), atol=1e-5)
-    assert np.allclose(ev.extra[:, 0], ref.numpy(), atol=1e-5)
-    g = FluencyObjective(model, context=ctx).token_gradients(ids)
-    assert np.isfinite(g.grad).all()
+def test_fluency_is_minus_the_prompts_cross_entropy(tiny_llama, tokenizer) -> None:
+    items = layout(tokenizer, ["Once upon", "The sea"], placement="after_input")[0]
+    obj = FluencyObjective(tiny_llama, {"search": items})
+    ids = np.random.default_rng(0).integers(100, 49000, size=(2, 4)).tolist()
+    ev = obj.evaluate(PromptIntervention.of_ids(ids))
+    for c in range(2):
+        ces = []
+        for pre in items.pre:
+            full = torch.tensor([pre + ids[c]])
+            with torch.no_grad():
+                logits = tiny_llama(input_ids=full).logits[0]
+            ces.append(float(F.cross_entropy(logits[len(pre) - 1 : -1], full[0, len(pre) :])))
+        assert ev.values[c] == pytest.approx(-np.mean(ces), abs=1e-5)
+    with pytest.raises(ValueError, match="token prompts only"):
+        obj.evaluate(PromptIntervention.of_embeddings([torch.zeros(2, 64)]))

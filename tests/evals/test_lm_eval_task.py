@@ -1,4 +1,5 @@
-"""The fast population-batched lm-eval fitness equals lm-eval's own simple_evaluate."""
+"""An lm-eval task under every intervention: the steering engine equals lm-eval's own
+simple_evaluate; the prompt engine equals a plain forward of the spliced sequence."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.evals.lm_eval_task import LMEvalObjective, TaskSplitSpec, merge_rows
+from blackbox.api import PromptIntervention
+from blackbox.evals.lm_eval_requests import TaskSplitSpec, merge_rows
+from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
 from blackbox.evals.parity import reference_scores
-from blackbox.forward.loglik import ancestry
+from blackbox.forward.rows import ancestry
 from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
@@ -49,7 +52,14 @@ def test_merge_rows_packs_choices_of_a_context_into_one_tree() -> None:
 
 
 def _objective(
-    model, tokenizer, task_name: str, samples, max_batch_tokens: int = 4096, branch: bool = True
+    model,
+    tokenizer,
+    task_name: str,
+    samples,
+    max_batch_tokens: int = 4096,
+    branch: bool = True,
+    placement: str = "before_input",
+    max_rows: int = 32,
 ):
     from lm_eval.models.huggingface import HFLM
 
@@ -63,15 +73,14 @@ def _objective(
         for n in ("a", "b")
     ]
     space = SteeringSpace(vecs, layer_range=(0, n_layers - 1), coeff_range=(-3, 3))
-    obj = LMEvalObjective(
-        task=task,
-        lm=lm,
-        splits={"search": TaskSplitSpec("train", list(samples))},
-        apply=space.apply,
-        lowest_layer=space.lowest_layer,
+    obj = LMEvalTask(
+        task,
+        lm,
+        {"search": TaskSplitSpec("train", list(samples))},
         max_batch_tokens=max_batch_tokens,
-        key=lambda c: c,
         branch=branch,
+        placement=placement,
+        max_rows=max_rows,
     )
     return obj, space, lm, task
 
@@ -89,19 +98,19 @@ def test_fast_path_equals_simple_evaluate_tiny(tiny_llama, tokenizer, task_name)
     samples = list(range(0, 24, 2))
     obj, space, lm, task = _objective(tiny_llama, tokenizer, task_name, samples)
     cands = [space.baseline()] + [c for c in CANDIDATES[1:]]
-    ev = obj.evaluate(cands)
+    ev = obj.evaluate(space.intervention(cands))
     assert obj.scorer.resume_ok is True  # the trunk-resume path was taken and self-checked
     if task_name == "bb_social_iqa":  # multi-token choices: one packed row per question
         assert obj.scorer.packing is True
         assert obj.prepared("search").rows.sequences == len(samples)
-    assert ev.cost == len(cands) * obj.prepared("search").rows.sequences
+    assert ev.cost == len(cands) * len(samples)  # one forward-pass equivalent per document
     for c, value, metrics in zip(cands, ev.values, ev.metrics):
         ref_metrics, ref_lls = reference_scores(
             lm, task, "train", samples, lambda c=c: space.apply(tiny_llama, [c])
         )
         assert value == ref_metrics["acc"]
         assert metrics["acc_norm"] == ref_metrics["acc_norm"]
-        fast_lls = obj.request_logliks(c)
+        fast_lls = obj.request_logliks(space.intervention([c]))
         np.testing.assert_allclose(
             np.concatenate(fast_lls), np.concatenate(ref_lls), atol=1e-4, rtol=0
         )
@@ -116,23 +125,25 @@ def test_repeats_are_cached_and_batching_does_not_change_scores(tiny_llama, toke
         tiny_llama, tokenizer, "bb_rotten_tomatoes", samples, max_batch_tokens=1 << 16, branch=False
     )
     cands = [space.baseline(), CANDIDATES[1], CANDIDATES[2], CANDIDATES[1]]
-    ev = obj.evaluate(cands)
+    ev = obj.evaluate(space.intervention(cands))
     assert [m["cache_hit"] for m in ev.metrics] == [False, False, False, True]
     assert ev.values[1] == ev.values[3]
-    ev2 = obj.evaluate(cands[:2])
+    ev2 = obj.evaluate(space.intervention(cands[:2]))
     assert all(m["cache_hit"] for m in ev2.metrics) and ev2.cost == 0
-    ref = big.evaluate(cands)
+    ref = big.evaluate(space.intervention(cands))
     np.testing.assert_array_equal(ev.values, ref.values)
-    a = np.concatenate(obj.request_logliks(CANDIDATES[2]))
-    b = np.concatenate(big.request_logliks(CANDIDATES[2]))
+    a = np.concatenate(obj.request_logliks(space.intervention([CANDIDATES[2]])))
+    b = np.concatenate(big.request_logliks(space.intervention([CANDIDATES[2]])))
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 
 
 def test_limit_scores_a_prefix(tiny_llama, tokenizer) -> None:
     obj, space, *_ = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", list(range(20)))
     small, *_ = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", list(range(8)))
-    c = CANDIDATES[2]
-    assert obj.evaluate([c], limit=8).values[0] == small.evaluate([c]).values[0]
+    iv = space.intervention([CANDIDATES[2]])
+    assert obj.evaluate(iv, limit=8).values[0] == small.evaluate(iv).values[0]
+    soft = PromptIntervention.of_embeddings([torch.randn(2, 64) * 0.05])
+    assert obj.evaluate(soft, limit=8).values[0] == small.evaluate(soft).values[0]
 
 
 def test_unknown_metric_is_one_line(tiny_llama, tokenizer) -> None:
@@ -143,9 +154,11 @@ def test_unknown_metric_is_one_line(tiny_llama, tokenizer) -> None:
         lm = HFLM(pretrained=tiny_llama, tokenizer=tokenizer, batch_size=1, device="cpu")
     with pytest.raises(
         ValueError,
-        match=r"'f1' is not a metric of task 'bb_rotten_tomatoes'; allowed: \['acc', 'acc_norm'\]",
+        match=r"'f1' is not a metric of task 'bb_rotten_tomatoes'; allowed: \['acc', 'acc_norm', 'gold_logprob'\]",
     ):
-        LMEvalObjective(task=task, lm=lm, splits={}, apply=None, metric="f1")
+        LMEvalTask(task, lm, {}, metric="f1")
+    with pytest.raises(ValueError, match="takes before_input, after_input"):
+        LMEvalTask(task, lm, {}, placement="system")
 
 
 def test_no_packing_beyond_a_sliding_attention_window(tiny_gemma, tokenizer) -> None:
@@ -156,3 +169,78 @@ def test_no_packing_beyond_a_sliding_attention_window(tiny_gemma, tokenizer) -> 
         prep = obj.prepared("search")
     assert prep.pack is False and prep.rows.parents is None and obj.scorer.packing is None
     assert prep.rows.sequences == sum(map(len, prep.requests_of_doc))  # one row per choice
+
+
+def _plain_request_scores(model, prep, prompt, placement):
+    """Per request: continuation log-likelihood and greedy flag of the plain concatenation."""
+    emb = model.get_input_embeddings()
+    lls, greedy = [], []
+    for ctx, cont in prep.pairs:
+        parts = [emb(torch.tensor(ctx)), emb(torch.tensor(cont))]
+        parts.insert(0 if placement == "before_input" else 1, prompt)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(inputs_embeds=torch.cat(parts)[None]).logits[0], -1)
+        n = prompt.shape[0]
+        start = len(ctx) + n
+        rows = logp[start - 1 : start - 1 + len(cont)]
+        lls.append(float(rows[torch.arange(len(cont)), torch.tensor(cont)].sum()))
+        greedy.append(bool((rows.argmax(-1) == torch.tensor(cont)).all()))
+    return lls, greedy
+
+
+@pytest.mark.parametrize("placement", ["before_input", "after_input"])
+def test_prompt_metrics_are_lm_evals_on_the_spliced_sequence(placement, tiny_llama, tokenizer):
+    obj, _, _, task = _objective(
+        tiny_llama, tokenizer, "bb_rotten_tomatoes", range(6), placement=placement, max_rows=5
+    )
+    prep = obj.prepared("search")
+    soft = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(0)) * 0.05
+    ev = obj.evaluate(PromptIntervention.of_embeddings(list(soft)))
+    for c in range(2):
+        lls, greedy = _plain_request_scores(tiny_llama, prep, soft[c], placement)
+        accs, gold = [], []
+        for d, doc in enumerate(prep.docs):
+            rs = [(lls[r], greedy[r]) for r in prep.requests_of_doc[d]]
+            accs.append(task.process_results(doc, rs)["acc"])
+            choice = torch.tensor([lls[r] for r in prep.requests_of_doc[d]])
+            gold.append(float(torch.log_softmax(choice, 0)[task.doc_to_target(doc)]))
+        assert ev.values[c] == pytest.approx(np.mean(accs))
+        assert ev.metrics[c]["gold_logprob"] == pytest.approx(np.mean(gold), abs=1e-4)
+    assert ev.cost == 2 * prep.n_docs
+
+
+def test_token_prompts_and_an_empty_prompt(tiny_llama, tokenizer) -> None:
+    obj, space, _, _ = _objective(
+        tiny_llama, tokenizer, "bb_rotten_tomatoes", range(4), placement="after_input"
+    )
+    obj.enable_fluency()
+    prep = obj.prepared("search")
+    ids = [[300, 301, 302], [400, 401, 402]]
+    ev = obj.evaluate(PromptIntervention.of_ids(ids))
+    emb = tiny_llama.get_input_embeddings()
+    for c in range(2):
+        soft = emb(torch.tensor(ids[c]))
+        ref = obj.evaluate(PromptIntervention.of_embeddings([soft.detach()]))
+        assert ev.metrics[c]["gold_logprob"] == pytest.approx(ref.metrics[0]["gold_logprob"])
+        assert np.isfinite(ev.extra[c, 0]) and ev.extra[c, 0] > 0  # the prompt's fluency
+    # no prompt at all: the task exactly as lm-eval scores it (the steering engine's baseline)
+    empty = obj.evaluate(PromptIntervention.of_ids([[]]))
+    unsteered = obj.evaluate(space.intervention([space.baseline()]))
+    assert empty.values[0] == unsteered.values[0]
+    a = np.concatenate(obj.request_logliks(PromptIntervention.of_ids([[]])))
+    b = np.concatenate(obj.request_logliks(space.intervention([space.baseline()])))
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    assert len(a) == sum(map(len, prep.requests_of_doc))
+
+
+def test_gold_loss_is_differentiable_and_minibatches_average(tiny_llama, tokenizer) -> None:
+    obj, *_ = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", range(6))
+    soft = (
+        torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)) * 0.05
+    ).requires_grad_()
+    loss = obj.loss(soft, idx=[1, 4])
+    loss.sum().backward()
+    assert soft.grad.abs().sum() > 0
+    parts = [float(obj.loss(soft.detach(), idx=[d])[0]) for d in (1, 4)]
+    assert float(loss[0].detach()) == pytest.approx(np.mean(parts), abs=1e-5)
+    assert obj.gradient_cost([1, 4]) == 3 * 2  # documents, a backward counting two

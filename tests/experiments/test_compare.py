@@ -12,14 +12,13 @@ import yaml
 from blackbox.config import ConfigError
 from blackbox.evals.synthetic import FunctionObjective, neg_sphere
 from blackbox.experiments.compare import (
-    RunStrategy,
-    load_compare,
     reset_objective,
     run_fingerprint,
     run_matrix,
     run_specs,
     stop_at_cost,
 )
+from blackbox.experiments.compare_config import RunStrategy, load_compare
 from blackbox.search_spaces.box import BoxSpace
 from blackbox.strategies.base import Box
 from blackbox.study.runner import Budget, Progress
@@ -35,12 +34,12 @@ class Counting(FunctionObjective):
     def __init__(self, stop_after: int | None = None) -> None:
         super().__init__(FN)
         self.stop_after = stop_after
-        self._cache: dict = {"stale": 1}
+        self._cache[("search", None, "stale")] = (0.0, {}, None)
 
-    def evaluate(self, candidates, split="search", limit=None):
+    def _score(self, iv, split, limit):
         if self.stop_after is not None and self.calls >= self.stop_after:
             raise KeyboardInterrupt
-        return super().evaluate(candidates, split, limit)
+        return super()._score(iv, split, limit)
 
 
 def _matrix(storage, seeds, objective, cost=20.0):
@@ -66,7 +65,7 @@ def test_one_budget_in_cost_one_study_per_run_tagged() -> None:
     obj = Counting()
     status = _matrix(storage, [0], obj)
     assert status == {"cmp/pso/seed0": "done", "cmp/random/seed0": "done"}
-    assert obj._cache == {}  # every run starts with an empty repeat cache
+    assert ("search", None, "stale") not in obj._cache  # every run starts afresh
     for label in ("pso", "random"):
         trials, study = _search(storage, f"cmp/{label}/seed0")
         spent = sum(t.user_attrs["cost"] for t in trials)
@@ -83,8 +82,9 @@ def test_resume_and_extend_with_seeds_without_rerunning_finished() -> None:
     status = _matrix(storage, [0, 1], more)
     assert status["cmp/pso/seed0"] == status["cmp/random/seed0"] == "skipped"
     assert status["cmp/pso/seed1"] == status["cmp/random/seed1"] == "done"
-    # only the new runs were scored: baseline + 20 search + 2 held-out each
-    assert more.calls == 2 * (1 + 20 + 2)
+    # only the new runs were scored: 20 search + held-out best each, and the shared baseline
+    # (search and held-out) once: the repeat cache keeps it across runs
+    assert more.calls == 2 * (20 + 1) + 2
     assert {n: len(_search(storage, n)[0]) for n in before} == before
 
 
@@ -96,7 +96,10 @@ def test_an_interrupted_run_resumes_by_replay() -> None:
         _matrix(url, [0], Counting(stop_after=1 + 8))  # baseline + 2 generations of pso
     again = Counting()
     _matrix(url, [0], again)
-    assert again.calls == (1 + 20 + 2) * 2 - 9
+    # pso: its baseline and 8 searches are read back, 12 searches and 2 held-out scored;
+    # random: its baseline on search (read back, never scored, so not cached in this process),
+    # 20 searches and its held-out best (the held-out baseline is cached)
+    assert again.calls == (12 + 2) + (1 + 20 + 1)
     for name in ("cmp/pso/seed0", "cmp/random/seed0"):
         got = [t.value for t in _search(url, name)[0]]
         want = [t.value for t in _search(ref, name)[0]]
@@ -105,10 +108,15 @@ def test_an_interrupted_run_resumes_by_replay() -> None:
 
 def test_reset_keeps_only_the_shared_baseline() -> None:
     obj = Counting()
-    obj.key = lambda c: tuple(c)
-    obj._cache = {("search", None, (0, 0.0)): 1, ("search", None, (1, 0.5)): 2, ("x",): 3}
-    reset_objective(obj, keep=(0, 0.0))
-    assert obj._cache == {("search", None, (0, 0.0)): 1}
+    obj._cache = {
+        ("search", None, (0, 0.0)): 1,
+        ("heldout", None, (0, 0.0)): 2,
+        ("search", None, (1, 0.5)): 3,
+    }
+    obj.cache_hits = 4
+    reset_objective(obj, keep=[(0, 0.0)])
+    assert obj._cache == {("search", None, (0, 0.0)): 1, ("heldout", None, (0, 0.0)): 2}
+    assert obj.cache_hits == 0
 
 
 def test_stop_at_cost_zeroes_the_seconds_budget() -> None:
@@ -147,9 +155,14 @@ BASE = {
     [
         ({"study": {**BASE["study"], "strategy": {"name": "pso"}}}, "study.strategy: not used"),
         ({"strategies": [{"name": "pso"}, {"name": "pso"}]}, "labels must be unique"),
-        ({"strategies": [{"name": "nope"}]}, "strategies.nope: strategy: unknown name"),
+        ({"strategies": [{"name": "nope"}]}, "strategies.nope: strategy.name: strategy: unknown"),
+        (
+            {"strategies": [{"name": "adam"}]},
+            "strategies.adam: strategy.name: 'adam' cannot search a steering space",
+        ),
+        ({"strategies": [{"name": "pso", "space": "x"}]}, "space 'x' is not a key of spaces"),
         ({"strategies": [{"name": "pso", "settings": {"c9": 1}}]}, "unknown setting"),
-        ({"seed": 3}, "unknown key 'seed'; allowed here: study, strategies, seeds"),
+        ({"seed": 3}, "unknown key 'seed'; allowed here: study, spaces, tasks, strategies"),
         ({"budget": {}}, "budget: set evaluations, seconds or cost"),
     ],
 )

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blackbox.evals.base import Evaluation
-from blackbox.evals.token_objective import TokenGradients
+from blackbox.api import Evaluation, Problem, TokenGradients
 from blackbox.finishing.attribution import substitution_grid, token_attribution
 from blackbox.strategies.base import Box
 
@@ -19,6 +18,9 @@ class _Space:
 
     def decode(self, x):
         return [tuple(int(v) for v in r) for r in np.asarray(x)]
+
+    def intervention(self, cands):
+        return list(cands)
 
 
 class _Linear:
@@ -37,7 +39,7 @@ class _Linear:
 def test_attribution_exact_for_linear_objective() -> None:
     obj = _Linear()
     x = np.array([0, 5, 9])
-    rows, cost = token_attribution(_Space(), obj, x, k=20)
+    rows, cost = token_attribution(Problem(_Space(), obj), x, k=20)
     assert cost == 3.0 + 60.0
     for r in rows:
         others = np.delete(obj.w[r.position], x[r.position])

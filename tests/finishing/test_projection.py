@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from blackbox.evals.soft_prompt import SoftClassification, place
+from blackbox.evals.classification import Classification
 from blackbox.finishing.projection import (
     beam_projection,
     hotflip_repair,
@@ -84,10 +84,10 @@ def test_repair_respects_bans_and_stops_when_nothing_helps() -> None:
 
 
 def test_repair_on_a_real_objective_never_increases_the_loss(tiny_llama, tokenizer) -> None:
-    user, _ = place("Review: {query}\nAnswer:", "after_input")
+    layout = {"template": "Review: {query}\nAnswer:", "placement": "after_input"}
     rows = [{"query": "Great fun.", "gold": 1}, {"query": "A bore.", "gold": 0}]
-    obj = SoftClassification.from_rows(
-        tiny_llama, tokenizer, {"search": rows}, user, ["negative", "positive"]
+    obj = Classification.from_rows(
+        tiny_llama, tokenizer, {"search": rows}, ["negative", "positive"], layout
     )
     loss, grad = objective_fns(obj)
     start = torch.tensor([100, 200, 300])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from blackbox.forward.loglik import LoglikScorer, Rows, ancestry, bin_pack
+from blackbox.forward.loglik import LoglikScorer
+from blackbox.forward.rows import Rows
 
 
 def _rows() -> Rows:
@@ -87,7 +88,7 @@ def _steer(model, cands, row_cand, repeat):
 
 @torch.no_grad()
 def test_packed_tree_rows_score_like_plain_rows(tiny_model) -> None:
-    from blackbox.evals.lm_eval_task import check_packing, merge_rows
+    from blackbox.evals.lm_eval_requests import check_packing, merge_rows
     from blackbox.models.layers import num_layers
 
     pairs = _pairs()
@@ -109,19 +110,3 @@ def test_packed_tree_rows_score_like_plain_rows(tiny_model) -> None:
         assert scorer.resume_ok is branch  # branch: the trunk-resume path ran and self-checked
     # the candidates really differ (the steering reached the scores)
     assert not np.allclose(a.logprob[0], a.logprob[3], atol=1e-3)
-
-
-def test_bin_pack_fills_rows_without_padding_and_keeps_queries() -> None:
-    rows = _rows()  # lengths 7, 3, 11, 5
-    assert [len(t) for t in bin_pack(rows).tokens] == [21, 5]  # width 22: 11+7+3 | 5
-    packed = bin_pack(rows, width=11)
-    assert [len(t) for t in packed.tokens] == [11, 10, 5]  # 11 | 7+3 | 5 (best fit, longest first)
-    assert packed.sequences == 4 and len(packed) == 3
-    for q in range(len(rows.q_row)):  # every query reads the same token context
-        r, p = rows.q_row[q], rows.q_pos[q]
-        b, pb = packed.q_row[q], packed.q_pos[q]
-        allowed, depth = ancestry(packed.parents[b]) if packed.is_tree(b) else (None, None)
-        seen = [packed.tokens[b][j] for j in range(pb + 1) if allowed is None or allowed[pb, j]]
-        assert seen == rows.tokens[r][: p + 1]
-        assert depth is None or depth[pb] == p  # positions restart in each segment
-    assert packed.q_tok.tolist() == rows.q_tok.tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from space_conformance import SpaceConformance
 
 from blackbox.search_spaces.soft_prompt import SoftPrompt, SoftPromptSpace, init_embeddings
 
@@ -72,3 +73,15 @@ def test_describe_reports_distance_not_the_tensor() -> None:
     space = SoftPromptSpace(_p0(), 0.5)
     d = space.describe(space.decode(np.ones((1, space.dim)))[0])
     assert d["label"] == "soft" and d["distance_from_init"] == pytest.approx(0.5 * (N * D) ** 0.5)
+
+
+class TestSoftPromptFullConformance(SpaceConformance):
+    @pytest.fixture
+    def space(self):
+        return SoftPromptSpace(_p0(), sigma=0.5)
+
+
+class TestSoftPromptSubspaceConformance(SpaceConformance):
+    @pytest.fixture
+    def space(self):
+        return SoftPromptSpace(_p0(), sigma=0.5, subspace_dim=6, seed=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from space_conformance import SpaceConformance
 
 from blackbox.forward.hooks import add_per_row
 from blackbox.models.layers import decoder_layers, hidden_size, num_layers
@@ -177,3 +178,20 @@ def test_unembedding_vector_is_logit_lens_direction(tiny_llama, tokenizer) -> No
         with space.apply(tiny_llama, [(Edit("bias", n_layers - 1, 0.5),)]):
             steered = tiny_llama(ids).logits[0, -1]
     assert (steered[a] - steered[b]) > (base[a] - base[b])
+
+
+class TestSteeringConformance(SpaceConformance):
+    @pytest.fixture
+    def space(self):
+        return SteeringSpace(
+            _vectors(6, 8), layer_range=(1, 4), coeff_range=(-2.0, 2.0), fixed_layers={"b": 5}
+        )
+
+
+def test_zero_edits_share_the_unsteered_key() -> None:
+    space = SteeringSpace(_vectors(6, 8), layer_range=(1, 4))
+    a = (Edit("a", 1, 0.0), Edit("b", 4, 0.0))
+    b = (Edit("a", 3, 0.0), Edit("b", 2, 0.0))
+    iv = space.intervention([a, b, space.baseline()])
+    assert iv.keys[0] == iv.keys[1] == iv.keys[2] and iv.lowest_layer == [None, None, None]
+    assert list(space.baselines()) == ["unsteered"]

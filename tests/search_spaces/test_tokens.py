@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from space_conformance import SpaceConformance
 
 from blackbox.search_spaces.tokens import TokenPrompt, TokenSpace, allowed_vocabulary
 
@@ -62,7 +63,21 @@ def test_banned_text_across_tokens_is_rejected(tok) -> None:
     assert c.text.lower().count("dog") == 1 and not c.valid
 
 
-def test_context_ids(tok) -> None:
-    sp = TokenSpace(tok, n_tokens=3, prefix="<|im_start|>user\n", suffix="<|im_end|>", add_bos=True)
-    assert sp.context.prefix_ids[0] == tok.bos_token_id
-    assert tok.decode(sp.context.suffix_ids) == "<|im_end|>"
+def test_intervention_and_baselines(tok) -> None:
+    sp = TokenSpace(tok, n_tokens=3)
+    cands = sp.sample(4, np.random.default_rng(0))
+    iv = sp.intervention(cands)
+    assert iv.ids == [c.ids for c in cands] and iv.valid == [c.valid for c in cands]
+    assert iv.keys[0] == iv.keys[0] and len(set(iv.keys)) == len({c.ids for c in cands})
+    sp.baseline_text = "Is this review positive or negative?"
+    base = sp.baselines()
+    assert list(base) == ["baseline", "no prompt"] and base["no prompt"].ids == ()
+    assert base["baseline"].text == sp.baseline_text and len(base["baseline"].ids) != 3
+    with pytest.raises(ValueError, match="not 3 tokens long"):
+        sp.encode([base["baseline"]])
+
+
+class TestTokenConformance(SpaceConformance):
+    @pytest.fixture
+    def space(self, tok):
+        return TokenSpace(tok, n_tokens=4)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.evals.soft_prompt import SoftClassification, place
+from blackbox.api import Problem
+from blackbox.evals.classification import Classification
 from blackbox.search_spaces.soft_prompt import SoftPromptSpace
 from blackbox.strategies import make_strategy
 from blackbox.strategies.adam import Adam
@@ -23,9 +24,9 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama, tokenizer):
-    user, _ = place("Review: {query}\nAnswer:", "after_input")
-    obj = SoftClassification.from_rows(
-        tiny_llama, tokenizer, {"search": ROWS}, user, ["negative", "positive"]
+    layout = {"template": "Review: {query}\nAnswer:", "placement": "after_input"}
+    obj = Classification.from_rows(
+        tiny_llama, tokenizer, {"search": ROWS}, ["negative", "positive"], layout
     )
     p0 = tiny_llama.get_input_embeddings().weight[[100, 200, 300]].detach()
     sigma = float(tiny_llama.get_input_embeddings().weight.std())
@@ -36,7 +37,7 @@ def test_adam_descends_the_loss_and_charges_backward_passes(setup) -> None:
     obj, p0, sigma = setup
     space = SoftPromptSpace(p0, sigma)
     adam = make_strategy("adam", space.box, seed=0, lr=0.5, minibatch=0)
-    adam.bind(space, obj)
+    adam.bind(Problem(space, obj))
     for _ in range(8):
         x = adam.ask()
         assert x.shape == (1, space.dim)
@@ -51,7 +52,7 @@ def test_minibatches_are_seeded_subsets(setup) -> None:
     runs = []
     for _ in range(2):
         adam = Adam(space.box, seed=3, lr=0.3, minibatch=2)
-        adam.bind(space, obj)
+        adam.bind(Problem(space, obj))
         runs.append(np.vstack([adam.ask() for _ in range(3)]))
         assert adam.pop_extra_cost() == 3 * 3 * 2
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -67,7 +68,7 @@ def test_settings_and_binding_are_checked(setup) -> None:
     with pytest.raises(RuntimeError, match="bind"):
         Adam(box).ask()
     with pytest.raises(TypeError, match="soft-prompt spaces"):
-        Adam(box).bind(object(), obj)
+        Adam(box).bind(Problem(object(), obj))
 
 
 def test_runner_records_full_rows_and_a_resume_replays_them(setup, tmp_path) -> None:
@@ -80,7 +81,14 @@ def test_runner_records_full_rows_and_a_resume_replays_them(setup, tmp_path) -> 
         study = open_study(url, "adam", space.box, "fp")
         adam = Adam(space.box, seed=0, lr=0.3, minibatch=2)
         return Runner(
-            space, obj, adam, study, Budget(evaluations=evals), heldout_split=None, progress=False
+            space,
+            obj,
+            adam,
+            study,
+            Budget(evaluations=evals),
+            heldout_split=None,
+            progress=False,
+            baselines={},
         ).run(), study
 
     first, _ = run(4)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from token_toys import LinearObjective, LinearSpace, random_search, run
 
+from blackbox.api import Problem
 from blackbox.pareto import non_dominated
 from blackbox.strategies.epo import EPO, GCG, lambda_grid
 
@@ -31,7 +32,7 @@ def test_beats_random_search_at_equal_budget(cls, kw) -> None:
 def test_ask_cost_restarts_and_front() -> None:
     space, obj = LinearSpace(), LinearObjective()
     s = EPO(space.box, seed=1, population=3, children=4, restart_every=2, topk=8)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     x = s.ask()  # initial random population: no gradient yet
     assert x.shape == (12, 6) and s.pop_extra_cost() == 0.0
     ev = obj.evaluate(space.decode(x))
@@ -53,7 +54,7 @@ def test_ask_cost_restarts_and_front() -> None:
 def test_rejected_children_never_selected() -> None:
     space, obj = LinearSpace(), LinearObjective()
     s = EPO(space.box, seed=0, population=2, children=4, topk=8)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     x = s.ask()
     ev = obj.evaluate(space.decode(x))
     vals = ev.values.copy()
@@ -67,7 +68,7 @@ def test_init_prompt_is_scored_by_the_gradient_pass() -> None:
     space, obj = LinearSpace(), LinearObjective()
     init = np.arange(6, dtype=float)
     s = GCG(space.box, seed=0, search_width=5, topk=4, init=init)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     x = s.ask()
     assert s.pop_extra_cost() == 3.0  # one gradient pass, no separate evaluation
     assert np.isclose(s.parent_values[0], obj.evaluate([tuple(range(6))]).values[0])
@@ -80,7 +81,7 @@ def test_keep_parents_decides_whether_a_worse_child_replaces_the_prompt(keep: bo
     space, obj = LinearSpace(), LinearObjective()
     init = np.arange(6, dtype=float)
     s = GCG(space.box, seed=0, search_width=5, topk=4, init=init, keep_parents=keep)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     x = s.ask()
     worse = s.parent_values[0] - 1.0 - 0.1 * np.arange(len(x))  # every child is worse
     s.tell(x, worse, extra=np.zeros((len(x), 1)))
@@ -92,7 +93,7 @@ def test_keep_parents_decides_whether_a_worse_child_replaces_the_prompt(keep: bo
 def test_without_extra_the_strategy_computes_and_charges_xentropy() -> None:
     space, obj = LinearSpace(), LinearObjective()
     s = EPO(space.box, seed=0, population=2, children=3, topk=8)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     x = s.ask()
     s.tell(x, obj.evaluate(space.decode(x)).values)
     assert s.pop_extra_cost() == 6.0
@@ -105,17 +106,21 @@ def test_epo_end_to_end_on_embedded_model() -> None:
     from blackbox.search_spaces.tokens import TokenSpace
 
     t0 = time.time()
+    from blackbox.evals.documents import layout
+
     lm = load_model()
-    space = TokenSpace(lm.tokenizer, n_tokens=4, prefix="<|im_start|>user\n", banned=["the"])
-    obj = NeuronObjective(lm.model, layer=15, index=100, context=space.context)
+    space = TokenSpace(lm.tokenizer, n_tokens=4, banned=["the"])
+    items = layout(lm.tokenizer, [""], prefix="<|im_start|>user\n")[0]
+    obj = NeuronObjective(lm.model, {"search": items}, layer=15, index=100)
+    obj.enable_fluency()
     s = EPO(space.box, seed=0, population=2, children=4, topk=32, restart_every=2)
-    s.bind(space, obj)
+    s.bind(Problem(space, obj))
     first = None
     spent = 0.0
     for _ in range(3):
         x = s.ask()
         cands = space.decode(x)
-        ev = obj.evaluate(cands)
+        ev = obj.evaluate(space.intervention(cands))
         assert not any("the" in c.text.lower() for c, v in zip(cands, ev.values) if np.isfinite(v))
         s.tell(x, ev.values, extra=ev.extra)
         spent += ev.cost + s.pop_extra_cost()
@@ -146,23 +151,27 @@ def test_banned_strings_never_evaluated_tiny_model() -> None:
     model = LlamaForCausalLM(cfg).eval()
     tok = load_tokenizer()
     banned = ["an", "e"]
-    space = TokenSpace(tok, n_tokens=3, banned=banned, prefix="Hi")
+    from blackbox.evals.documents import layout
+
+    space = TokenSpace(tok, n_tokens=3, banned=banned)
+    items = layout(tok, [""], prefix="Hi")[0]
     obj = LogitObjective(
-        model, target_id=tok.encode(" cat", add_special_tokens=False)[0], context=space.context
+        model, {"search": items}, target_id=tok.encode(" cat", add_special_tokens=False)[0]
     )
+    obj.enable_fluency()
     for s in (
         EPO(space.box, seed=0, population=2, children=4, topk=16),
         TokenGA(
             space.box, seed=0, population=6, mutation={"gradient_topk": 0.5, "multi_resample": 0.5}
         ),
     ):
-        s.bind(space, obj)
+        s.bind(Problem(space, obj))
         scored = total = 0
         for _ in range(3):
             x = s.ask()
             s.pop_extra_cost()
             cands = space.decode(x)
-            ev = obj.evaluate(cands)
+            ev = obj.evaluate(space.intervention(cands))
             total += len(cands)
             for c, v in zip(cands, ev.values):
                 if np.isfinite(v):

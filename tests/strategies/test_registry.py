@@ -26,7 +26,7 @@ from blackbox.strategies.genetic import TokenGA
 
 
 def test_registry_names_match_classes() -> None:
-    assert STRATEGIES == {
+    assert dict(STRATEGIES.items()) == {
         "pso": PSO,
         "nevergrad": Nevergrad,
         "optuna": OptunaSampler,
@@ -39,7 +39,7 @@ def test_registry_names_match_classes() -> None:
     for name, cls in STRATEGIES.items():
         assert cls.name == name
     for name in BOX_STRATEGIES:
-        assert dataclasses.is_dataclass(STRATEGIES[name].settings_schema)
+        assert dataclasses.is_dataclass(STRATEGIES.get(name).settings_schema)
 
 
 def test_token_strategies_list_their_settings() -> None:
@@ -56,9 +56,9 @@ BOX_STRATEGIES = ["nevergrad", "optuna", "pso", "random"]  # the others need a t
 @pytest.mark.parametrize("name", BOX_STRATEGIES)
 def test_make_strategy_builds_each_with_defaults(name: str) -> None:
     strategy = make_strategy(name, BOX, seed=4, population=6)
-    assert isinstance(strategy, STRATEGIES[name])
+    assert isinstance(strategy, STRATEGIES.get(name))
     assert (strategy.seed, strategy.population) == (4, 6)
-    assert strategy.config == STRATEGIES[name].settings_schema()
+    assert strategy.config == STRATEGIES.get(name).settings_schema()
     assert strategy.ask().shape == (6, BOX.dim)
 
 
@@ -107,7 +107,7 @@ def _one_line_error(match: str, *args: Any, **kwargs: Any) -> str:
 
 def test_unknown_strategy_names_the_allowed_ones() -> None:
     message = _one_line_error("unknown name 'cma'", "cma", BOX)
-    assert all(repr(name) in message for name in STRATEGIES)
+    assert all(repr(name) in message for name in STRATEGIES.names())
     with pytest.raises(ValueError, match="strategy"):
         get_strategy_class("")
 
@@ -134,3 +134,23 @@ def test_bad_values_are_one_line_errors(name: str, settings: dict, match: str) -
 
 def test_population_is_checked_by_the_base_class() -> None:
     _one_line_error("population", "random", BOX, population=0)
+
+
+def test_traits_say_what_each_strategy_needs() -> None:
+    assert (
+        STRATEGIES.get("adam").traits.needs_gradients
+        and STRATEGIES.get("adam").traits.needs_continuous
+    )
+    assert (
+        STRATEGIES.get("epo").traits.needs_vocabulary
+        and STRATEGIES.get("gcg").traits.needs_gradients
+    )
+    assert STRATEGIES.get("pso").traits.ordinal
+    ga = STRATEGIES.get("token_ga")
+    assert not ga.traits_for({}).needs_gradients
+    assert ga.traits_for({"mutation": {"gradient_topk": 1.0}}).needs_gradients
+    ng = STRATEGIES.get("nevergrad")
+    assert ng.traits_for({"optimizer": "CMA"}).ordinal
+    assert not ng.traits_for({"optimizer": "DiscreteOnePlusOne"}).ordinal
+    op = STRATEGIES.get("optuna")
+    assert op.traits_for({"sampler": "cmaes"}).ordinal and not op.traits_for({}).ordinal

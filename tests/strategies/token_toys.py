@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blackbox.evals.base import Evaluation
-from blackbox.evals.token_objective import TokenGradients
+from blackbox.api import Evaluation, Problem, TokenGradients
 from blackbox.strategies.base import Box
 
 
@@ -18,6 +17,9 @@ class LinearSpace:
 
     def decode(self, x):
         return [tuple(int(v) for v in row) for row in np.asarray(x)]
+
+    def intervention(self, cands):
+        return list(cands)  # the toy objective reads the id tuples themselves
 
 
 class LinearObjective:
@@ -51,7 +53,7 @@ class LinearObjective:
 
 def run(strategy, space, obj, budget):
     spent = 0.0
-    strategy.bind(space, obj)
+    strategy.bind(Problem(space, obj))
     while spent < budget:
         x = strategy.ask()
         ev = obj.evaluate(space.decode(x))

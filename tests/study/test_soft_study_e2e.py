@@ -21,7 +21,7 @@ SMALL = [
     "objective.heldout_size=32",
     "budget.evaluations=6",
     "strategy.settings={lr: 0.1, steps: 1, minibatch: 8}",
-    "objective.projection={beam_k: 2, beam_max: 8, repair_steps: 2, repair_topk: 4, ban: [positive, negative]}",
+    "space.projection={beam_k: 2, beam_max: 8, repair_steps: 2, repair_topk: 4, ban: [positive, negative]}",
 ]
 
 
@@ -48,7 +48,7 @@ def run(tmp_path_factory) -> tuple[Path, dict, str]:
 def test_stages_are_scored_on_search_and_heldout(run) -> None:
     _, result, log = run
     stages = {s["stage"]: s for s in result["stages"]}
-    assert list(stages) == ["baseline", "soft", "projected", "beam", "repaired"]
+    assert list(stages) == ["baseline", "no prompt", "soft", "projected", "beam", "repaired"]
     assert result["splits"] == {"search": 16, "heldout": 32}
     for s in stages.values():
         for split in ("search", "heldout"):
@@ -68,7 +68,8 @@ def test_adam_improves_on_its_first_step(run) -> None:
     study = optuna.load_study(
         study_name=result["study_name"], storage=f"sqlite:///{out / 'study.db'}"
     )
-    values = [t.value for t in sorted(study.get_trials(), key=lambda t: t.number)]
+    search = [t for t in study.get_trials() if t.user_attrs["kind"] == "search"]
+    values = [t.value for t in sorted(search, key=lambda t: t.number)]
     assert len(values) == 6 and max(values[1:]) > values[0]
     # cost: 6 evaluations of 16 docs + 6 gradient steps on 8 docs (backward = 2 forwards)
     assert result["cost_forward_passes"] == pytest.approx(6 * 16 + 6 * 3 * 8)
@@ -96,5 +97,6 @@ def test_second_run_reads_every_evaluation_back(run) -> None:
     proc = _run(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((out / "result.json").read_text())
-    assert again["resumed_evaluations"] == 6 and again["evaluations"] == 6
+    # every search evaluation, the 2 baselines and the held-out scores are read back
+    assert again["resumed_evaluations"] == 6 + 2 + 3 and again["evaluations"] == 6
     assert again["stages"] == result["stages"]

@@ -27,7 +27,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from blackbox.evals.base import Evaluation
+from blackbox.api import Evaluation
 from blackbox.strategies.base import Box
 from blackbox.study.storage import make_storage
 from blackbox.study.worker import (
@@ -297,6 +297,9 @@ class _Space:
 
     def describe(self, c: float) -> dict[str, float]:
         return {"c": c}
+
+    def intervention(self, cands: list[float]) -> list[float]:
+        return list(cands)  # the toy objective reads the values themselves
 
 
 class _NaNBelowZero:

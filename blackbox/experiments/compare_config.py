@@ -1,0 +1,133 @@
+"""The config of ``blackbox compare``: a study, more spaces, entries, seeds and one budget.
+
+Validated before any model loads: every entry's space, objective and strategy must meet
+(:func:`blackbox.study.pipeline.check`), with one line naming the entry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from blackbox.config import (
+    BudgetConfig,
+    ConfigError,
+    Strict,
+    StudyConfig,
+    apply_overrides,
+    format_validation_error,
+    read_yaml,
+)
+from blackbox.config.schema import SpaceSection
+
+
+class RunStrategy(Strict):
+    """One entry of the matrix (a curve in the report): a strategy on a space."""
+
+    name: str = Field(description="registered strategy name (pso, nevergrad, optuna, random, ...)")
+    label: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.+-]+$", description="curve name; default the strategy name"
+    )
+    population: int = Field(8, ge=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    space: str | None = Field(None, description="a key of `spaces`; default the study's space")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class CompareBudget(BudgetConfig):
+    """One budget for every run; ``cost`` (forward-pass equivalents) is the fair unit."""
+
+    evaluations: int | None = Field(None, ge=1)
+
+
+class CompareConfig(Strict):
+    """A comparison: a study config, more spaces, entries, seeds and one budget."""
+
+    study: StudyConfig
+    spaces: dict[str, SpaceSection] = Field(default_factory=dict)
+    tasks: list[str] | None = Field(None, min_length=1, description="one matrix per task")
+    strategies: list[RunStrategy] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    budget: CompareBudget
+    threshold: float | None = Field(None, description="report: score to reach")
+    storage: str | None = Field(None, description="Optuna storage URL")
+
+    @model_validator(mode="after")
+    def _unique(self) -> CompareConfig:
+        labels = [s.key for s in self.strategies]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"strategies: labels must be unique, got {labels} (set label:)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: must be unique, got {self.seeds}")
+        for s in self.strategies:
+            if s.space is not None and s.space not in self.spaces:
+                raise ValueError(
+                    f"strategies: {s.key!r}: space {s.space!r} is not a key of spaces "
+                    f"({', '.join(self.spaces) or 'none'})"
+                )
+        if self.tasks and self.study.task is None:
+            raise ValueError("tasks: the study scores no task (objective lm_eval_task)")
+        if self.tasks and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: must be unique, got {self.tasks}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    def study_for(self, entry: RunStrategy, task: str | None = None) -> StudyConfig:
+        """The study config of one entry: its space and strategy (and the task)."""
+        from blackbox.config.loading import validate
+
+        data = self.study.resolved()
+        if entry.space is not None:
+            data["space"] = json.loads(self.spaces[entry.space].model_dump_json())
+        data["strategy"] = {
+            "name": entry.name,
+            "population": entry.population,
+            "settings": dict(entry.settings),
+        }
+        if task is not None:
+            data["task"] = dict(data["task"], name=task)
+        return validate(data, rules=False)
+
+
+def _check_raw(data: dict[str, Any]) -> None:
+    study = data.get("study")
+    if isinstance(study, dict):
+        for key in ("strategy", "budget"):
+            if key in study:
+                raise ConfigError(
+                    f"config: study.{key}: not used by compare; set the top-level "
+                    f"{'strategies' if key == 'strategy' else 'budget'} instead"
+                )
+
+
+def validate_compare(data: dict[str, Any]) -> CompareConfig:
+    """Validate a compare mapping (one-line :class:`ConfigError`)."""
+    _check_raw(data)
+    try:
+        return CompareConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, CompareConfig)) from None
+
+
+def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
+    """Read, override (``--set study.task.search_size=16``) and validate a compare config;
+    every entry's space, objective and strategy must meet (before any model is loaded)."""
+    from blackbox.study.pipeline import check
+
+    cfg = validate_compare(apply_overrides(read_yaml(path), overrides or []))
+    for s in cfg.strategies:
+        try:
+            check(cfg.study_for(s))
+        except ConfigError as exc:
+            msg = str(exc).removeprefix("config: ")
+            raise ConfigError(f"config: strategies.{s.key}: {msg}") from None
+    return cfg

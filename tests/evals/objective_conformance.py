@@ -1,0 +1,71 @@
+"""Conformance suite every objective inherits (as strategies inherit theirs).
+
+Subclass :class:`ObjectiveConformance` in a ``Test*`` class and supply two fixtures:
+``problem`` (a :class:`~blackbox.api.Problem`: a space bound to the objective under test) and
+``candidates`` (a list of that space's candidates, at least three, not all equal).  The suite
+checks what the runner and every strategy rely on:
+
+- a batch scores exactly as its candidates one by one (batching is a speed-up, not a change);
+- cost accounting: candidates x documents for new candidates, nothing for repeats;
+- determinism: the same candidates give the same values after the repeat cache is emptied;
+- ``limit`` scores a prefix of the documents and charges only for it;
+- the value is one of the metrics, under the objective's metric name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blackbox.api import Problem
+
+
+class ObjectiveConformance:
+    atol: float = 1e-4
+
+    @pytest.fixture
+    def problem(self) -> Problem:
+        raise NotImplementedError("a conformance subclass must supply `problem`")
+
+    @pytest.fixture
+    def candidates(self) -> list:
+        raise NotImplementedError("a conformance subclass must supply `candidates`")
+
+    def test_a_batch_scores_as_its_candidates_one_by_one(self, problem, candidates) -> None:
+        problem.objective.reset_cache()
+        batch = problem.evaluate(candidates)
+        problem.objective.reset_cache()
+        single = [problem.evaluate([c]) for c in candidates]
+        np.testing.assert_allclose(
+            batch.values, [s.values[0] for s in single], atol=self.atol, rtol=1e-4
+        )
+        for b, s in zip(batch.metrics, single):
+            assert set(b) == set(s.metrics[0])
+
+    def test_cost_counts_documents_and_repeats_are_free(self, problem, candidates) -> None:
+        problem.objective.reset_cache()
+        docs = problem.n_examples("search")
+        ev = problem.evaluate(candidates)
+        valid = sum(not m.get("rejected") for m in ev.metrics)
+        assert ev.cost == pytest.approx(valid * docs)
+        again = problem.evaluate(candidates)
+        assert again.cost == 0 and all(m["cache_hit"] for m in again.metrics if "rejected" not in m)
+        np.testing.assert_array_equal(again.values, ev.values)
+
+    def test_deterministic_and_the_value_is_its_metric(self, problem, candidates) -> None:
+        problem.objective.reset_cache()
+        a = problem.evaluate(candidates)
+        problem.objective.reset_cache()
+        b = problem.evaluate(candidates)
+        np.testing.assert_allclose(a.values, b.values, atol=1e-6, rtol=0)
+        metric = problem.objective.metric
+        for v, m in zip(a.values, a.metrics):
+            if np.isfinite(v):
+                assert m[metric] == pytest.approx(v)
+        assert np.isfinite(a.values).sum() >= 2 and np.unique(np.round(a.values, 6)).size >= 2
+
+    def test_limit_scores_a_prefix(self, problem, candidates) -> None:
+        problem.objective.reset_cache()
+        first = next(c for c in candidates if getattr(c, "valid", True))
+        ev = problem.evaluate([first], limit=1)
+        assert ev.cost == pytest.approx(1.0) and np.isfinite(ev.values[0])
