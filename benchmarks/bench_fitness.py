@@ -105,7 +105,7 @@ def main() -> None:
     n_tokens = sum(len(t) for t in search.rows.tokens)
     plain = search.repacked(False).rows
     n_plain_tokens = sum(len(t) for t in plain.tokens)
-    spec = p32.objective.splits["search"]
+    spec = p32.objective.spec("search")
 
     # (a) the seed loop: simple_evaluate once per candidate, hooks installed, with lm-eval's
     # default batch size (1) and with batch size 16.
@@ -143,11 +143,11 @@ def main() -> None:
 
     values = {}
     for dtype, p in prepared.items():
-        p.objective.evaluate(cands[:2], limit=4)  # warm-up
-        p.objective._cache.clear()
+        p.problem.evaluate(cands[:2], limit=4)  # warm-up
+        p.objective.reset_cache()
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            ev = p.objective.evaluate(cands)
+            ev = p.problem.evaluate(cands)
             seconds = time.perf_counter() - t0
         values[dtype] = ev.values
         resumed = "trunk resume" if p.objective.scorer.resume_ok else "full forwards"

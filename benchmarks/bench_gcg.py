@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from blackbox.evals.reference import ReferenceObjective
+from blackbox.api import Problem
+from blackbox.evals.behaviour import ReferenceObjective, with_targets
+from blackbox.forward.splice import Items
 from blackbox.models import load_model
-from blackbox.search_spaces.tokens import TokenContext, TokenSpace
+from blackbox.search_spaces.tokens import TokenSpace
 from blackbox.strategies.epo import GCG
 from blackbox.strategies.proposals import topk_tokens
 
@@ -44,19 +46,18 @@ def chat_parts(tokenizer, message: str) -> tuple[list[int], list[int]]:
 
 
 def our_setup(lm, args, use_cache: bool = True):
-    """Our token space, reference objective and initial suffix ids for the bench's prompt."""
+    """Our token space, reference objective and initial suffix ids for the bench's prompt
+    (``use_cache=False``: the chat text's key/values are recomputed every call)."""
     before, after = chat_parts(lm.tokenizer, args.message)
     target = lm.tokenizer(args.target, add_special_tokens=False)["input_ids"]
     init_ids = lm.tokenizer(args.init, add_special_tokens=False)["input_ids"]
     space = TokenSpace(lm.tokenizer, n_tokens=len(init_ids), ascii_only=True)
-    space.context = TokenContext(tuple(before), tuple(after))
-    obj = ReferenceObjective(
-        lm.model,
-        target,
-        context=space.context,
-        batch_size=args.search_width,
-        use_prefix_cache=use_cache,
-    )
+    items = with_targets(Items([list(before)], [list(after)]), [target])
+    obj = ReferenceObjective(lm.model, {"search": items}, max_rows=args.search_width)
+    obj.enable_fluency()
+    if not use_cache:
+        obj.splice.cache_bytes = 0  # every call recomputes the prefix's key/values
+    obj.before, obj.after, obj.target_ids = before, after, target
     return space, obj, init_ids
 
 
@@ -71,11 +72,12 @@ def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) ->
         init=space.indices_of(np.array(init_ids)),
         keep_parents=keep_parents,
     )
-    s.bind(space, obj)
+    problem = Problem(space, obj)
+    s.bind(problem)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         x = s.ask()
-        ev = obj.evaluate(space.decode(x))
+        ev = problem.evaluate(space.decode(x))
         s.tell(x, ev.values, extra=ev.extra)
         s.pop_extra_cost()
     dt = (time.perf_counter() - t0) / args.steps
@@ -111,7 +113,7 @@ def parity(lm, args, n_random: int = 8) -> None:
 
     tok = lm.tokenizer
     space, obj, init = our_setup(lm, args)
-    before, after = list(space.context.prefix_ids), list(space.context.suffix_ids)
+    before, after = list(obj.before), list(obj.after)
     target = list(obj.target_ids)
     allowed = space.allowed_ids
     cfg = ngcg.GCGConfig(optim_str_init=args.init, use_prefix_cache=False, verbosity="WARNING")
@@ -131,7 +133,7 @@ def parity(lm, args, n_random: int = 8) -> None:
     cands = np.stack(
         [init] + [allowed[rng.integers(0, len(allowed), len(init))] for _ in range(n_random)]
     )
-    ev = obj.evaluate(space.decode(np.stack([space.indices_of(c) for c in cands])))
+    ev = Problem(space, obj).evaluate(space.decode(np.stack([space.indices_of(c) for c in cands])))
     with torch.no_grad():
         ids = torch.as_tensor(cands)
         parts = [ref.before_embeds, None, ref.after_embeds, ref.target_embeds]

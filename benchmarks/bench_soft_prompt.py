@@ -48,9 +48,9 @@ def main() -> None:
     common = [
         f"objective.search_size={a.search_size}",
         f"objective.heldout_size={a.heldout_size}",
-        f"objective.projection.repair_steps={a.repair_steps}",
-        f"objective.projection.repair_topk={a.repair_topk}",
-        "objective.projection.beam_max=9",
+        f"space.projection.repair_steps={a.repair_steps}",
+        f"space.projection.repair_topk={a.repair_topk}",
+        "space.projection.beam_max=9",
     ]
     rows: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}
@@ -72,6 +72,8 @@ def main() -> None:
                 name = (
                     "hand-written prompt" if st["stage"] == "baseline" else f"{tag}: {st['stage']}"
                 )
+                if st["stage"] == "no prompt":
+                    continue
                 if st["stage"] == "baseline" and tag != "Adam":
                     continue
                 rows.setdefault(name, []).append(st["heldout"]["acc"])

@@ -115,7 +115,9 @@ CASES: list[Case] = [
     (
         "missing field",
         _missing_task,
-        "config: task: a steering study needs a task (an lm-eval task name)",
+        "config: objective: a study needs an objective (lm_eval_task with a task:, "
+        "classification, behaviour, reference, neuron, residual_direction, feature_direction, "
+        "lp_features, logit or fluency)",
     ),
     (
         "YAML python tag",
@@ -145,18 +147,18 @@ CASES: list[Case] = [
     (
         "unknown strategy",
         _set("strategy.name=annealing"),
-        "strategy: unknown name 'annealing'; allowed: ['adam', 'epo', 'gcg', 'nevergrad', 'optuna', 'pso', 'random', 'token_ga']",
+        "config: strategy.name: unknown name 'annealing'; allowed: ['adam', 'epo', 'gcg', 'nevergrad', 'optuna', 'pso', 'random', 'token_ga']",
     ),
     (
         "unknown nevergrad optimizer",
         _set("strategy.name=nevergrad", "strategy.settings={optimizer: NoSuchOpt}"),
-        "nevergrad.optimizer: unknown 'NoSuchOpt'; did you mean one of ['NGOpt', 'NGOptF', "
+        "config: strategy.settings.optimizer: unknown 'NoSuchOpt'; did you mean one of ['NGOpt', 'NGOptF', "
         "'NGOpt8', 'NGOpt4', 'NGOptRW']? (542 names in nevergrad.optimizers.registry)",
     ),
     (
         "unknown optuna sampler",
         _set("strategy.name=optuna", "strategy.settings={sampler: nope}"),
-        "optuna.sampler: 'nope' is not one of ('tpe', 'cmaes', 'gp', 'random', 'qmc', 'nsga2')",
+        "config: strategy.settings.sampler: 'nope' is not one of ('tpe', 'cmaes', 'gp', 'random', 'qmc', 'nsga2')",
     ),
     (
         "layer out of range",

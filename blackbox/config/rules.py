@@ -82,7 +82,7 @@ def check_study(cfg: Any) -> None:
     try:
         strat_cls = strategies.get(cfg.strategy.name)
     except ValueError as exc:
-        raise ConfigError(f"config: strategy.name: {exc}") from None
+        raise ConfigError(f"config: strategy.name: {str(exc).removeprefix('strategy: ')}") from None
     why = objective_reason(space_cls.traits, obj_cls.traits)
     if why:
         ok = [s for s, c in spaces.items() if objective_reason(c.traits, obj_cls.traits) is None]

@@ -86,6 +86,16 @@ def strategy_settings(cfg: StudyConfig) -> dict[str, Any]:
     return settings
 
 
+def settings_field(strategy: str, message: str) -> str:
+    """A strategy's one-line settings error with the config path of the setting it names
+    (``nevergrad.optimizer: ...`` -> ``strategy.settings.optimizer: ...``)."""
+    head, sep, rest = message.partition(": ")
+    prefix = f"{strategy}."
+    if sep and head.startswith(prefix) and head[len(prefix) :].isidentifier():
+        return f"strategy.settings.{head[len(prefix) :]}: {rest}"
+    return f"strategy.settings: {message}"
+
+
 def check(cfg: StudyConfig) -> None:
     """Every check that needs no model: combination rules, strategy settings, files."""
     from blackbox.config.rules import check_study
@@ -100,7 +110,7 @@ def check(cfg: StudyConfig) -> None:
             **cfg.strategy.settings,
         )
     except ValueError as exc:
-        raise ConfigError(f"config: strategy.settings: {exc}") from None
+        raise ConfigError(f"config: {settings_field(cfg.strategy.name, str(exc))}") from None
     if cfg.space.type == "steering":
         for v in cfg.space.vectors:
             if v.file is not None and not Path(v.file).is_file():

@@ -155,7 +155,7 @@ BASE = {
     [
         ({"study": {**BASE["study"], "strategy": {"name": "pso"}}}, "study.strategy: not used"),
         ({"strategies": [{"name": "pso"}, {"name": "pso"}]}, "labels must be unique"),
-        ({"strategies": [{"name": "nope"}]}, "strategies.nope: strategy.name: strategy: unknown"),
+        ({"strategies": [{"name": "nope"}]}, "strategies.nope: strategy.name: unknown name"),
         (
             {"strategies": [{"name": "adam"}]},
             "strategies.adam: strategy.name: 'adam' cannot search a steering space",
