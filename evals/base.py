@@ -178,10 +178,10 @@ class Differentiable(Objective):
             idx: document indices.
             prompt: ``(C, n, d)`` prompt embeddings (differentiable), or ``None``.
             tokens: the prompt's ids ``(C, n)`` or one-hot ``(C, n, V)`` (adds ``xentropy``,
-                the mean over documents of its self cross-entropy).
+                its self cross-entropy in the context of the first document of ``idx``).
             hooks: a hook intervention of ``C`` candidates instead of a prompt.
-            next_logits: also return ``"next_logits"`` ``(C, n, V)``, the mean over documents
-                of the logits predicting each prompt token.
+            next_logits: also return ``"next_logits"`` ``(C, n, V)``, the logits predicting
+                each prompt token (in that same context).
         """
 
     def enable_fluency(self) -> None:

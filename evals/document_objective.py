@@ -54,31 +54,48 @@ def run_documents(
     hooks: HookIntervention | None = None,
     captures: Sequence[Capture] = (),
     next_logits: bool = False,
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """Run ``C`` candidates on documents ``order`` of ``data``, a chunk at a time.
 
-    Yields each chunk's document indices and its statistics ``{name: (C, m, ...)}``:
-    ``row_fn(out, items, C)``'s, plus ``xentropy`` (and ``next_logits``) of a token prompt when
-    ``tokens`` (ids ``(C, n)`` or one-hot ``(C, n, V)``) are given.  ``pre`` key/values are
-    cached under ``(tag, document index)``.
+    Yields each chunk's document indices, its per-document statistics ``{name: (C, m, ...)}``
+    (``row_fn(out, items, C)``'s) and, for the chunk holding the first document of ``order``
+    when ``tokens`` (ids ``(C, n)`` or one-hot ``(C, n, V)``) are given, the token prompt's
+    fluency there: ``{"xentropy": (C,)}`` (and ``"next_logits"``: ``(C, n, V)``).  A prompt's
+    fluency is measured in one document's context (the first), so that it costs ``C`` rows of
+    the LM head, not ``C x D``.  ``pre`` key/values are cached under ``(tag, document index)``.
     """
     c = len(hooks) if hooks is not None else int(prompt.shape[0])  # type: ignore[union-attr]
     per_call = max(1, max_rows // max(1, c))
     for start in range(0, len(order), per_call):
         chunk = list(order[start : start + per_call])
+        m = len(chunk)
         sub = data.subset(chunk)
         out = splice(
             sub, prompt=prompt, hooks=hooks, keys=[(tag, i) for i in chunk], captures=captures
         )
         rows = row_fn(out, sub, c)
-        if tokens is not None:
-            per_row = tokens[:, None].expand(c, len(chunk), *tokens.shape[1:])
-            per_row = per_row.reshape(c * len(chunk), *tokens.shape[1:])
-            logits = prompt_next_logits(splice, out)  # (C*m, n, V)
-            rows["xentropy"] = prompt_xentropy(logits, per_row, out.has_pre_last)
+        fluency: dict[str, torch.Tensor] = {}
+        if tokens is not None and start == 0:
+            pick = torch.arange(c, device=out.hidden.device) * m  # document order[0], candidate c
+            first = _rows_of(out, pick)
+            logits = prompt_next_logits(splice, first)  # (C, n, V)
+            fluency["xentropy"] = prompt_xentropy(logits, tokens, first.has_pre_last)
             if next_logits:
-                rows["next_logits"] = logits.float()
-        yield chunk, {k: v.reshape(c, len(chunk), *v.shape[1:]) for k, v in rows.items()}
+                fluency["next_logits"] = logits.float()
+        yield chunk, {k: v.reshape(c, m, *v.shape[1:]) for k, v in rows.items()}, fluency
+
+
+def _rows_of(out: SpliceOut, rows: torch.Tensor) -> SpliceOut:
+    """The rows ``rows`` of a forward's output (for the prompt positions only)."""
+    return SpliceOut(
+        hidden=out.hidden[rows],
+        mask=out.mask[rows],
+        n_prompt=out.n_prompt,
+        post_start=out.post_start[rows],
+        last=out.last[rows],
+        pre_last=out.pre_last[rows],
+        has_pre_last=out.has_pre_last[rows],
+    )
 
 
 class DocumentObjective(Differentiable):
@@ -151,7 +168,8 @@ class DocumentObjective(Differentiable):
         data = self.items(split)
         order = list(range(len(data))) if idx is None else list(idx)
         sums: dict[str, torch.Tensor] = {}
-        for _, rows in run_documents(
+        fluency: dict[str, torch.Tensor] = {}
+        for _, rows, flu in run_documents(
             self.splice,
             data,
             order,
@@ -164,9 +182,10 @@ class DocumentObjective(Differentiable):
             captures=self.captures,
             next_logits=next_logits,
         ):
+            fluency.update(flu)
             for name, v in rows.items():
                 sums[name] = sums[name] + v.sum(1) if name in sums else v.sum(1)
-        return self.transform({k: v / len(order) for k, v in sums.items()})
+        return self.transform({**{k: v / len(order) for k, v in sums.items()}, **fluency})
 
 
 class Standardised(DocumentObjective):

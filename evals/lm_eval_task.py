@@ -22,6 +22,7 @@ and candidate, whatever the engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,44 +44,94 @@ from blackbox.forward.splice import Items, Splice, SpliceOut
 PROMPT_PLACEMENTS = ("before_input", "after_input")
 
 
-def request_items(prep: PreparedSplit, placement: str) -> Items:
-    """One item per request, the continuation as its target, the prompt where ``placement``
-    says."""
-    pre, post, targets = [], [], []
-    for ctx, cont in prep.pairs:
-        if placement == "before_input":
-            pre.append([])
-            post.append(list(ctx) + list(cont))
-            targets.append((len(ctx), list(cont)))
-        elif placement == "after_input":
-            pre.append(list(ctx))
-            post.append(list(cont))
-            targets.append((0, list(cont)))
-        else:
-            raise ValueError(
-                f"placement {placement!r}: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}"
-            )
-    return Items(pre, post, targets=targets)
+@dataclass
+class ChoiceItems(Items):
+    """Items of an lm-eval split under a prompt: each item is one context with the
+    continuations read from it.
+
+    Attributes:
+        requests: per item, the request indices it scores.
+        choices: per item, each request's continuation ids.
+        offset: per item, where the continuations start in ``post``: the state at
+            ``post_start + offset - 1 + j`` predicts continuation token ``j``.
+    """
+
+    requests: list[list[int]] = field(default_factory=list)
+    choices: list[list[list[int]]] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+
+    def subset(self, idx: Sequence[int]) -> ChoiceItems:
+        idx = list(idx)
+        return ChoiceItems(
+            [self.pre[i] for i in idx],
+            [self.post[i] for i in idx],
+            requests=[self.requests[i] for i in idx],
+            choices=[self.choices[i] for i in idx],
+            offset=[self.offset[i] for i in idx],
+        )
+
+
+def request_items(prep: PreparedSplit, placement: str) -> ChoiceItems:
+    """The requests of a split as items, the prompt where ``placement`` says.
+
+    The requests of one document that share a context and whose continuations are one token
+    each (the choices of most multiple-choice tasks) become one item: the context runs once
+    and every choice is read at its last position.  Other requests are an item each, the
+    continuation appended (teacher forcing).
+    """
+    if placement not in PROMPT_PLACEMENTS:
+        raise ValueError(
+            f"placement {placement!r}: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}"
+        )
+    out = ChoiceItems([], [])
+    for reqs in prep.requests_of_doc:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r in reqs:
+            ctx, cont = prep.pairs[r]
+            key = tuple(ctx) if len(cont) == 1 else (-1 - r,)  # unique key: not shared
+            groups.setdefault(key, []).append(r)
+        for members in groups.values():
+            ctx = list(prep.pairs[members[0]][0])
+            conts = [list(prep.pairs[r][1]) for r in members]
+            tail = conts[0] if len(members) == 1 and len(conts[0]) > 1 else []
+            if placement == "before_input":
+                out.pre.append([])
+                out.post.append(ctx + tail)
+                out.offset.append(len(ctx))
+            else:
+                out.pre.append(ctx)
+                out.post.append(tail)
+                out.offset.append(0)
+            out.requests.append(members)
+            out.choices.append(conts)
+    return out
 
 
 def continuation_scores(splice: Splice, out: SpliceOut, items: Items, c: int) -> dict[str, Any]:
-    """Per row: the continuation's summed log-likelihood and whether every token is greedy."""
+    """Per item and choice: the continuation's summed log-likelihood and whether every token
+    is greedy -> ``{"ll": (R, K), "greedy": (R, K)}`` (``K`` the most choices of an item)."""
+    assert isinstance(items, ChoiceItems)
     dev = out.hidden.device
-    t_max = max(len(t) for _, t in items.targets)
-    offset = torch.zeros(len(items), t_max, dtype=torch.long, device=dev)
-    tgt = torch.zeros(len(items), t_max, dtype=torch.long, device=dev)
-    valid = torch.zeros(len(items), t_max, dtype=torch.bool, device=dev)
-    for i, (start, cont) in enumerate(items.targets):
-        m = len(cont)
-        offset[i, :m] = start - 1 + torch.arange(m, device=dev)
-        tgt[i, :m] = torch.tensor(cont, device=dev)
-        valid[i, :m] = True
-    offset, tgt, valid = offset.repeat(c, 1), tgt.repeat(c, 1), valid.repeat(c, 1)
-    h = states_before(out, out.post_start[:, None] + offset)  # (R, T, d)
-    logp = torch.log_softmax(splice.logits(h).float(), dim=-1)  # (R, T, V)
-    tok = logp.gather(2, tgt[..., None])[..., 0] * valid
-    hit = (logp.argmax(-1) == tgt) | ~valid
-    return {"ll": tok.sum(1), "greedy": hit.all(1).float()}
+    k_max = max(len(ch) for ch in items.choices)
+    t_max = max(len(cont) for ch in items.choices for cont in ch)
+    m = len(items)
+    offset = torch.zeros(m, k_max, t_max, dtype=torch.long, device=dev)
+    tgt = torch.zeros(m, k_max, t_max, dtype=torch.long, device=dev)
+    valid = torch.zeros(m, k_max, t_max, dtype=torch.bool, device=dev)
+    for i, (start, conts) in enumerate(zip(items.offset, items.choices)):
+        for k, cont in enumerate(conts):
+            n = len(cont)
+            offset[i, k, :n] = start - 1 + torch.arange(n, device=dev)
+            tgt[i, k, :n] = torch.tensor(cont, device=dev)
+            valid[i, k, :n] = True
+    offset, tgt, valid = (
+        x.repeat(c, 1, 1).reshape(c * m, k_max * t_max) for x in (offset, tgt, valid)
+    )
+    h = states_before(out, out.post_start[:, None] + offset)  # (R, K*T, d)
+    logp = torch.log_softmax(splice.logits(h).float(), dim=-1)  # (R, K*T, V)
+    tok = (logp.gather(2, tgt[..., None])[..., 0] * valid).reshape(c * m, k_max, t_max)
+    hit = ((logp.argmax(-1) == tgt) | ~valid).reshape(c * m, k_max, t_max)
+    return {"ll": tok.sum(2), "greedy": hit.all(2).float()}
 
 
 class LMEvalTask(Differentiable):
@@ -146,7 +197,7 @@ class LMEvalTask(Differentiable):
         self.splice = Splice(lm.model, cache_mb=cache_mb)
         self._prepared: dict[str, PreparedSplit] = {}
         self._heads: dict[tuple[str, int], PreparedSplit] = {}
-        self._items: dict[tuple[str, int | None], Items] = {}
+        self._items: dict[tuple[str, Any], Any] = {}
         self._gold: dict[str, list[int]] = {}
 
     @classmethod
@@ -234,7 +285,7 @@ class LMEvalTask(Differentiable):
         return self._gold[split]
 
     def _request_items(self, split: str) -> Items:
-        key = (split, None)
+        key = (split, "items")
         if key not in self._items:
             self._items[key] = request_items(self.prepared(split), self.placement)
         return self._items[key]
@@ -321,32 +372,52 @@ class LMEvalTask(Differentiable):
 
         Returns:
             ``(C, R)`` continuation log-likelihoods (differentiable), ``(C, R)`` greedy flags
-            and, for token prompts, ``{"xentropy": (C,)}`` (and ``"next_logits"``) averaged
-            over the requests.
+            and, for token prompts, ``{"xentropy": (C,)}`` (and ``"next_logits"``), the
+            prompt's fluency in the context of the first document.
         """
         prep = self.prepared(split)
+        items = self._request_items(split)
+        doc_items = self._doc_items(split)
+        order = [i for d in docs for i in doc_items[d]]
         reqs = [r for d in docs for r in prep.requests_of_doc[d]]
-        ll, greedy, means = [], [], {}
-        for _, rows in run_documents(
+        col = {r: j for j, r in enumerate(reqs)}
+        c = int(prompt.shape[0])
+        ll = torch.zeros(c, len(reqs), device=self.splice.device)
+        greedy = torch.zeros(c, len(reqs), dtype=torch.bool)
+        fluency: dict[str, torch.Tensor] = {}
+        parts_ll, parts_cols = [], []
+        for chunk, rows, flu in run_documents(
             self.splice,
-            self._request_items(split),
-            reqs,
+            items,
+            order,
             f"{split}/{self.placement}",
-            lambda out, items, c: continuation_scores(self.splice, out, items, c),
+            lambda out, its, c: continuation_scores(self.splice, out, its, c),
             max_rows=self.max_rows,
             prompt=prompt,
             tokens=tokens,
             next_logits=next_logits,
         ):
-            ll.append(rows.pop("ll"))
-            greedy.append(rows.pop("greedy").bool().cpu())
-            for k, v in rows.items():
-                means[k] = means[k] + v.sum(1) if k in means else v.sum(1)
-        return (
-            torch.cat(ll, 1),
-            torch.cat(greedy, 1),
-            {k: v / max(1, len(reqs)) for k, v in means.items()},
-        )
+            fluency.update(flu)
+            for j, i in enumerate(chunk):
+                for k, r in enumerate(items.requests[i]):
+                    parts_ll.append(rows["ll"][:, j, k])
+                    parts_cols.append(col[r])
+                    greedy[:, col[r]] = rows["greedy"][:, j, k].bool().cpu()
+        if parts_ll:  # differentiable assembly (no in-place writes into a leaf)
+            ll = torch.stack(parts_ll, 1)[:, np.argsort(parts_cols)]
+        return ll, greedy, fluency
+
+    def _doc_items(self, split: str) -> list[list[int]]:
+        """Per document of the split, the items holding its requests."""
+        key = (split, "docs")
+        if key not in self._items:
+            prep, items = self.prepared(split), self._request_items(split)
+            owner = {r: d for d, reqs in enumerate(prep.requests_of_doc) for r in reqs}
+            out: list[list[int]] = [[] for _ in range(prep.n_docs)]
+            for i, members in enumerate(items.requests):
+                out[owner[members[0]]].append(i)
+            self._items[key] = out  # type: ignore[assignment]
+        return self._items[key]  # type: ignore[return-value]
 
     def stats(
         self,

@@ -12,18 +12,19 @@ from blackbox.evals.documents import layout
 from blackbox.evals.fluency import FluencyObjective
 
 
-def test_fluency_is_minus_the_prompts_cross_entropy(tiny_llama, tokenizer) -> None:
+def test_fluency_is_minus_the_prompts_cross_entropy_in_the_first_document(
+    tiny_llama, tokenizer
+) -> None:
     items = layout(tokenizer, ["Once upon", "The sea"], placement="after_input")[0]
     obj = FluencyObjective(tiny_llama, {"search": items})
     ids = np.random.default_rng(0).integers(100, 49000, size=(2, 4)).tolist()
     ev = obj.evaluate(PromptIntervention.of_ids(ids))
+    pre = items.pre[0]  # fluency is measured in the first document's context
     for c in range(2):
-        ces = []
-        for pre in items.pre:
-            full = torch.tensor([pre + ids[c]])
-            with torch.no_grad():
-                logits = tiny_llama(input_ids=full).logits[0]
-            ces.append(float(F.cross_entropy(logits[len(pre) - 1 : -1], full[0, len(pre) :])))
-        assert ev.values[c] == pytest.approx(-np.mean(ces), abs=1e-5)
+        full = torch.tensor([pre + ids[c]])
+        with torch.no_grad():
+            logits = tiny_llama(input_ids=full).logits[0]
+        ce = float(F.cross_entropy(logits[len(pre) - 1 : -1], full[0, len(pre) :]))
+        assert ev.values[c] == pytest.approx(-ce, abs=1e-5)
     with pytest.raises(ValueError, match="token prompts only"):
         obj.evaluate(PromptIntervention.of_embeddings([torch.zeros(2, 64)]))

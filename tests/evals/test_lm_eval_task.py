@@ -188,11 +188,18 @@ def _plain_request_scores(model, prep, prompt, placement):
     return lls, greedy
 
 
+@pytest.mark.parametrize("task_name", ["bb_rotten_tomatoes", "bb_social_iqa"])
 @pytest.mark.parametrize("placement", ["before_input", "after_input"])
-def test_prompt_metrics_are_lm_evals_on_the_spliced_sequence(placement, tiny_llama, tokenizer):
+def test_prompt_metrics_are_lm_evals_on_the_spliced_sequence(
+    placement, task_name, tiny_llama, tokenizer
+):
+    """One-token choices share their context's item; multi-token ones are teacher-forced."""
     obj, _, _, task = _objective(
-        tiny_llama, tokenizer, "bb_rotten_tomatoes", range(6), placement=placement, max_rows=5
+        tiny_llama, tokenizer, task_name, range(6), placement=placement, max_rows=5
     )
+    items = obj._request_items("search")
+    shared = task_name == "bb_rotten_tomatoes"
+    assert (len(items) == 6) == shared and len(items.requests[0]) == (2 if shared else 1)
     prep = obj.prepared("search")
     soft = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(0)) * 0.05
     ev = obj.evaluate(PromptIntervention.of_embeddings(list(soft)))
