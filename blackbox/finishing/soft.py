@@ -130,7 +130,7 @@ class SoftFinisher(Finisher):
     ) -> list[Path]:
         from safetensors.torch import save_file
 
-        from blackbox.study.rundir import masked
+        from blackbox.masking import masked
 
         target = Path(out) if out is not None else Path(run_dir) / "soft_prompt.safetensors"
         z_t = p.space.encode([candidate])[0] if z is None else z

@@ -14,8 +14,8 @@ from blackbox.finishing.base import Finisher
 
 def front_from_trials(study: Any) -> list[dict[str, Any]]:
     """The Pareto front (objective up, cross-entropy down) over every recorded evaluation."""
+    from blackbox.finishing.plots import search_trials
     from blackbox.pareto import non_dominated
-    from blackbox.report.run import search_trials
 
     rows = [
         t

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.report.run import best_so_far
+from blackbox.finishing.plots import best_so_far
 
 
 @dataclass

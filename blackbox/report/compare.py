@@ -25,9 +25,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from blackbox.masking import mask_url
 from blackbox.report import aggregate as agg
 from blackbox.report.aggregate import RunCurve
-from blackbox.study.storage import StorageError, make_storage, mask_url
+from blackbox.study.storage import StorageError, make_storage
 
 DB_NAMES = ("compare.db", "study.db", "tune.db")
 

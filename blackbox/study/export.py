@@ -29,9 +29,9 @@ def export_run(
         storage: the storage URL when the run's is not in the directory (its password is
             masked in the saved config).
     """
+    from blackbox.finishing.plots import search_trials
     from blackbox.finishing.registry import FINISHERS
     from blackbox.models import load_model
-    from blackbox.report.run import search_trials
     from blackbox.search_spaces.registry import SPACES
     from blackbox.study.pipeline import Prepared
 

@@ -24,6 +24,7 @@ import numpy as np
 from blackbox.api import Problem
 from blackbox.config.base import ConfigError
 from blackbox.config.schema import StudyConfig
+from blackbox.masking import mask_url
 from blackbox.strategies import make_strategy
 from blackbox.strategies.base import Box
 from blackbox.study.context import BuildContext
@@ -35,7 +36,6 @@ from blackbox.study.rundir import (
     seed_everything,
 )
 from blackbox.study.runner import Budget, Runner, RunSummary
-from blackbox.study.storage import mask_url
 
 
 @dataclass
@@ -277,8 +277,8 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
 
 def execute(p: Prepared, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
+    from blackbox.finishing.plots import plot_run
     from blackbox.finishing.registry import FINISHERS
-    from blackbox.report.run import plot_run
 
     study, url, runner = start_run(p, run_dir, progress)
     summary = runner.run()

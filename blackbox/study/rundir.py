@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from blackbox.config.base import ConfigError
-from blackbox.study.storage import StorageError, mask_url, open_study
+from blackbox.masking import masked
+from blackbox.study.storage import StorageError, open_study
 
 
 def atomic_text(path: Path, text: str) -> None:
@@ -27,13 +28,6 @@ def atomic_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def masked(resolved: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config with its storage password masked."""
-    if resolved.get("storage"):
-        resolved = dict(resolved, storage=mask_url(resolved["storage"]))
-    return resolved
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,6 @@ import importlib.util
 import math
 import os
 import random
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import sqlalchemy.exc
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from blackbox.masking import mask_url
 from blackbox.strategies.base import Box
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,9 +36,6 @@ class StorageError(ValueError):
     """The storage cannot be reached or holds an incompatible study (one-line message)."""
 
 
-def mask_url(url: str) -> str:
-    """Hide the password of a storage URL (``postgresql://user:***@host/db``)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def distributions(box: Box) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def _sampler(cfg: Any, has_integer: bool) -> Any:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker (or spawn ``--workers`` of them)."""
     cfg, url = _check(args)
-    from blackbox.study.storage import make_storage, mask_url, open_study
+    from blackbox.masking import mask_url
+    from blackbox.study.storage import make_storage, open_study
     from blackbox.study.worker import Worker, install_sigint, retry_callback, search_counts
 
     if args.workers > 1:

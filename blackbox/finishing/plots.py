@@ -1,4 +1,5 @@
-"""Plots and tables of a run, rebuilt from its Optuna storage alone."""
+"""A run's plots (best so far, the steering landscape) and the trial queries behind them,
+rebuilt from its Optuna storage alone (a leaf: optuna, numpy and matplotlib only)."""
 
 from __future__ import annotations
 
