@@ -102,6 +102,13 @@ def check_study(cfg: Any) -> None:
         )
     settings = dict(cfg.strategy.settings)
     why = strategy_reason(space_cls.traits, obj_cls.traits, strat_cls.traits_for(settings))
+    default_ok = strategy_reason(space_cls.traits, obj_cls.traits, strat_cls.traits_for({})) is None
+    if why and default_ok:  # the settings are the problem (nevergrad's CMA on token ids, ...)
+        hint = getattr(strat_cls, "discrete_hint", "its default settings")
+        raise ConfigError(
+            f"config: strategy.settings: {cfg.strategy.name!r} with {settings} cannot search "
+            f"{SPACE_NOUN.get(space_name, space_name)}: {why}; use {hint}"
+        )
     if why:
         name = cfg.strategy.name
         fits = [

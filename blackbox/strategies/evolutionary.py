@@ -94,6 +94,10 @@ class Nevergrad(Strategy):
 
     name: ClassVar[str] = "nevergrad"
     traits = StrategyTraits(ordinal=True)
+    discrete_hint: ClassVar[str] = (
+        "a discrete optimizer on token ids: DiscreteOnePlusOne, DiscreteLenglerOnePlusOne, "
+        "NGOpt, Portfolio or RandomSearch"
+    )
     settings_schema: ClassVar[type] = NevergradSettings
 
     @classmethod

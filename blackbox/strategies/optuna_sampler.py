@@ -95,6 +95,7 @@ class OptunaSampler(Strategy):
     """
 
     name: ClassVar[str] = "optuna"
+    discrete_hint: ClassVar[str] = "sampler tpe, random or nsga2 on token ids"
     settings_schema: ClassVar[type] = OptunaSettings
 
     @classmethod

@@ -219,3 +219,22 @@ def test_combinations_are_checked_before_any_model_loads(edit, message: str) -> 
     with pytest.raises(ConfigError) as info:
         validate(data)
     assert str(info.value) == message
+
+
+def test_settings_that_cannot_meet_the_space_say_what_would() -> None:
+    data = yaml.safe_load((STUDIES / "dream_neuron.yaml").read_text())
+    bad = apply_overrides(data, ["strategy.name=nevergrad", "strategy.settings={optimizer: CMA}"])
+    with pytest.raises(
+        ConfigError,
+        match=r"'nevergrad' with \{'optimizer': 'CMA'\} cannot search "
+        r"a token space .*; use a discrete optimizer on token ids: ",
+    ):
+        validate(bad)
+    ok = apply_overrides(
+        data, ["strategy.name=nevergrad", "strategy.settings={optimizer: DiscreteOnePlusOne}"]
+    )
+    assert validate(ok).strategy.settings["optimizer"] == "DiscreteOnePlusOne"
+    with pytest.raises(ConfigError, match="sampler tpe, random or nsga2"):
+        validate(
+            apply_overrides(data, ["strategy.name=optuna", "strategy.settings={sampler: cmaes}"])
+        )
