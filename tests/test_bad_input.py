@@ -145,6 +145,28 @@ CASES: list[Case] = [
         "must be lm-eval tasks: see `lm_eval ls tasks`)",
     ),
     (
+        "a strategy that cannot search the space",
+        _set("strategy.name=adam"),
+        "config: strategy.name: 'adam' cannot search a steering space (integer layers and "
+        "coefficients, applied as hooks): it takes gradient steps on continuous coordinates; "
+        "strategies for steering with lm_eval_task: nevergrad, optuna, pso, random; 'adam' "
+        "works on: soft_prompt",
+    ),
+    (
+        "an internal objective under steering without documents",
+        lambda tmp, a: (
+            {
+                **{k: v for k, v in _config(a).items() if k != "task"},
+                "objective": {"type": "neuron", "layer": 3, "index": 1},
+            },
+            [],
+            {},
+        ),
+        "config: objective.prompts: steering has no prompt of its own, so 'neuron' must be "
+        "measured over a prompt set; give objective.prompts (a list) or objective.prompts_file "
+        "(one prompt per line)",
+    ),
+    (
         "unknown strategy",
         _set("strategy.name=annealing"),
         "config: strategy.name: unknown name 'annealing'; allowed: ['adam', 'epo', 'gcg', 'nevergrad', 'optuna', 'pso', 'random', 'token_ga']",

@@ -121,3 +121,15 @@ def test_quiet_lm_eval_silences_progress_bars(bundled_data_dir: Path, capfd: Any
         task = load_tasks("bb_navigate")["bb_navigate"]
         task.build_all_requests(limit=20, rank=0, world_size=1)
     assert "it/s" not in capfd.readouterr().err
+
+
+def test_a_task_yaml_path_is_a_task(bundled_data_dir: Path, tmp_path: Path) -> None:
+    """A user's own task YAML (here a renamed copy of a bundled one) loads by its path."""
+    from blackbox.evals.lm_eval_splits import load_task
+    from blackbox.evals.lm_eval_tasks import materialise_tasks
+
+    src = (materialise_tasks() / "bb_rotten_tomatoes.yaml").read_text()
+    path = tmp_path / "my_task.yaml"
+    path.write_text(src.replace("task: bb_rotten_tomatoes", "task: my_task"))
+    task = load_task(str(path))
+    assert task.config.task == "my_task" and len(task.dataset["test"]) > 100
