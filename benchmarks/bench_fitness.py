@@ -150,8 +150,15 @@ def main() -> None:
             ev = p.problem.evaluate(cands)
             seconds = time.perf_counter() - t0
         values[dtype] = ev.values
-        resumed = "trunk resume" if p.objective.scorer.resume_ok else "full forwards"
-        rows[f"fast path {dtype} ({resumed})"] = (len(cands) / seconds, mem.peak)
+        resumed = "trunk resume" if p.objective.scorer.resume_ok else "FULL FORWARDS"
+        search = p.objective.prepared("search")
+        if search.rows.parents is not None:
+            packed = "packed"
+        elif p.objective.scorer.packing is False:
+            packed = "UNPACKED: packing check failed"
+        else:
+            packed = "plain rows"
+        rows[f"fast path {dtype} ({resumed}, {packed})"] = (len(cands) / seconds, mem.peak)
         if dtype != "float32, plain rows":
             assert p.objective.prepared("search").pack == (p.objective.scorer.packing is not False)
 

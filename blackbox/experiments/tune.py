@@ -206,6 +206,7 @@ def tune_runs(
     fingerprint: str = "",
     make: Callable[..., Any] = make_strategy,
     progress: bool = False,
+    baselines: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Run (or resume) the outer study until it holds ``settings.trials`` finished trials.
 
@@ -223,6 +224,7 @@ def tune_runs(
         fingerprint: the inner study config's fingerprint.
         make: strategy factory (``make_strategy``'s signature).
         progress: show inner progress bars.
+        baselines: reference candidates every inner run scores first (default: the space's).
     """
     from blackbox.experiments.compare import reset_objective
 
@@ -270,6 +272,7 @@ def tune_runs(
             heldout_split=None,
             progress=progress,
             on_generation=checkpoint_reporter(trial, run_budget, settings.checkpoints),
+            baselines=baselines,
         ).run()
         trial.set_user_attr("evaluations", summary.evaluations)
         trial.set_user_attr("cost", summary.search_cost)
@@ -339,6 +342,7 @@ def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.
         f"tune_{s.name}",
         fingerprint=s.fingerprint(ignore=("budget", "storage", "strategy")),
         progress=progress,
+        baselines=prepared.baselines,
     )
     best = study.best_trial
     tuned = tuned_config(cfg.study, best.params)

@@ -251,3 +251,21 @@ def test_gold_loss_is_differentiable_and_minibatches_average(tiny_llama, tokeniz
     parts = [float(obj.loss(soft.detach(), idx=[d])[0]) for d in (1, 4)]
     assert float(loss[0].detach()) == pytest.approx(np.mean(parts), abs=1e-5)
     assert obj.gradient_cost([1, 4]) == 3 * 2  # documents, a backward counting two
+
+
+def test_packing_is_checked_on_an_fp32_probe_so_bf16_keeps_it(tiny_llama, tokenizer) -> None:
+    """Whether packed rows are right depends on masks and positions, not on the dtype: a bf16
+    model keeps the packed fast path (its own-precision check used to switch it off)."""
+    import copy
+
+    from blackbox.evals import lm_eval_requests
+
+    lm_eval_requests._PACKING_VERDICTS.clear()
+    bf16 = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    obj, *_ = _objective(bf16, tokenizer, "bb_social_iqa", range(8))
+    prep = obj.prepared("search")
+    assert obj.scorer.packing is True and prep.rows.parents is not None
+    assert list(lm_eval_requests._PACKING_VERDICTS.values()) == [True]
+    probe = lm_eval_requests.fp32_probe(bf16)
+    assert next(probe.parameters()).dtype == torch.float32
+    assert len(probe.model.layers) == 2 and type(probe) is type(bf16)
