@@ -105,7 +105,8 @@ class Runner:
         objective: scores the space's interventions (higher is better).
         strategy: the ask/tell strategy over ``space.box``.
         study: the Optuna study receiving one trial per evaluation.
-        budget: when to stop.
+        budget: when to stop; a cost budget truncates the last batch, so a run never spends
+            more than it (but for a strategy's own gradient work when nothing is left to score).
         search_split: the objective split searched on.
         heldout_split: the split the best candidate is re-scored on (``None``, or a split the
             objective does not have: skip).
@@ -164,10 +165,12 @@ class Runner:
         candidates: list[Any] | None = None,
         labels: list[str] | None = None,
         rows: list[np.ndarray | None] | None = None,
+        extra: float = 0.0,
     ) -> tuple[list[Scored], int, float]:
         """Score rows of ``x``, or ``candidates`` with their box ``rows`` (``None`` for a
         baseline, which need not be a point of the box: recorded without params), reading
-        recorded ones from ``memo``; record the new ones."""
+        recorded ones from ``memo``; record the new ones.  ``extra``: the strategy's own work
+        for this batch (gradients), charged to the new evaluations."""
         cands = self.space.decode(x) if candidates is None else list(candidates)
         xs: list[np.ndarray | None] = (
             [x[i] for i in range(len(x))]
@@ -192,9 +195,7 @@ class Runner:
                     float(t.user_attrs.get("cost") or 0.0),
                 )
         cost = 0.0
-        # a strategy's own work (gradients) for this batch; replayed batches were charged
-        # when they were recorded, so their extra is dropped
-        extra = float(getattr(self.strategy, "pop_extra_cost", lambda: 0.0)())
+        # replayed batches were charged their extra when they were recorded: it is dropped
         if todo:
             t0 = time.perf_counter()
             ev = self._evaluate([cands[i] for i in todo], split)
@@ -223,6 +224,12 @@ class Runner:
                 add_record(self.study, self.space.box, xs[i], value, attrs)
                 out[i] = Scored(xs[i], cands[i], value, dict(metrics), cost / len(todo))
         return [s for s in out if s is not None], len(cands) - len(todo), cost
+
+    def _affordable(self, remaining: float) -> int:
+        """How many new candidates ``remaining`` forward-pass equivalents pay for (each costs
+        one per document of the search split; repeats, which cost nothing, are not counted on)."""
+        per = float(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
+        return int(np.floor(remaining / max(per, 1e-9) + 1e-9))
 
     def run(self) -> RunSummary:
         """Run (or resume) the study; returns the summary."""
@@ -269,9 +276,15 @@ class Runner:
                 if self.budget.cost is not None and search_cost >= self.budget.cost:
                     break
                 x = self.strategy.ask()
+                extra = float(getattr(self.strategy, "pop_extra_cost", lambda: 0.0)())
                 n = len(x) if total is None else min(len(x), total - done)
+                if self.budget.cost is not None:  # never past the budget: truncate the batch
+                    n = min(n, self._affordable(self.budget.cost - search_cost - extra))
+                    if n <= 0:
+                        search_cost += extra  # spent by the strategy, nothing left to score
+                        break
                 scored, r, c = self._score_batch(
-                    "search", generation, x[:n], self.search_split, memo
+                    "search", generation, x[:n], self.search_split, memo, extra=extra
                 )
                 resumed, cost = resumed + r, cost + c
                 search_cost += sum(s.cost for s in scored)  # replayed ones at their recorded cost

@@ -117,8 +117,8 @@ def test_cost_budget_stops_and_replayed_cost_counts(tmp_path) -> None:
         progress=False,
     )
     s = run.run()
-    assert s.evaluations == 24  # 4 generations of 6 (cost 1 each) pass 20 after the 4th
-    assert s.search_cost == 24
+    assert s.evaluations == 20  # 3 generations of 6 (cost 1 each), then 2 of the 4th
+    assert s.search_cost == 20
     again = Runner(
         space,
         FunctionObjective(FN),
@@ -127,4 +127,22 @@ def test_cost_budget_stops_and_replayed_cost_counts(tmp_path) -> None:
         Budget(cost=20),
         progress=False,
     ).run()
-    assert again.search_cost == 24 and again.resumed == again.evaluations + 1
+    assert again.search_cost == 20 and again.resumed == again.evaluations + 1
+
+
+@pytest.mark.parametrize("name", ["pso", "nevergrad", "optuna", "random"])
+def test_no_strategy_spends_more_than_its_cost_budget(name, tmp_path) -> None:
+    from blackbox.strategies import make_strategy
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    strategy = make_strategy(name, BOX, seed=0, population=8)
+    s = Runner(
+        BoxSpace(BOX),
+        FunctionObjective(FN),
+        strategy,
+        open_study(url, "t", BOX, "fp"),
+        Budget(cost=37),
+        progress=False,
+    ).run()
+    # 4 batches of 8 and 5 of the 5th (repeats served from the cache are free: maybe more)
+    assert s.search_cost == 37 and s.evaluations >= 37
