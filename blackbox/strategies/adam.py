@@ -80,6 +80,15 @@ class Adam(Strategy):
         cost, self._extra = self._extra, 0.0
         return cost
 
+    def ask_cost(self) -> float:
+        """Forward-pass equivalents the next :meth:`ask`'s gradient steps spend."""
+        if self.problem is None:
+            return 0.0
+        n_items = self.problem.n_examples("search")
+        m = self.config.minibatch
+        idx = None if m == 0 or m >= n_items else list(range(m))
+        return self.config.steps * self.problem.gradient_cost(idx)
+
     def _step(self) -> None:
         n_items = self.problem.n_examples("search")
         m = self.config.minibatch

@@ -70,6 +70,16 @@ class GradientGuided(Strategy):
         cost, self._extra_cost = self._extra_cost, 0.0
         return cost
 
+    def ask_cost(self) -> float:
+        """Forward-pass equivalents the next :meth:`ask` spends before anything is scored (its
+        gradient pass), so a runner with a cost budget stops before paying for nothing."""
+        if self.problem is None or not self.uses_gradients or not self._has_parents():
+            return 0.0
+        return self.population * self.problem.gradient_cost()
+
+    def _has_parents(self) -> bool:
+        return True
+
     def tell(self, x: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None) -> None:
         """As :meth:`Strategy.tell`; ``extra`` ``(n, k)`` carries the cross-entropy in column 0."""
         self._last_extra = None if extra is None else np.asarray(extra, dtype=float)
@@ -199,6 +209,9 @@ class EPO(GradientGuided):
     @property
     def batch_size(self) -> int:
         return self.population * self.children
+
+    def _has_parents(self) -> bool:
+        return self.parents is not None or self.init is not None
 
     def _ask(self, n: int) -> np.ndarray:
         fresh = False

@@ -80,6 +80,9 @@ class TokenGA(GradientGuided):
         self.pop_x: np.ndarray | None = None  # (P, n)
         self.pop_fit = np.zeros(0)
 
+    def _has_parents(self) -> bool:
+        return self.pop_x is not None
+
     def _ask(self, n: int) -> np.ndarray:
         if self.pop_x is None:
             return self.box.sample(n, self.rng)

@@ -273,8 +273,10 @@ class Runner:
                     and time.perf_counter() - t_start >= self.budget.seconds
                 ):
                     break
-                if self.budget.cost is not None and search_cost >= self.budget.cost:
-                    break
+                if self.budget.cost is not None:
+                    ahead = float(getattr(self.strategy, "ask_cost", lambda: 0.0)())
+                    if self._affordable(self.budget.cost - search_cost - ahead) <= 0:
+                        break  # not even one candidate after the strategy's own work
                 x = self.strategy.ask()
                 extra = float(getattr(self.strategy, "pop_extra_cost", lambda: 0.0)())
                 n = len(x) if total is None else min(len(x), total - done)

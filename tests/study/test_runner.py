@@ -146,3 +146,31 @@ def test_no_strategy_spends_more_than_its_cost_budget(name, tmp_path) -> None:
     ).run()
     # 4 batches of 8 and 5 of the 5th (repeats served from the cache are free: maybe more)
     assert s.search_cost == 37 and s.evaluations >= 37
+
+
+@pytest.mark.parametrize("name", ["epo", "token_ga", "gcg"])
+def test_gradient_strategies_stop_before_paying_for_nothing(name, tmp_path, tiny_llama, tokenizer):
+    """A strategy's gradient pass is paid before its candidates: the runner asks only when the
+    budget still pays for the gradients and at least one candidate."""
+    from blackbox.evals.activation import NeuronObjective
+    from blackbox.evals.documents import layout
+    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.strategies import make_strategy
+
+    space = TokenSpace(tokenizer, n_tokens=3)
+    items = layout(tokenizer, ["Hi", "Why?"], chat=True)[0]
+    obj = NeuronObjective(tiny_llama, {"search": items}, 2, 5)
+    obj.enable_fluency()
+    settings = {"token_ga": {"mutation": {"gradient_topk": 1.0}}}.get(name, {})
+    strategy = make_strategy(name, space.box, seed=0, population=2, **settings)
+    box = space.box
+    s = Runner(
+        space,
+        obj,
+        strategy,
+        open_study(f"sqlite:///{tmp_path / 'g.db'}", "t", box, "fp"),
+        Budget(cost=61),
+        progress=False,
+        baselines={},
+    ).run()
+    assert 40 < s.search_cost <= 61, s.search_cost
