@@ -36,8 +36,6 @@ class StorageError(ValueError):
     """The storage cannot be reached or holds an incompatible study (one-line message)."""
 
 
-
-
 def distributions(box: Box) -> dict[str, Any]:
     """Optuna distributions of the box's dimensions (ints for integer dims)."""
     out: dict[str, Any] = {}

@@ -217,3 +217,76 @@ def test_the_shipped_soft_prompt_compare_config_validates() -> None:
     cfg = load_compare(Path(__file__).parents[2] / "studies/compare_soft_rotten_tomatoes.yaml")
     assert [s.key for s in cfg.strategies] == ["adam", "cma-nevergrad", "cma-optuna", "random"]
     assert cfg.study.space.type == "soft_prompt" and cfg.study.space.subspace_dim == 64
+
+
+def test_the_shipped_intervention_compare_config_validates() -> None:
+    cfg = load_compare(Path(__file__).parents[2] / "studies/compare_interventions.yaml")
+    assert cfg.tasks == ["bb_rotten_tomatoes", "bb_sports_understanding"]
+    spaces = {s.key: s.space or "study" for s in cfg.strategies}
+    assert set(spaces.values()) == {"study", "tokens", "soft_full", "soft_sub"}
+    assert (
+        cfg.spaces["soft_sub"].subspace_dim == 64 and cfg.spaces["soft_full"].subspace_dim is None
+    )
+
+
+@pytest.mark.slow
+def test_compare_across_interventions_and_tasks_on_a_tiny_model(
+    tmp_path, tiny_llama, tokenizer
+) -> None:
+    """Steering, a token prompt and a soft prompt (random search and Adam) on two lm-eval tasks,
+    one budget: one study per task x entry x seed, every budget held, one report per task and
+    an index."""
+    import torch
+
+    from blackbox.cli import main
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    torch.save(torch.ones(4, 64), tmp_path / "v.pt")
+    soft = {"type": "soft_prompt", "n_tokens": 2, "placement": "after_input", "init": "random"}
+    cfg = {
+        "study": {
+            "name": "tiny",
+            "model": {"name": str(tmp_path / "model"), "device": "cpu"},
+            "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
+            "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
+        },
+        "spaces": {
+            "tok": {"type": "tokens", "n_tokens": 2, "placement": "after_input"},
+            "soft_sub": {**soft, "subspace_dim": 4, "projection": {"enabled": False}},
+            "soft_full": {**soft, "projection": {"enabled": False}},
+        },
+        "tasks": ["bb_rotten_tomatoes", "bb_sports_understanding"],
+        "strategies": [
+            {"label": "steer", "name": "random", "population": 2},
+            {"label": "tokens", "space": "tok", "name": "random", "population": 2},
+            {"label": "soft", "space": "soft_sub", "name": "random", "population": 2},
+            {"label": "adam", "space": "soft_full", "name": "adam", "settings": {"minibatch": 0}},
+        ],
+        "seeds": [0],
+        "budget": {"cost": 12},
+    }
+    path = _write(tmp_path, cfg)
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0
+    url = f"sqlite:///{out / 'compare.db'}"
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
+    tasks, labels = cfg["tasks"], ["adam", "soft", "steer", "tokens"]
+    assert sorted(summaries) == [f"tiny/{t}/{k}/seed0" for t in tasks for k in labels]
+    for name in summaries:
+        trials, _ = _search(url, name)
+        spent = sum(float(t.user_attrs.get("cost") or 0) for t in trials)
+        assert 0 < spent <= 12 + 1e-9, (name, spent)  # one budget, held by every intervention
+    attrs = {n.split("/")[2]: summaries[n].user_attrs for n in summaries}
+    assert {k: a["space"] for k, a in attrs.items()} == {
+        "steer": None,
+        "tokens": "tok",
+        "soft": "soft_sub",
+        "adam": "soft_full",
+    }
+    assert len({a["space_signature"] for a in attrs.values()}) == 4  # four distinct boxes
+    index = (out / "report.md").read_text()
+    for task in tasks:
+        text = (out / task / "report.md").read_text()
+        assert all(f"| {k} | 1 |" in text for k in labels), text
+        assert f"({task}/report.md)" in index
