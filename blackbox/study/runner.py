@@ -8,6 +8,7 @@ A run killed at any point resumes from its last complete batch.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,12 @@ class Progress:
     best: float
 
 
+def _recorded_extra(attrs: dict[str, Any]) -> tuple[float, ...] | None:
+    """The secondary values a record carries (``attrs["extra"]``, in recorded order)."""
+    extra = attrs.get("extra")
+    return None if not extra else tuple(float(v) for v in extra.values())
+
+
 @dataclass
 class Scored:
     """One recorded evaluation (``x`` is ``None`` for a baseline that is not a box point)."""
@@ -64,6 +71,7 @@ class Scored:
     value: float
     metrics: dict[str, Any]
     cost: float = 0.0
+    extra: tuple[float, ...] | None = None  # the objective's secondary values (fluency, ...)
 
 
 @dataclass
@@ -193,6 +201,7 @@ class Runner:
                     Memo.value(t),
                     dict(t.user_attrs.get("metrics", {})),
                     float(t.user_attrs.get("cost") or 0.0),
+                    _recorded_extra(t.user_attrs),
                 )
         cost = 0.0
         # replayed batches were charged their extra when they were recorded: it is dropped
@@ -222,8 +231,20 @@ class Runner:
                     ]
                     attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
                 add_record(self.study, self.space.box, xs[i], value, attrs)
-                out[i] = Scored(xs[i], cands[i], value, dict(metrics), cost / len(todo))
+                row = None if ev.extra is None else tuple(map(float, ev.extra[j]))
+                out[i] = Scored(xs[i], cands[i], value, dict(metrics), cost / len(todo), row)
         return [s for s in out if s is not None], len(cands) - len(todo), cost
+
+    def _tell(self, x: np.ndarray, values: np.ndarray, scored: list[Scored]) -> None:
+        """Tell the strategy; one that reads the objective's secondary values (EPO's fluency)
+        gets them from the batch, replayed ones from their records, so a resumed run never
+        pays to measure them again."""
+        rows = [s.extra for s in scored]
+        takes_extra = "extra" in inspect.signature(self.strategy.tell).parameters
+        if takes_extra and rows and all(r is not None for r in rows):
+            self.strategy.tell(x, values, extra=np.array(rows, dtype=float))
+        else:
+            self.strategy.tell(x, values)
 
     def _affordable(self, remaining: float) -> int:
         """How many new candidates ``remaining`` forward-pass equivalents pay for (each costs
@@ -292,7 +313,7 @@ class Runner:
                 search_cost += sum(s.cost for s in scored)  # replayed ones at their recorded cost
                 values = np.array([s.value for s in scored])
                 if n == len(x):
-                    self.strategy.tell(x, values)
+                    self._tell(x, values, scored)
                 for s in scored:
                     if math.isfinite(s.value) and (best is None or s.value > best.value):
                         best = s

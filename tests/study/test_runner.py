@@ -174,3 +174,39 @@ def test_gradient_strategies_stop_before_paying_for_nothing(name, tmp_path, tiny
         baselines={},
     ).run()
     assert 40 < s.search_cost <= 61, s.search_cost
+
+
+def test_a_resumed_epo_run_reads_fluency_from_its_records(tmp_path, tiny_llama, tokenizer):
+    """EPO's tell needs each candidate's cross-entropy: on replay it comes from the records, so
+    the resumed run makes the same asks, spends the same budget and evaluates nothing."""
+    from blackbox.evals.activation import NeuronObjective
+    from blackbox.evals.documents import layout
+    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.strategies import make_strategy
+
+    space = TokenSpace(tokenizer, n_tokens=3)
+    items = layout(tokenizer, ["Hi", "Why?"], chat=True)[0]
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    def run():
+        obj = NeuronObjective(tiny_llama, {"search": items}, 2, 5)
+        obj.enable_fluency()
+        calls, evaluate = [], obj.evaluate
+        obj.evaluate = lambda *a, **k: calls.append(1) or evaluate(*a, **k)
+        strategy = make_strategy("epo", space.box, seed=0, population=2, children=4)
+        summary = Runner(
+            space,
+            obj,
+            strategy,
+            open_study(url, "t", space.box, "fp"),
+            Budget(cost=120),
+            progress=False,
+            baselines={},
+        ).run()
+        return summary, len(calls)
+
+    first, _ = run()
+    again, calls = run()
+    assert again.evaluations == first.evaluations and again.search_cost == first.search_cost
+    assert again.resumed == first.evaluations and again.best.value == first.best.value
+    assert calls == 0  # neither candidates nor their fluency measured again (gradients aside)
