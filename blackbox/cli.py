@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -108,6 +109,12 @@ def add_config_arguments(p: argparse.ArgumentParser, what: str, example: str, ou
     )
     p.add_argument("--out", help=f"output directory (default: {out})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an unexpected error",
+    )
 
 
 def _fail(message: str) -> int:
@@ -170,9 +177,11 @@ def _print_summary(result: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from blackbox.config import load_config
     from blackbox.study.pipeline import execute, prepare
+    from blackbox.study.rundir import check_out_dir
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    check_out_dir(run_dir)
     prepared = prepare(cfg, progress=not args.no_progress)
     try:
         result = execute(prepared, run_dir, progress=not args.no_progress)
@@ -211,6 +220,34 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _unexpected(exc: BaseException) -> int:
+    """One line for an error nobody anticipated, the traceback in a log file (written only
+    now); exit code 1.  ``--debug`` shows the traceback instead."""
+    import tempfile
+    import time
+    import traceback
+
+    from blackbox.masking import mask_url
+
+    log = (
+        Path(tempfile.gettempdir())
+        / f"blackbox-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    )
+    text = mask_url("".join(traceback.format_exception(exc)))
+    try:
+        log.write_text(mask_url(f"blackbox {' '.join(sys.argv[1:])}\n") + text)
+        where = f"traceback in {log}"
+    except OSError:
+        where = "no log file could be written"
+    first = mask_url(str(exc).splitlines()[0]) if str(exc) else ""
+    print(
+        f"blackbox: unexpected error: {type(exc).__name__}"
+        f"{': ' + first[:300] if first else ''} ({where}; --debug shows it here)",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
@@ -223,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nblackbox: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else: one line and a log, never a bare traceback
+        if args.debug:
+            raise
+        return _unexpected(exc)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,80 @@ CASES: list[Case] = [
         'connection to server at "127.0.0.1", port 9 failed: Connection refused)',
     ),
     (
+        "name '..' (would write into the parent directory)",
+        _set("name=.."),
+        "config: name: '..' (2 characters) is not a safe name; allowed: 1-100 of letters, "
+        "digits, '_', '.', '-', not starting with '.' or '-'",
+    ),
+    (
+        "300-character name",
+        _set("name=" + "a" * 300),
+        "config: name: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' (300 characters) is not a safe "
+        "name; allowed: 1-100 of letters, digits, '_', '.', '-', not starting with '.' or '-'",
+    ),
+    (
+        "pso setting of the wrong type",
+        _set("strategy.name=pso", "strategy.settings={c1: fast}"),
+        "config: strategy.settings.c1: 'fast' is not valid for 'pso' (input should be a valid "
+        "number, unable to parse string as a number; declared type: float)",
+    ),
+    (
+        "nevergrad setting of the wrong type",
+        _set("strategy.name=nevergrad", "strategy.settings={budget: many}"),
+        "config: strategy.settings.budget: 'many' is not valid for 'nevergrad' (input should be "
+        "a valid integer, unable to parse string as an integer; declared type: int | None)",
+    ),
+    (
+        "seed above 2**32 - 1",
+        _set("seed=99999999999999999999999"),
+        "config: seed: Input should be less than or equal to 4294967295 "
+        "(got 99999999999999999999999)",
+    ),
+    (
+        "negative seed",
+        _set("seed=-1"),
+        "config: seed: Input should be greater than or equal to 0 (got -1)",
+    ),
+    (
+        "--out an existing file",
+        lambda tmp, a: (
+            (tmp / "afile").write_text("x"),
+            _config(a),
+            ["--out", str(tmp / "afile")],
+            {},
+        )[1:],
+        "--out: '{tmp}/afile' exists and is not a directory",
+    ),
+    (
+        "--out below a file",
+        lambda tmp, a: (
+            (tmp / "afile").write_text("x"),
+            _config(a),
+            ["--out", str(tmp / "afile/run")],
+            {},
+        )[1:],
+        "--out: '{tmp}/afile' is a file, so '{tmp}/afile/run' cannot be created",
+    ),
+    (
+        "an unencoded '@' in the storage password",
+        _set("storage=postgresql://bb:hun@ter2@127.0.0.1:9/db"),
+        "config: storage: the user or password holds an unencoded '@'; percent-encode it as %40 "
+        "(got 'postgresql://bb:***@127.0.0.1:9/db')",
+    ),
+    (
+        "storage password in the query string",
+        _set("storage=postgresql://bb@127.0.0.1:9/db?password=hunter2"),
+        "storage 'postgresql://bb@127.0.0.1:9/db?password=***': cannot be opened "
+        '((psycopg2.OperationalError) connection to server at "127.0.0.1", port 9 failed: '
+        "Connection refused)",
+    ),
+    (
+        "unknown storage scheme",
+        _set("storage=redis://127.0.0.1/0"),
+        "config: storage: 'redis' is not a storage URL scheme; allowed: sqlite:///FILE, "
+        "postgresql://USER:PASSWORD@HOST/DB, mysql://..., journal:///FILE (got 'redis://127.0.0.1/0')",
+    ),
+    (
         "study exists with another space",
         _other_space,
         "study 'bad' in 'sqlite:///{tmp}/shared.db' was made for another search space "
@@ -266,7 +340,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert not out.exists()
     after = _files(tmp_path)
     assert after == before, "nothing written"
-    assert "hunter2" not in proc.stderr + proc.stdout
+    assert "hunter2" not in proc.stderr + proc.stdout and "ter2" not in proc.stderr
     assert "pwned" not in proc.stdout + proc.stderr and not (tmp_path / "pwned").exists()
 
 

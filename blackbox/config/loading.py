@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from blackbox.config.base import ConfigError
 from blackbox.config.schema import StudyConfig
+from blackbox.masking import mask_url
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -74,6 +75,15 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(parent, "model_fields", {})) if loc[:-1] else list(model.model_fields)
 
 
+def _shown(value: Any, msg: str) -> str:
+    """`` (got VALUE)``: passwords masked, at most 60 characters, nothing when the message
+    already quotes the value."""
+    text = mask_url(repr(value))
+    if text[:20] in msg:
+        return ""
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel] = StudyConfig) -> str:
     """One line for the first error: the field, what is wrong, what is allowed."""
     err = exc.errors()[0]
@@ -87,7 +97,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Study
         return f"config: {where}: required field is missing"
     msg = err.get("msg", "invalid").removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict | list) else _shown(got, msg)
     named = re.match(r"^([a-z_]+): ", msg)
     if named and raw and err["type"] == "value_error":  # a section's check names its field
         return f"config: {where}.{msg}{shown}"

@@ -73,6 +73,23 @@ def allowed_cells() -> list[tuple[str, str, str]]:
     ]
 
 
+def _check_settings(name: str, strat_cls: Any, settings: dict[str, Any]) -> None:
+    """Unknown settings and values of the wrong type, before any model loads."""
+    from blackbox.strategies import check_settings, settings_fields
+
+    allowed = settings_fields(strat_cls)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"config: strategy.settings: unknown setting(s) {unknown} for {name!r}; "
+            f"allowed: {sorted(allowed) or 'none'}"
+        )
+    try:
+        check_settings(name, strat_cls, settings)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
 def check_study(cfg: Any) -> None:
     """One-line :class:`ConfigError` if the config's space, objective and strategy (with its
     settings) cannot meet, or the objective lacks what this space needs."""
@@ -130,3 +147,4 @@ def check_study(cfg: Any) -> None:
     check = getattr(obj_cls, "check_config", None)
     if check is not None:
         check(cfg)
+    _check_settings(cfg.strategy.name, strat_cls, dict(cfg.strategy.settings))

@@ -14,9 +14,9 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from blackbox.config.base import ConfigError, Strict
+from blackbox.config.base import ConfigError, Strict, check_name, check_storage_url
 from blackbox.config.objectives import ObjectiveConfig
 from blackbox.config.spaces import SoftPromptSpaceConfig, SteeringSpaceConfig, TokenSpaceConfig
 
@@ -121,8 +121,8 @@ def _migrate(data: Any) -> Any:
 class StudyConfig(Strict):
     """A whole study: model, task, search space, objective, strategy, budget, storage."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str = Field(min_length=1, description="names the run directory and the study")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds data, strategy and torch")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig | None = Field(None, description="lm-eval task (objective lm_eval_task)")
     objective: ObjectiveConfig
@@ -145,6 +145,16 @@ class StudyConfig(Strict):
                     "feature_direction, lp_features, logit or fluency)"
                 )
         return _migrate(data)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return None if v is None else check_storage_url(v)
 
     @model_validator(mode="after")
     def _task(self) -> StudyConfig:

@@ -235,9 +235,10 @@ def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[st
     from blackbox.models import load_model
     from blackbox.report.compare import write_index, write_report
     from blackbox.study.pipeline import prepare
-    from blackbox.study.rundir import seed_everything
+    from blackbox.study.rundir import lock_dir, seed_everything
 
     out.mkdir(parents=True, exist_ok=True)
+    lock_dir(out)
     url = cfg.storage or f"sqlite:///{(out / STORAGE_FILE).resolve()}"
     text = yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
     (out / "compare.yaml").write_text(text)
@@ -277,8 +278,11 @@ def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[st
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from blackbox.study.rundir import check_out_dir
+
     cfg = load_compare(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    check_out_dir(out)
     try:
         status = run_compare(cfg, out, progress=not args.no_progress)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
+from blackbox.config.base import Seed, StorageURL
 from blackbox.config.schema import SpaceSection
 
 
@@ -53,10 +54,10 @@ class CompareConfig(Strict):
     spaces: dict[str, SpaceSection] = Field(default_factory=dict)
     tasks: list[str] | None = Field(None, min_length=1, description="one matrix per task")
     strategies: list[RunStrategy] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: CompareBudget
     threshold: float | None = Field(None, description="report: score to reach")
-    storage: str | None = Field(None, description="Optuna storage URL")
+    storage: StorageURL | None = Field(None, description="Optuna storage URL")
 
     @model_validator(mode="after")
     def _unique(self) -> CompareConfig:

@@ -48,6 +48,7 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
+from blackbox.config.base import StorageURL
 from blackbox.experiments.compare import stop_at_cost
 from blackbox.strategies import make_strategy
 from blackbox.study.runner import Budget, Progress, Runner
@@ -102,7 +103,7 @@ class TuneConfig(Strict):
 
     study: StudyConfig
     tune: TuneSettings
-    storage: str | None = None
+    storage: StorageURL | None = None
 
 
 def load_tune(path: str | Path, overrides: list[str] | None = None) -> TuneConfig:
@@ -322,10 +323,11 @@ def trials_markdown(study: optuna.Study) -> str:
 def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.Study, Path]:
     """Prepare once, run the outer study into ``out``; write ``tuned.yaml`` and ``tune.md``."""
     from blackbox.study.pipeline import prepare
-    from blackbox.study.rundir import seed_everything
+    from blackbox.study.rundir import lock_dir, seed_everything
 
     prepared = prepare(cfg.study, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
+    lock_dir(out)
     url = cfg.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     seed_everything(cfg.study.seed)
     s = cfg.study
@@ -362,8 +364,11 @@ def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from blackbox.study.rundir import check_out_dir
+
     cfg = load_tune(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"tune_{cfg.study.name}"
+    check_out_dir(out)
     study, path = run_tune(cfg, out, progress=not args.no_progress)
     pruned = sum(t.state == TrialState.PRUNED for t in study.trials)
     print(

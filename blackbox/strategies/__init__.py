@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from typing import Any
 
 from blackbox.registry import Registry
@@ -115,4 +116,38 @@ def make_strategy(
         raise ValueError(
             f"strategy {name!r}: unknown setting(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
         )
+    check_settings(name, cls, settings)
     return cls(box, seed=seed, population=population, **settings)
+
+
+def _hints(cls: type[Strategy]) -> dict[str, Any]:
+    """Declared types of a strategy's settings (its schema's fields or ``__init__``'s)."""
+    schema = getattr(cls, "settings_schema", None)
+    try:
+        return typing.get_type_hints(schema if schema is not None else cls.__init__)
+    except Exception:  # an annotation that cannot be resolved: nothing to check against
+        return {}
+
+
+def check_settings(name: str, cls: type[Strategy], settings: dict[str, Any]) -> None:
+    """Check each given setting against its declared type (pydantic, lax: ``1`` is a fine
+    float); ``ValueError`` naming the setting, the expected type and the value otherwise."""
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = _hints(cls)
+    for key, value in settings.items():
+        hint = hints.get(key)
+        if hint is None or hint is Any:
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ValueError(
+                f"strategy.settings.{key}: {shown} is not valid for {name!r} "
+                f"({err['msg'][0].lower() + err['msg'][1:]}; declared type: "
+                f"{getattr(hint, '__name__', None) or str(hint).replace('typing.', '')})"
+            ) from None
+        except Exception:  # a type pydantic cannot check: leave it to the strategy
+            continue

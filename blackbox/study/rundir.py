@@ -72,14 +72,73 @@ def check_run_dir(cfg: Any, run_dir: Path) -> None:
             )
 
 
+def check_out_dir(path: Path, option: str = "--out") -> None:
+    """Refuse an output directory that cannot be one, before any work: an existing file, a
+    component longer than the file system allows, no write permission where it would be
+    created, or a directory another process holds (one-line :class:`ConfigError`).  An
+    existing directory is locked here (:func:`lock_dir`) for the rest of the process."""
+    shown = str(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option}: {shown!r} exists and is not a directory")
+    too_long = [c for c in path.parts if len(c.encode()) > 255]
+    if too_long:
+        raise ConfigError(
+            f"{option}: a path component is {len(too_long[0].encode())} bytes; at most 255"
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: {str(parent)!r} is a file, so {shown!r} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: cannot write in {str(parent)!r} (read-only or no permission)")
+    if path.is_dir():  # an existing run: claim it now, so a second process fails at once
+        lock_dir(path)
+
+
+_LOCKS: dict[str, Any] = {}  # open lock files, held until the process exits
+
+
+def lock_dir(path: Path) -> None:
+    """Hold an exclusive OS lock on ``path/.lock`` for this process's lifetime.
+
+    The kernel releases it when the process dies (even by SIGKILL), so no stale lock is ever
+    left; a second process on the same directory fails at once naming the holder's PID.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    key = str(path.resolve())
+    if key in _LOCKS:
+        return
+    f = open(path / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ConfigError(
+            f"{str(path)!r} is in use by another blackbox process (PID {holder}); wait for it "
+            "or use another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS[key] = f
+
+
 def open_run_study(cfg: Any, run_dir: Path, box: Any) -> tuple[optuna.Study, str]:
-    """Create the run dir and open its study; a failed open leaves no run dir behind."""
+    """Create and lock the run dir, open its study; a failed open leaves no run dir behind."""
     url = storage_url(cfg, run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        lock_dir(run_dir)
         return open_study(url, cfg.name, box, cfg.fingerprint()), url
-    except StorageError:
+    except (StorageError, ConfigError):
         if created:  # nothing half-written
             shutil.rmtree(run_dir, ignore_errors=True)
         raise

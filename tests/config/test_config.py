@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,39 @@ def test_settings_that_cannot_meet_the_space_say_what_would() -> None:
         validate(
             apply_overrides(data, ["strategy.name=optuna", "strategy.settings={sampler: cmaes}"])
         )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "settings", "message"),
+    [
+        ("epo", {"children": "many"}, "strategy.settings.children: 'many' is not valid for 'epo'"),
+        (
+            "token_ga",
+            {"crossover": [1]},
+            "strategy.settings.crossover: [1] is not valid for 'token_ga'",
+        ),
+        ("adam", {"lr": "fast"}, "strategy.settings.lr: 'fast' is not valid for 'adam'"),
+        ("optuna", {"sampler": 3}, "strategy.settings.sampler: 3 is not valid for 'optuna'"),
+    ],
+)
+def test_strategy_settings_are_type_checked(strategy, settings, message) -> None:
+    """Settings declared by a dataclass or by ``__init__`` are checked against their types."""
+    import numpy as np
+
+    from blackbox.strategies import make_strategy
+    from blackbox.strategies.base import Box
+
+    box = Box(np.zeros(2), np.ones(2), np.array([False, False]), ("a", "b"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_strategy(strategy, box, **settings)
+
+
+def test_well_typed_settings_pass_the_check() -> None:
+    import numpy as np
+
+    from blackbox.strategies import make_strategy
+    from blackbox.strategies.base import Box
+
+    box = Box(np.zeros(2), np.ones(2), np.array([False, False]), ("a", "b"))
+    assert make_strategy("pso", box, c1=1, w=0.5).config.c1 == 1  # an int is a fine float
+    make_strategy("nevergrad", box, optimizer="CMA", budget=100)

@@ -1,0 +1,97 @@
+"""The CLI's last line of defence: an unexpected error is one line and a log, and a run
+directory is held by one process at a time (an OS lock the kernel releases on any death)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blackbox import cli
+from blackbox.config import ConfigError
+from blackbox.study.rundir import lock_dir
+
+
+def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path) -> None:
+    def boom(_args):
+        raise RuntimeError("postgresql://u:hunter2@h/db went away\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_data", boom)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert cli.main(["data"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("blackbox: unexpected error: RuntimeError: ")
+    assert "hunter2" not in err[0] and "--debug" in err[0]
+    logs = list(tmp_path.glob("blackbox-error-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err[0]
+    text = logs[0].read_text()
+    assert "Traceback" in text and "boom" in text and "hunter2" not in text
+    with pytest.raises(RuntimeError):  # --debug: the traceback itself
+        cli.main(["--debug", "data"])
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    code = (
+        "import sys, time; from pathlib import Path; from blackbox.study.rundir import lock_dir;"
+        f"lock_dir(Path({str(path)!r})); print('locked', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_held_run_dir_is_refused_naming_the_holder_and_freed_by_sigkill(tmp_path) -> None:
+    holder = _hold_lock(tmp_path)
+    try:
+        with pytest.raises(
+            ConfigError, match=rf"in use by another blackbox process \(PID {holder.pid}\)"
+        ):
+            lock_dir(tmp_path)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    lock_dir(tmp_path)  # no stale lock after a SIGKILL
+    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+def test_a_second_run_on_a_held_directory_exits_2_at_once(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = _hold_lock(run_dir)
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackbox.cli",
+                "run",
+                str(Path(__file__).parents[1] / "studies/steer_rotten_tomatoes.yaml"),
+                "--out",
+                str(run_dir),
+                "--no-progress",
+                "--set=model.name=" + str(tmp_path / "no-model"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last == (
+        f"blackbox: error: {str(run_dir)!r} is in use by another blackbox process "
+        f"(PID {holder.pid}); wait for it or use another --out"
+    )
+    assert time.perf_counter() - t0 < 60
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing else written
