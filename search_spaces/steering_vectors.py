@@ -232,10 +232,20 @@ NEUTRAL_PROMPTS = (
 
 
 def first_token_id(tokenizer, text: str) -> int:
-    """The first token of ``text`` (as it would follow other text), for unembedding vectors."""
+    """The one token of ``text`` (as it would follow other text), for unembedding vectors.
+
+    A word of several tokens is refused (its first token's row is another word's direction);
+    a leading space usually makes a word one token (``" positive"``).
+    """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"unembed: {text!r} encodes to no token")
+    if len(ids) > 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ValueError(
+            f"unembed: {text!r} is {len(ids)} tokens {pieces}; give a word that is one token "
+            "(often with a leading space)"
+        )
     return int(ids[0])
 
 

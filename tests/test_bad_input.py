@@ -69,6 +69,18 @@ def _python_tag(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
     return text, [], {}
 
 
+def _anchor_bomb(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    """2 KB of YAML whose setting expands to 10^9 items: refused without expanding it."""
+    cfg = {k: v for k, v in _config(a).items() if k != "strategy"}
+    chain = ["&a0 [x,x,x,x,x,x,x,x,x,x]"] + [
+        f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)
+    ]
+    text = (
+        yaml.safe_dump(cfg) + "strategy: {name: pso, settings: {c1: [" + ", ".join(chain) + "]}}\n"
+    )
+    return text, [], {}
+
+
 def _vector_file(content: Callable[[Path], None]) -> Callable[..., Any]:
     def prep(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
         content(tmp / "vec.pt")
@@ -295,6 +307,25 @@ CASES: list[Case] = [
         _set("storage=redis://127.0.0.1/0"),
         "config: storage: 'redis' is not a storage URL scheme; allowed: sqlite:///FILE, "
         "postgresql://USER:PASSWORD@HOST/DB, mysql://..., journal:///FILE (got 'redis://127.0.0.1/0')",
+    ),
+    (
+        "an unembed word of several tokens",
+        _set("space.vectors=[{name: v, unembed: [' implausible', ' no']}]"),
+        "config: space.vectors.v.unembed: ' implausible' is 3 tokens [' impl', 'aus', 'ible']; "
+        "give a word that is one token (often with a leading space)",
+    ),
+    (
+        "an empty concept prompt",
+        _set("space.vectors=[{name: v, concept: [' '], contrast: [b]}]"),
+        "config: space.vectors.0.concept: prompt 0 is empty; every prompt needs some text (a "
+        "vector is the mean activation difference of the prompts' last tokens)",
+    ),
+    (
+        "a YAML anchor 'bomb' (10^9 items) as a setting",
+        _anchor_bomb,
+        "config: strategy.settings.c1: [['x', 'x', 'x', 'x', ...], [[...], [...], [...], [...], "
+        "...], [[...], [...], [...], [...], ...], [[...], [...], [...], [...], ...], ...] is not "
+        "valid for 'pso' (input should be a valid number; declared type: float)",
     ),
     (
         "study exists with another space",

@@ -26,8 +26,30 @@ from blackbox.masking import mask_url
         ("postgresql://bb@host/db", "postgresql://bb@host/db"),  # no password: unchanged
         ("sqlite:////tmp/a@b/study.db", "sqlite:////tmp/a@b/study.db"),  # '@' in a path
         ("journal:///tmp/j.log", "journal:///tmp/j.log"),
+        ("postgresql://bb:${PGPASSWORD}@h/db", "postgresql://bb:${PGPASSWORD}@h/db"),  # a reference
     ],
 )
 def test_every_form_of_password_is_masked(url: str, masked: str) -> None:
     assert mask_url(url) == masked
     assert "hunter2" not in mask_url(url) and "ter2" not in mask_url(url)
+
+
+def test_nested_storage_sections_are_masked() -> None:
+    from blackbox.masking import masked
+
+    cfg = {"study": {"storage": "postgresql://a:hunter2@h/d", "seed": 0}, "storage": None}
+    assert masked(cfg) == {
+        "study": {"storage": "postgresql://a:***@h/d", "seed": 0},
+        "storage": None,
+    }
+    assert cfg["study"]["storage"].endswith("hunter2@h/d")  # the input is left alone
+
+
+def test_a_bounded_repr_never_expands_a_huge_value() -> None:
+    from blackbox.masking import short_repr
+
+    level = ["x"] * 10
+    for _ in range(8):  # 10^9 leaves, shared references (what a YAML anchor bomb builds)
+        level = [level] * 10
+    text = short_repr(level)
+    assert len(text) < 200 and text.startswith("[[[")

@@ -37,6 +37,8 @@ def check_name(name: str) -> str:
 def check_storage_url(url: str) -> str:
     """A storage URL with a known scheme and at most one ``@`` before its host (a password
     holding ``@`` must be percent-encoded, or half of it would be read as the host)."""
+    if re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", url):  # read from the environment later
+        return url
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+")[0].lower() not in STORAGE_SCHEMES:
         raise ValueError(

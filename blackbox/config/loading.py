@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from blackbox.config.base import ConfigError
 from blackbox.config.schema import StudyConfig
-from blackbox.masking import mask_url
+from blackbox.masking import mask_url, short_repr
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -78,7 +78,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _shown(value: Any, msg: str) -> str:
     """`` (got VALUE)``: passwords masked, at most 60 characters, nothing when the message
     already quotes the value."""
-    text = mask_url(repr(value))
+    text = mask_url(short_repr(value, 80))
     if text[:20] in msg:
         return ""
     return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
@@ -138,10 +138,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Safe-load a YAML mapping from ``path``."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config: {str(path)!r} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config: file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config: {path} line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config: {path}: cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

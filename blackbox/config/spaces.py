@@ -30,6 +30,13 @@ class VectorConfig(Strict):
             raise ValueError("give exactly one of concept+contrast prompts, file or unembed")
         if prompts and (not self.concept or not self.contrast):
             raise ValueError("concept and contrast both need at least one prompt")
+        for side in ("concept", "contrast"):
+            blank = [i for i, t in enumerate(getattr(self, side) or []) if not t.strip()]
+            if blank:
+                raise ValueError(
+                    f"{side}: prompt {blank[0]} is empty; every prompt needs some text (a "
+                    "vector is the mean activation difference of the prompts' last tokens)"
+                )
         return self
 
 

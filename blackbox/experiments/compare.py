@@ -232,18 +232,19 @@ def run_matrix(
 def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[str, str]:
     """Load the model once; per task and space, prepare the objective and the space once and
     run that space's entries x seeds into ``out``; write ``report.md`` (one per task)."""
+    from blackbox.masking import masked
     from blackbox.models import load_model
     from blackbox.report.compare import write_index, write_report
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import lock_dir, seed_everything
 
+    m = cfg.study.model
+    loaded = load_model(m.name, device=m.device, dtype=m.dtype)  # a bad model writes nothing
     out.mkdir(parents=True, exist_ok=True)
     lock_dir(out)
     url = cfg.storage or f"sqlite:///{(out / STORAGE_FILE).resolve()}"
-    text = yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+    text = yaml.safe_dump(masked(json.loads(cfg.model_dump_json())), sort_keys=False)
     (out / "compare.yaml").write_text(text)
-    m = cfg.study.model
-    loaded = load_model(m.name, device=m.device, dtype=m.dtype)
     budget = Budget(cfg.budget.evaluations, cfg.budget.seconds, cfg.budget.cost)
     status: dict[str, str] = {}
     tasks: list[str | None] = list(cfg.tasks) if cfg.tasks else [None]

@@ -21,7 +21,7 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
-from blackbox.config.base import Seed, StorageURL
+from blackbox.config.base import NAME_PATTERN, Seed, StorageURL
 from blackbox.config.schema import SpaceSection
 
 
@@ -76,6 +76,13 @@ class CompareConfig(Strict):
             raise ValueError("tasks: the study scores no task (objective lm_eval_task)")
         if self.tasks and len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: must be unique, got {self.tasks}")
+        for task in self.tasks or []:
+            if not NAME_PATTERN.match(task):
+                raise ValueError(
+                    f"tasks: {task!r}: each task names its report's directory, so it must be a "
+                    "task name (letters, digits, '_', '.', '-'), not a path; a task YAML goes "
+                    "in study.task.name of a one-task comparison"
+                )
         return self
 
     @property

@@ -50,6 +50,7 @@ from blackbox.config import (
 )
 from blackbox.config.base import StorageURL
 from blackbox.experiments.compare import stop_at_cost
+from blackbox.masking import masked
 from blackbox.strategies import make_strategy
 from blackbox.study.runner import Budget, Progress, Runner
 from blackbox.study.storage import make_storage, open_study
@@ -353,7 +354,7 @@ def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.
         f"# Tuned by `blackbox tune` ({len(study.trials)} trials, best search score "
         f"{best.value:.4f} in trial {best.number}).\n"
     )
-    path.write_text(header + yaml.safe_dump(tuned.resolved(), sort_keys=False))
+    path.write_text(header + yaml.safe_dump(masked(tuned.resolved()), sort_keys=False))
     pruned = sum(t.state == TrialState.PRUNED for t in study.trials)
     (out / "tune.md").write_text(
         f"# tune_{s.name}\n\n{len(study.trials)} trials ({pruned} pruned by the "

@@ -33,6 +33,7 @@ import inspect
 import typing
 from typing import Any
 
+from blackbox.masking import short_repr
 from blackbox.registry import Registry
 from blackbox.strategies.adam import Adam, AdamSettings
 from blackbox.strategies.base import Box, Strategy
@@ -143,7 +144,7 @@ def check_settings(name: str, cls: type[Strategy], settings: dict[str, Any]) -> 
             TypeAdapter(hint).validate_python(value)
         except ValidationError as exc:
             err = exc.errors()[0]
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            shown = short_repr(value)  # bounded: a YAML anchor "bomb" is never expanded
             raise ValueError(
                 f"strategy.settings.{key}: {shown} is not valid for {name!r} "
                 f"({err['msg'][0].lower() + err['msg'][1:]}; declared type: "

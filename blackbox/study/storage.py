@@ -13,10 +13,12 @@ import importlib.util
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import optuna
@@ -69,6 +71,24 @@ def _with_driver(url: str) -> str:
     return url
 
 
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_secrets(url: str) -> str:
+    """``${VAR}`` in a storage URL, read from the environment when the storage opens, so a
+    password need never be in a config: ``postgresql://bb:${PGPASSWORD}@host/db`` (config.yaml
+    and result.json keep the placeholder).  An unset variable is a one-line error."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise StorageError(f"storage {mask_url(url)!r}: environment variable {name} is not set")
+        whole = m.start() == 0 and m.end() == len(url)  # the whole URL: taken as it is
+        return os.environ[name] if whole else quote(os.environ[name], safe="")
+
+    return _ENV.sub(value, url)
+
+
 def make_storage(
     url: str,
     heartbeat_interval: int | None = None,
@@ -83,6 +103,7 @@ def make_storage(
     Optuna's heartbeat (``heartbeat_interval``/``grace_period`` seconds) and the callback run
     on a trial whose heartbeat went stale, when given.
     """
+    url = expand_secrets(url)
     try:
         if url.startswith(JOURNAL_PREFIX):
             from optuna.storages.journal import JournalFileBackend, JournalStorage

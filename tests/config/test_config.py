@@ -275,3 +275,14 @@ def test_well_typed_settings_pass_the_check() -> None:
     box = Box(np.zeros(2), np.ones(2), np.array([False, False]), ("a", "b"))
     assert make_strategy("pso", box, c1=1, w=0.5).config.c1 == 1  # an int is a fine float
     make_strategy("nevergrad", box, optimizer="CMA", budget=100)
+
+
+def test_a_directory_or_non_utf8_config_is_named(tmp_path) -> None:
+    from blackbox.config import read_yaml
+
+    with pytest.raises(ConfigError, match=r"is a directory; give a YAML file"):
+        read_yaml(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: x\n\xff\xfe: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line 2: not UTF-8 text \(byte 0xff\)"):
+        read_yaml(bad)

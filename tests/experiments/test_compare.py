@@ -164,6 +164,13 @@ BASE = {
         ({"strategies": [{"name": "pso", "settings": {"c9": 1}}]}, "unknown setting"),
         ({"seed": 3}, "unknown key 'seed'; allowed here: study, spaces, tasks, strategies"),
         ({"budget": {}}, "budget: set evaluations, seconds or cost"),
+        ({"tasks": ["../up"]}, "tasks: '../up': each task names its report's directory"),
+        ({"seeds": [0, -1]}, "seeds.1: Input should be greater than or equal to 0"),
+        ({"storage": "postgresql://u:p@w@h/db"}, "percent-encode it as %40"),
+        (
+            {"strategies": [{"name": "pso", "settings": {"w": "heavy"}}]},
+            "strategy.settings.w: 'heavy' is not valid for 'pso'",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, change, message) -> None:

@@ -365,3 +365,46 @@ def test_storage_password_is_masked_in_run_outputs(
     assert "postgres:***@127.0.0.1" in result
     for text in (result, (out / "config.yaml").read_text(), proc.stdout, proc.stderr):
         assert PASSWORD not in text
+
+
+@pytest.mark.postgres
+def test_storage_password_from_the_environment_never_reaches_a_file(
+    postgres_url: str, study_config: Path, tmp_path: Path
+) -> None:
+    """``${VAR}`` in the URL is read when the storage opens: config.yaml keeps the placeholder;
+    an unset variable is one line, exit 2, and no run directory."""
+    url = postgres_url.replace(PASSWORD, "${BB_TEST_PG_PASSWORD}")
+    secret = PASSWORD + "@/x"  # percent-encoded when substituted
+
+    def run(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "blackbox.cli", "run", str(study_config), "--out", str(out)]
+            + ["--no-progress", f"--set=storage={url}", "--set=name=envpw"]
+            + ["--set=budget.evaluations=2", "--set=strategy.population=2"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    base = {k: v for k, v in os.environ.items() if k != "BB_TEST_PG_PASSWORD"}
+    missing = run(tmp_path / "missing", base)
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .endswith("environment variable BB_TEST_PG_PASSWORD is not set")
+    )
+    assert not (tmp_path / "missing").exists()
+    out = tmp_path / "run"
+    proc = run(out, {**base, "BB_TEST_PG_PASSWORD": secret})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "${BB_TEST_PG_PASSWORD}" in (out / "config.yaml").read_text()
+    for text in (
+        (out / "result.json").read_text(),
+        (out / "config.yaml").read_text(),
+        proc.stdout,
+        proc.stderr,
+    ):
+        assert PASSWORD not in text
