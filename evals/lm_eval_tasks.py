@@ -129,11 +129,21 @@ def load_tasks(
     """
     names = [names] if isinstance(names, str) else list(names)
     manager = task_manager if task_manager is not None else task_manager_for(names, data_dir)
-    if hasattr(manager, "load"):  # lm-eval >= 0.4.10: the path simple_evaluate itself takes
-        return dict(manager.load(names)["tasks"])
-    from lm_eval.tasks import get_task_dict
+    try:
+        if hasattr(manager, "load"):  # lm-eval >= 0.4.10: the path simple_evaluate itself takes
+            return dict(manager.load(names)["tasks"])
+        from lm_eval.tasks import get_task_dict
 
-    return _flatten(get_task_dict(names, manager))
+        return _flatten(get_task_dict(names, manager))
+    except Exception as exc:
+        files = [n for n in names if _is_yaml(n)]
+        if not files:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"task {files[0]!r}: not a task lm-eval can build ({type(exc).__name__}: {first}); "
+            "an lm-eval task YAML needs at least task:, dataset_path: and output_type:"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -315,6 +315,18 @@ CASES: list[Case] = [
         "give a word that is one token (often with a leading space)",
     ),
     (
+        "a task YAML that is not a task",
+        lambda tmp, a: (
+            (tmp / "notatask.yaml").write_text("foo: bar\n"),
+            _config(a, task={"name": str(tmp / "notatask.yaml"), "search_size": 2}),
+            [],
+            {},
+        )[1:],
+        "task '{tmp}/notatask.yaml': not a task lm-eval can build (ValueError: Unknown config "
+        "shape: keys=['foo']); an lm-eval task YAML needs at least task:, dataset_path: and "
+        "output_type:",
+    ),
+    (
         "an empty concept prompt",
         _set("space.vectors=[{name: v, concept: [' '], contrast: [b]}]"),
         "config: space.vectors.0.concept: prompt 0 is empty; every prompt needs some text (a "
