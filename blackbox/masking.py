@@ -14,7 +14,7 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?
 _PARAM = re.compile(r"(?i)(?P<key>\b(?:ssl)?pass(?:word)?=)(?P<value>[^&\s'\"]*)")
 
 # ``${VAR}``: a reference to the environment (read when the storage opens), not a secret
-_PLACEHOLDER = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def mask_url(url: str) -> str:
@@ -26,12 +26,12 @@ def mask_url(url: str) -> str:
 
     def userinfo(m: re.Match[str]) -> str:
         user, sep, password = m.group("userinfo").partition(":")
-        shown = password if _PLACEHOLDER.fullmatch(password) else "***"
+        shown = password if PLACEHOLDER.fullmatch(password) else "***"
         return f"{m.group('scheme')}{user}{':' + shown if sep else ''}@"
 
     def param(m: re.Match[str]) -> str:
         value = m.group("value")
-        return m.group("key") + (value if _PLACEHOLDER.fullmatch(value) else "***")
+        return m.group("key") + (value if PLACEHOLDER.fullmatch(value) else "***")
 
     return _PARAM.sub(param, _USERINFO.sub(userinfo, url))
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from blackbox.masking import PLACEHOLDER
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message is one line naming the field."""
@@ -37,7 +39,7 @@ def check_name(name: str) -> str:
 def check_storage_url(url: str) -> str:
     """A storage URL with a known scheme and at most one ``@`` before its host (a password
     holding ``@`` must be percent-encoded, or half of it would be read as the host)."""
-    if re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", url):  # read from the environment later
+    if PLACEHOLDER.fullmatch(url):  # the whole URL is read from the environment later
         return url
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+")[0].lower() not in STORAGE_SCHEMES:

@@ -26,7 +26,7 @@ import sqlalchemy.exc
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from blackbox.masking import mask_url
+from blackbox.masking import PLACEHOLDER, mask_url
 from blackbox.strategies.base import Box
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -71,9 +71,6 @@ def _with_driver(url: str) -> str:
     return url
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
 def expand_secrets(url: str) -> str:
     """``${VAR}`` in a storage URL, read from the environment when the storage opens, so a
     password need never be in a config: ``postgresql://bb:${PGPASSWORD}@host/db`` (config.yaml
@@ -86,7 +83,7 @@ def expand_secrets(url: str) -> str:
         whole = m.start() == 0 and m.end() == len(url)  # the whole URL: taken as it is
         return os.environ[name] if whole else quote(os.environ[name], safe="")
 
-    return _ENV.sub(value, url)
+    return PLACEHOLDER.sub(value, url)
 
 
 def make_storage(
