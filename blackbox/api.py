@@ -242,12 +242,21 @@ class Evaluation:
             ``None``.
         cost: forward-pass equivalents spent: one per document scored per candidate (a
             backward pass counts two more); repeats served from a cache cost 0.
+        per_doc: per candidate, the primary value of each document ``(D,)`` in the split's
+            order, whose mean is ``values[i]``; ``None`` for a candidate not scored and for
+            objectives whose value is not a mean over documents (paired statistics and racing
+            need it).
     """
 
     values: np.ndarray
     metrics: list[dict[str, Any]] = field(default_factory=list)
     extra: np.ndarray | None = None
     cost: float = 0.0
+    per_doc: list[np.ndarray | None] | None = None
+
+
+PER_DOC = "value@docs"
+"""Key of the ``(C, D)`` per-document values in an objective's ``stats`` dict."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The ``blackbox`` command line.
 
     blackbox run studies/steer_rotten_tomatoes.yaml [--set strategy.name=nevergrad ...] [--out DIR]
-    blackbox export RUN_DIR [--out FILE]
+    blackbox export RUN_DIR [--format F] [--out FILE]
     blackbox data
 
 Bad input (config, model, task, data, storage) prints one line ``blackbox: error: ...`` and
@@ -27,6 +27,7 @@ examples:
   blackbox run studies/steer_rotten_tomatoes.yaml --set strategy.name=random --out runs/rand
   blackbox run studies/steer_rotten_tomatoes_nevergrad.yaml  # nevergrad CMA
   blackbox export runs/steer_rotten_tomatoes                 # re-write steered.pt
+  blackbox export runs/steer_rotten_tomatoes --format gguf   # llama.cpp control vector
   blackbox compare studies/compare_interventions.yaml        # steering vs tokens vs soft
   lm_eval --model steered --model_args pretrained=DIR,steer_path=runs/.../steered.pt ...
 
@@ -60,11 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp = sub.add_parser(
         "export",
-        help="write the best candidate of a run: steered.pt (steering), tokens.json (tokens), "
-        "soft_prompt.safetensors (soft prompts)",
+        help="write the best candidate of a run: steered.pt or a llama.cpp control vector "
+        "(steering), tokens.json or an lm-eval task variant (tokens), soft_prompt.safetensors "
+        "or a PEFT adapter (soft prompts)",
     )
     exp.add_argument("run_dir")
-    exp.add_argument("--out", help="output file (default: in RUN_DIR)")
+    exp.add_argument(
+        "--format",
+        dest="fmt",
+        choices=EXPORT_FORMATS,
+        help="steering: steered (default), gguf (llama.cpp control vector); tokens: json "
+        "(default), lm_eval (task variant for --include_path); soft_prompt: safetensors "
+        "(default), peft (prompt-tuning adapter); all: every format of the run's space",
+    )
+    exp.add_argument("--out", help="output file or directory (default: in RUN_DIR)")
     exp.add_argument("--storage", help="storage URL (when the run's password is masked)")
     run.set_defaults(handler=cmd_run)
     exp.set_defaults(handler=cmd_export)
@@ -74,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     for register in _extra_commands():
         register(sub)
     return p
+
+
+EXPORT_FORMATS = ("steered", "gguf", "json", "lm_eval", "safetensors", "peft", "all")
 
 
 def _extra_commands() -> list[Any]:
@@ -200,7 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from blackbox.study.export import export_run
 
-    paths, best = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.storage)
+    paths, best = export_run(
+        Path(args.run_dir), Path(args.out) if args.out else None, args.storage, args.fmt
+    )
     print(f"wrote {', '.join(str(p) for p in paths)} (score {best:.4f})")
     return 0
 

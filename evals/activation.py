@@ -9,7 +9,9 @@ model is about to answer) and averages over documents:
 * :class:`ResidualDirectionObjective`: cosine alignment ``<h, v> / (||h|| ||v||)`` of the
   residual stream after a decoder layer with a direction (the paper's eq. 4).
 * :class:`FeatureDirectionObjective`: ``<h, v> + bias`` with ``v`` loaded from a tensor file (an
-  SAE decoder row, loaded with ``torch.load(weights_only=True)`` or safetensors).
+  SAE decoder row, loaded with ``torch.load(weights_only=True)`` or safetensors) or from a
+  sae-lens SAE directory (``cfg.json`` + ``sae_weights.safetensors``: row ``row`` of ``W_dec``
+  ``(d_sae, d_in)`` is feature ``row``'s direction; :func:`load_sae_decoder`).
 * :class:`LpFeaturesObjective`: ``(sum_i relu(a_i + offset_i)^p)^(1/p)`` over several feature
   dot products (``p < 1`` rewards activating all of them together).
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from blackbox.evals.document_objective import Standardised, at_last
+from blackbox.evals.sae import load_sae_decoder, sae_layer
 from blackbox.forward.splice import Capture, Items, SpliceOut
 
 
@@ -41,7 +44,9 @@ def load_direction(
     must hold one tensor or a ``"direction"``/``"W_dec"`` entry.  ``row`` picks rows of a 2-D
     matrix (an SAE decoder).
     """
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        source = load_sae_decoder(Path(source))[0]
+    elif isinstance(source, (str, Path)):
         path = Path(source)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -190,7 +195,7 @@ class FeatureDirectionObjective(_Residual):
         if o.unembed is not None:
             v = _unembedding(o.unembed, ctx)[0]
         else:
-            v = _file_direction(o.file, "objective.file", ctx, row=o.row)
+            v = _file_direction(o.file, "objective.file", ctx, row=o.row, layer=o.layer)
         return cls(
             ctx.model,
             _splits(ctx),
@@ -242,7 +247,9 @@ class LpFeaturesObjective(_Residual):
         if o.unembed is not None:
             dirs = _unembedding(o.unembed, ctx)
         else:
-            dirs = _file_direction(o.file, "objective.file", ctx, row=o.rows, matrix=True)
+            dirs = _file_direction(
+                o.file, "objective.file", ctx, row=o.rows, matrix=True, layer=o.layer
+            )
         k = dirs.reshape(-1, dirs.shape[-1]).shape[0]
         if isinstance(o.offsets, list) and len(o.offsets) not in (1, k):
             raise ConfigError(
@@ -286,14 +293,42 @@ def _unembedding(words: Sequence[str], ctx: Any) -> torch.Tensor:
 
 
 def _file_direction(
-    path: str, field: str, ctx: Any, row: Any = None, matrix: bool = False
+    path: str,
+    field: str,
+    ctx: Any,
+    row: Any = None,
+    matrix: bool = False,
+    layer: int | None = None,
 ) -> torch.Tensor:
-    """A direction ``(d,)`` (or rows ``(k, d)``) from a file, checked against the model's width
-    (one-line :class:`~blackbox.config.base.ConfigError` naming ``field``)."""
+    """A direction ``(d,)`` (or rows ``(k, d)``) from a file or a sae-lens SAE directory,
+    checked against the model's width and (an SAE's hook) ``layer`` (one-line
+    :class:`~blackbox.config.base.ConfigError` naming ``field``)."""
     from blackbox.config.base import ConfigError
     from blackbox.models.layers import hidden_size
 
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        try:
+            w, cfg = load_sae_decoder(Path(path))
+        except ValueError as exc:
+            raise ConfigError(f"config: {field}: {exc}") from None
+        at = sae_layer(cfg)
+        if layer is not None and at is not None and at != layer:
+            raise ConfigError(
+                f"config: objective.layer: {layer}, but the SAE in {path!r} reads the output of "
+                f"layer {at} ({cfg.get('hook_name') or cfg.get('metadata', {}).get('hook_name')})"
+            )
+        if w.shape[1] != hidden_size(ctx.model):
+            raise ConfigError(
+                f"config: {field}: the SAE in {path!r} has d_in {w.shape[1]}; the model's width "
+                f"is {hidden_size(ctx.model)}"
+            )
+        rows = [row] if isinstance(row, int) else list(row or [])
+        if row is None or any(not 0 <= r < w.shape[0] for r in rows):
+            raise ConfigError(
+                f"config: {field}: give the feature index with "
+                f"{'rows' if matrix else 'row'}: (0..{w.shape[0] - 1}) for the SAE in {path!r}"
+            )
+    elif not Path(path).is_file():
         raise ConfigError(f"config: {field}: {path!r} does not exist")
     try:
         t = load_direction(path, row)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from blackbox.api import (
+    PER_DOC,
     Evaluation,
     HookIntervention,
     Intervention,
@@ -52,7 +53,7 @@ class Objective(ABC):
     def __init__(self) -> None:
         self.extra_names = ()
         self.extra_directions = ()
-        self._cache: dict[tuple[str, int | None, Hashable], tuple[float, dict, Any]] = {}
+        self._cache: dict[tuple[str, int | None, Hashable], tuple[float, dict, Any, Any]] = {}
         self.cache_hits = 0
 
     @abstractmethod
@@ -105,24 +106,26 @@ class Objective(ABC):
             cost = float(ev.cost)
             for j, i in enumerate(todo):
                 extra = None if ev.extra is None else np.asarray(ev.extra[j], dtype=float)
-                self._cache[keys[i]] = (float(ev.values[j]), dict(ev.metrics[j]), extra)
+                docs = None if ev.per_doc is None else ev.per_doc[j]
+                self._cache[keys[i]] = (float(ev.values[j]), dict(ev.metrics[j]), extra, docs)
         values = np.full(n, np.nan)
         k_extra = len(self.extra_names)
         extra = np.full((n, k_extra), np.nan) if k_extra else None
         metrics: list[dict[str, Any]] = []
+        per_doc: list[np.ndarray | None] = [None] * n
         fresh = set(todo)
         for i in range(n):
             if not valid[i]:
                 metrics.append({"rejected": True, "cache_hit": False})
                 continue
-            value, m, e = self._cache[keys[i]]
+            value, m, e, per_doc[i] = self._cache[keys[i]]
             hit = i not in fresh
             self.cache_hits += int(hit)
             values[i] = value
             metrics.append({**m, "cache_hit": hit})
             if extra is not None and e is not None:
                 extra[i] = e
-        return Evaluation(values=values, metrics=metrics, extra=extra, cost=cost)
+        return Evaluation(values=values, metrics=metrics, extra=extra, cost=cost, per_doc=per_doc)
 
 
 def prompt_xentropy(
@@ -202,6 +205,7 @@ class Differentiable(Objective):
         n = len(iv)
         values = np.full(n, np.nan)
         metrics: list[dict[str, Any]] = [{} for _ in range(n)]
+        per_doc: list[np.ndarray | None] = [None] * n
         xent = np.full(n, np.nan)
         with torch.no_grad():
             if isinstance(iv, HookIntervention):
@@ -209,7 +213,10 @@ class Differentiable(Objective):
             else:
                 groups = [(g, self._prompt_stats(iv, g, split, idx)) for g in iv.groups()]
         for members, st in groups:
+            docs = st.pop(PER_DOC, None)
             for j, i in enumerate(members):
+                if docs is not None:
+                    per_doc[i] = docs[j].detach().double().cpu().numpy()
                 row = {k: float(v[j]) for k, v in st.items()}
                 values[i] = row.pop("value")
                 if "xentropy" in row:
@@ -218,7 +225,7 @@ class Differentiable(Objective):
         if isinstance(iv, PromptIntervention) and iv.is_tokens:
             self._remember([iv.ids[i] for i in range(n)], xent)  # type: ignore[misc]
         extra = xent[:, None] if self.extra_names else None
-        return Evaluation(values, metrics, extra=extra, cost=float(n * n_docs))
+        return Evaluation(values, metrics, extra=extra, cost=float(n * n_docs), per_doc=per_doc)
 
     def _prompt_stats(
         self, iv: PromptIntervention, members: list[int], split: str, idx: Sequence[int] | None

@@ -68,7 +68,7 @@ class Classification(DocumentObjective):
     def from_config(cls, cfg: Any, ctx: Any) -> Classification:
         from blackbox.config.base import ConfigError
         from blackbox.evals.data import DataError, fetch, is_ready, read_split
-        from blackbox.evals.sampling import subsample
+        from blackbox.evals.sampling import size_warning, subsample
 
         o = cfg.objective
         try:
@@ -79,6 +79,10 @@ class Classification(DocumentObjective):
             raise ConfigError(f"config: objective.data: {o.data!r}: {exc}") from None
         search = rows[o.search_split]
         pick = subsample(len(search), o.search_size, cfg.seed, labels=[r["gold"] for r in search])
+        if o.search_size > len(search):
+            ctx.warn(
+                size_warning("objective.search_size", o.search_size, len(search), o.search_split)
+            )
         held_rows = rows[o.heldout_split]
         exclude = set(pick) if o.heldout_split == o.search_split else None
         held = subsample(len(held_rows), o.heldout_size, 1234, exclude)  # one set for every seed

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.api import HookIntervention, ObjectiveTraits
+from blackbox.api import PER_DOC, HookIntervention, ObjectiveTraits
 from blackbox.evals.base import Differentiable, prompt_xentropy
 from blackbox.forward.splice import Capture, Items, Splice, SpliceOut, prompt_next_logits
 
@@ -168,6 +168,7 @@ class DocumentObjective(Differentiable):
         data = self.items(split)
         order = list(range(len(data))) if idx is None else list(idx)
         sums: dict[str, torch.Tensor] = {}
+        docs: list[torch.Tensor] = []  # (C, m) values of each chunk's documents
         fluency: dict[str, torch.Tensor] = {}
         for _, rows, flu in run_documents(
             self.splice,
@@ -183,9 +184,11 @@ class DocumentObjective(Differentiable):
             next_logits=next_logits,
         ):
             fluency.update(flu)
+            docs.append(rows["value"])
             for name, v in rows.items():
                 sums[name] = sums[name] + v.sum(1) if name in sums else v.sum(1)
-        return self.transform({**{k: v / len(order) for k, v in sums.items()}, **fluency})
+        means = {k: v / len(order) for k, v in sums.items()}
+        return self.transform({**means, PER_DOC: torch.cat(docs, dim=1), **fluency})
 
 
 class Standardised(DocumentObjective):
@@ -254,4 +257,6 @@ class Standardised(DocumentObjective):
         raw = st["value"]
         out = {"value": (raw - self.mu) / self.sigma, self.raw_metric: raw}
         out.update({k: v for k, v in st.items() if k != "value"})
+        if PER_DOC in st:  # z-scores are linear: the documents' mean is still the value
+            out[PER_DOC] = (st[PER_DOC] - self.mu) / self.sigma
         return out

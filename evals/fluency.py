@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from blackbox.api import PROMPT, ObjectiveTraits
+from blackbox.api import PER_DOC, PROMPT, ObjectiveTraits
 from blackbox.evals.document_objective import DocumentObjective
 from blackbox.forward.splice import Items, SpliceOut
 
@@ -28,7 +28,9 @@ class FluencyObjective(DocumentObjective):
     def transform(self, st: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "xentropy" not in st:
             raise ValueError("fluency: scores token prompts only (their ids are needed)")
-        return {**st, "value": -st["xentropy"]}
+        out = {**st, "value": -st["xentropy"]}
+        out.pop(PER_DOC, None)  # measured in one document's context: no per-document values
+        return out
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> FluencyObjective:

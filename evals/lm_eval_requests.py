@@ -286,13 +286,25 @@ class TaskSplitSpec:
 
 def aggregate(
     task: Any, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Task metrics from per-request log-likelihoods ``(R,)`` and greedy flags ``(R,)``, through
-    ``task.process_results`` per document and the task's aggregation functions."""
+    ``task.process_results`` per document and the task's aggregation functions.
+
+    Returns the metrics and, for each metric aggregated by lm-eval's ``mean``, its value per
+    document ``(D,)`` (the unit of paired statistics; corpus-level metrics have none).
+    """
+    from lm_eval.api.metrics import mean
+
     per_metric: dict[str, list[Any]] = defaultdict(list)
     for d in range(prep.n_docs):
         results = [(float(ll[r]), bool(greedy[r])) for r in prep.requests_of_doc[d]]
         for metric, value in task.process_results(prep.docs[d], results).items():
             per_metric[metric].append(value)
     agg = task.aggregation()
-    return {m: float(agg[m](vals)) for m, vals in per_metric.items() if m in agg}
+    metrics = {m: float(agg[m](vals)) for m, vals in per_metric.items() if m in agg}
+    per_doc = {
+        m: np.asarray(vals, dtype=float)
+        for m, vals in per_metric.items()
+        if agg.get(m) is mean and all(isinstance(v, int | float) for v in vals)
+    }
+    return metrics, per_doc

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from blackbox.config.base import ConfigError
 from blackbox.evals.lm_eval_requests import TaskSplitSpec
-from blackbox.evals.sampling import subsample
+from blackbox.evals.sampling import size_warning, subsample
 
 
 def load_task(name: str) -> Any:
@@ -69,9 +70,11 @@ def gold_labels(task: Any, split: str) -> list[Any] | None:
         return None
 
 
-def task_splits(task: Any, tcfg: Any, seed: int) -> dict[str, TaskSplitSpec]:
+def task_splits(
+    task: Any, tcfg: Any, seed: int, warn: Callable[[str], None] | None = None
+) -> dict[str, TaskSplitSpec]:
     """The seeded ``search`` subsample and the ``heldout`` documents of ``tcfg`` (a
-    :class:`~blackbox.config.schema.TaskConfig`)."""
+    :class:`~blackbox.config.schema.TaskConfig`); ``warn`` hears of a size above the split's."""
     search_split, heldout_split = split_names(task, tcfg.search_split, tcfg.heldout_split)
     n_search = len(task.dataset[search_split])
     if n_search == 0:
@@ -80,6 +83,8 @@ def task_splits(task: Any, tcfg: Any, seed: int) -> dict[str, TaskSplitSpec]:
         )
     labels = gold_labels(task, search_split) if tcfg.stratify else None
     search_docs = subsample(n_search, tcfg.search_size, seed, labels=labels)
+    if warn is not None and tcfg.search_size > n_search:
+        warn(size_warning("task.search_size", tcfg.search_size, n_search, search_split))
     exclude = set(search_docs) if heldout_split == search_split else None
     heldout_docs = subsample(len(task.dataset[heldout_split]), tcfg.heldout_size, seed + 1, exclude)
     if not heldout_docs:

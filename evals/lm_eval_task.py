@@ -126,7 +126,7 @@ class LMEvalTask(Differentiable):
         from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 
         task, lm = ctx.task(), ctx.lm()
-        splits = task_splits(task, cfg.task, cfg.seed)
+        splits = task_splits(task, cfg.task, cfg.seed, warn=ctx.warn)
         sc = cfg.scoring
         try:
             obj = cls(
@@ -203,10 +203,11 @@ class LMEvalTask(Differentiable):
         prep = self._head(split, limit)  # the first ``limit`` documents, requests renumbered
         n = len(iv)
         metrics: list[dict[str, Any]] = [{} for _ in range(n)]
+        per_doc: list[np.ndarray | None] = [None] * n
         if isinstance(iv, HookIntervention):
             lls, greedy = self._hook_scores(iv, prep)
             for i in range(n):
-                metrics[i] = self._metrics(split, prep, lls[i], greedy[i])
+                metrics[i], per_doc[i] = self._metrics(split, prep, lls[i], greedy[i])
         else:
             docs = list(range(prep.n_docs))
             for members in iv.groups():
@@ -214,7 +215,7 @@ class LMEvalTask(Differentiable):
                 with torch.no_grad():
                     ll, gr, means = self.request_scores(split, docs, prompt, tokens)
                 for j, i in enumerate(members):
-                    m = self._metrics(split, prep, ll[j].cpu().numpy(), gr[j].numpy())
+                    m, per_doc[i] = self._metrics(split, prep, ll[j].cpu().numpy(), gr[j].numpy())
                     if "xentropy" in means:
                         m["xentropy"] = float(means["xentropy"][j])
                     metrics[i] = m
@@ -223,25 +224,29 @@ class LMEvalTask(Differentiable):
         if not isinstance(iv, HookIntervention) and iv.is_tokens:
             self._remember([iv.ids[i] for i in range(n)], xent)  # type: ignore[misc]
         extra = xent[:, None] if self.extra_names else None
-        return Evaluation(values, metrics, extra=extra, cost=float(n * prep.n_docs))
+        return Evaluation(
+            values, metrics, extra=extra, cost=float(n * prep.n_docs), per_doc=per_doc
+        )
 
     def _metrics(
         self, split: str, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The task's metrics, and ``gold_logprob`` (the mean over documents of the gold
-        choice's log-probability among the choices) when targets are choice indices."""
-        m: dict[str, Any] = aggregate(self.task, prep, ll, greedy)
+        choice's log-probability among the choices) when targets are choice indices; and the
+        primary metric per document ``(D,)`` (``None`` if it is not a mean over documents)."""
+        m, docs = aggregate(self.task, prep, ll, greedy)
         try:
             gold = self.gold(split)
         except ValueError:
-            return m
+            return m, docs.get(self.metric)
         terms = []
         for d in range(prep.n_docs):
             x = np.asarray([ll[r] for r in prep.requests_of_doc[d]], dtype=float)
             x = x - x.max()
             terms.append(float(x[gold[d]] - np.log(np.exp(x).sum())))
         m["gold_logprob"] = float(np.mean(terms))
-        return m
+        docs["gold_logprob"] = np.asarray(terms)
+        return m, docs.get(self.metric)
 
     def _hook_scores(
         self, iv: HookIntervention, prep: PreparedSplit

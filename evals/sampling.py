@@ -7,6 +7,14 @@ from typing import Any
 import numpy as np
 
 
+def size_warning(field: str, asked: int, available: int, split: str) -> str:
+    """The line that says a requested sample is larger than its split (all of it is used)."""
+    return (
+        f"{field}: {asked} is more than the {available} documents of split {split!r}; "
+        f"all {available} are used"
+    )
+
+
 def subsample(
     n_total: int,
     size: int | None,

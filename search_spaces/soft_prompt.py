@@ -80,6 +80,17 @@ def init_embeddings(
     return rows, ids
 
 
+def check_subspace(sc: Any, width: int) -> None:
+    """One line if ``sc.subspace_dim`` exceeds the soft prompt's ``n_tokens x width``."""
+    from blackbox.config.base import ConfigError
+
+    if sc.subspace_dim is not None and sc.subspace_dim > sc.n_tokens * width:
+        raise ConfigError(
+            f"config: space.subspace_dim: {sc.subspace_dim} is larger than the soft prompt "
+            f"itself ({sc.n_tokens} x {width}); use null for the full space"
+        )
+
+
 class SoftPromptSpace(SearchSpace[SoftPrompt]):
     """The box over ``z`` and the map ``p = A z + p0``.
 
@@ -168,11 +179,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         special = set(getattr(tok, "all_special_ids", []) or [])
         allowed = [i for i in range(min(len(tok), vocab)) if i not in special]
         text_ids = tok.encode(sc.init_text, add_special_tokens=False) if sc.init_text else None
-        if sc.subspace_dim is not None and sc.subspace_dim > sc.n_tokens * embed.weight.shape[1]:
-            raise ConfigError(
-                f"config: space.subspace_dim: {sc.subspace_dim} is larger than the soft prompt "
-                f"itself ({sc.n_tokens} x {embed.weight.shape[1]}); use null for the full space"
-            )
+        check_subspace(sc, int(embed.weight.shape[1]))
         try:
             _, ids = init_embeddings(
                 embed.weight, sc.n_tokens, sc.init, cfg.seed, text_ids, allowed

@@ -211,7 +211,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
         from pathlib import Path
 
         from blackbox.config.base import ConfigError
-        from blackbox.models.layers import num_layers
+        from blackbox.models.layers import layer_path, num_layers
         from blackbox.search_spaces.steering_vectors import (
             cached_contrastive_vector,
             load_vector_file,
@@ -233,12 +233,26 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
                 )
         vectors = []
         hidden = int(model.config.hidden_size)
+        hookpoints = {layer_path(model, i): i for i in range(n_layers)}
         for v in sc.vectors:
             if v.file is not None:
                 try:
-                    vectors.append(load_vector_file(Path(v.file), v.name, n_layers, hidden))
+                    vec = load_vector_file(Path(v.file), v.name, n_layers, hidden, hookpoints)
                 except ValueError as exc:
                     raise ConfigError(f"config: space.vectors.{v.name}.file: {exc}") from None
+                searched = (
+                    [sc.fixed_layers[v.name]]
+                    if v.name in sc.fixed_layers
+                    else list(range(lo, hi + 1))
+                )
+                missing = [i for i in searched if vec.layers is not None and i not in vec.layers]
+                if missing:
+                    raise ConfigError(
+                        f"config: space.vectors.{v.name}.file: has directions for layers "
+                        f"{list(vec.layers or ())} only, not {missing}; set space.layers (or "
+                        f"space.fixed_layers.{v.name}) within them"
+                    )
+                vectors.append(vec)
             elif v.unembed is not None:
                 try:
                     vectors.append(unembedding_vector(model, tok, v.name, *v.unembed))

@@ -36,11 +36,14 @@ class SteeringVector:
         name: the concept's name.
         vectors: ``(L, d)`` raw contrastive difference per layer.
         scales: ``(L,)`` typical residual norm per layer.
+        layers: the layers that have a direction, for files that name some layers only
+            (``None``: every layer); the others hold zeros and steer nothing.
     """
 
     name: str
     vectors: torch.Tensor
     scales: torch.Tensor
+    layers: tuple[int, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -170,36 +173,76 @@ def cached_contrastive_vector(
     return vec
 
 
-def load_vector_file(path: Path, name: str, num_layers: int, hidden: int) -> SteeringVector:
-    """Load a steering vector from a tensor file (``.pt`` with weights_only, or safetensors).
+def load_vector_file(
+    path: Path,
+    name: str,
+    num_layers: int,
+    hidden: int,
+    hookpoints: dict[str, int] | None = None,
+) -> SteeringVector:
+    """Load a steering vector from a tensor file (``.pt`` with weights_only, safetensors or
+    GGUF).
 
     The file holds either a ``(L, d)`` tensor, a ``(d,)`` tensor (the same direction at every
-    layer), or a dict with ``vectors`` ``(L, d)`` and optional ``scales`` ``(L,)``.  Missing
-    scales default to 1 (coefficients are then absolute).
+    layer), a dict with ``vectors`` ``(L, d)`` and optional ``scales`` ``(L,)`` (missing scales
+    default to 1: coefficients are then absolute), or directions for some layers in another
+    tool's format (:mod:`.vector_files`: lm-eval's ``steered`` .pt, a llama.cpp / repeng GGUF
+    control vector, a steering-vectors ``{layer: tensor}`` dict).  For the latter the scale of a
+    layer is the norm of the file's vector there, so coefficient 1 adds exactly the file's
+    vector; layers the file does not name hold zeros (:attr:`SteeringVector.layers` lists the
+    others).
+
+    Args:
+        hookpoints: module path -> layer of this model (for ``steered`` files).
 
     Raises:
-        ValueError: one line naming the file and what shape was expected.
+        ValueError: one line naming the file and what is wrong (shape, layer, width, dtype).
     """
+    from blackbox.search_spaces.vector_files import (
+        check_layers,
+        is_gguf,
+        read_control_vector,
+        read_layer_directions,
+    )
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"vector file {str(path)!r}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            data: object = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or not a tensor file
-        raise ValueError(
-            f"vector file {str(path)!r}: cannot be read as a tensor file ({type(exc).__name__})"
-        ) from None
+    if path.suffix == ".gguf" or is_gguf(path):
+        layered: dict[int, torch.Tensor] | None = read_control_vector(path)
+        data: object = None
+    else:
+        try:
+            if path.suffix == ".safetensors":
+                data = load_file(str(path))
+            else:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt or not a tensor file
+            raise ValueError(
+                f"vector file {str(path)!r}: cannot be read as a tensor file ({type(exc).__name__})"
+            ) from None
+        layered = read_layer_directions(data, path, hookpoints)
+    if layered is not None:
+        check_layers(layered, path, num_layers, hidden)
+        vectors = torch.zeros(num_layers, hidden)
+        scales = torch.ones(num_layers)
+        for layer, v in layered.items():
+            vectors[layer] = v
+            scales[layer] = float(v.norm()) if float(v.norm()) > 0 else 1.0
+        return SteeringVector(name, vectors, scales, tuple(sorted(layered)))
     scales = None
     if isinstance(data, dict):
         if "vectors" not in data:
-            raise ValueError(f"vector file {str(path)!r}: a dict needs a 'vectors' entry")
+            raise ValueError(
+                f"vector file {str(path)!r}: a dict needs a 'vectors' entry, layer-number keys "
+                "or lm-eval steered entries"
+            )
         scales = data.get("scales")
         data = data["vectors"]
     if not torch.is_tensor(data):
         raise ValueError(f"vector file {str(path)!r}: expected a tensor, got {type(data).__name__}")
+    if not data.is_floating_point():
+        raise ValueError(f"vector file {str(path)!r}: dtype {data.dtype}; expected a float tensor")
     t = data.float()
     if t.dim() == 1:
         t = t[None].expand(num_layers, -1).clone()

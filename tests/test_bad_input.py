@@ -81,12 +81,27 @@ def _anchor_bomb(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
     return text, [], {}
 
 
-def _vector_file(content: Callable[[Path], None]) -> Callable[..., Any]:
+def _vector_file(content: Callable[[Path], None], name: str = "vec.pt") -> Callable[..., Any]:
     def prep(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
-        content(tmp / "vec.pt")
-        return _config(a), [f"--set=space.vectors=[{{name: v, file: {tmp / 'vec.pt'}}}]"], {}
+        content(tmp / name)
+        return _config(a), [f"--set=space.vectors=[{{name: v, file: {tmp / name}}}]"], {}
 
     return prep
+
+
+def _control_vector(path: Path) -> None:
+    from blackbox.search_spaces.vector_files import write_control_vector
+
+    write_control_vector({1: torch.ones(32)}, path)
+
+
+def _sae_without_weights(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    (tmp / "sae").mkdir()
+    (tmp / "sae" / "cfg.json").write_text('{"d_in": 64, "d_sae": 8}')
+    cfg = {k: v for k, v in _config(a).items() if k not in ("task", "space")}
+    cfg["space"] = {"type": "tokens", "n_tokens": 2}
+    cfg["objective"] = {"type": "feature_direction", "layer": 2, "file": str(tmp / "sae"), "row": 1}
+    return cfg, [], {}
 
 
 class _Boom:
@@ -218,6 +233,30 @@ CASES: list[Case] = [
         "(4, 64) or (64,) for this model",
     ),
     (
+        "control vector of another width",
+        _vector_file(_control_vector, "vec.gguf"),
+        "config: space.vectors.v.file: vector file '{tmp}/vec.gguf': layer 1 has width 32; the "
+        "model's is 64",
+    ),
+    (
+        "steered file beyond the model's layers",
+        _vector_file(lambda p: torch.save({"layers.9": {"steering_vector": torch.ones(64)}}, p)),
+        "config: space.vectors.v.file: vector file '{tmp}/vec.pt': hookpoint 'layers.9' is not a "
+        "decoder layer of this model (blackbox steers decoder-layer outputs)",
+    ),
+    (
+        "layer-dict vector file for other layers",
+        _vector_file(lambda p: torch.save({3: torch.ones(64)}, p)),
+        "config: space.vectors.v.file: has directions for layers [3] only, not [0, 1, 2]; set "
+        "space.layers (or space.fixed_layers.v) within them",
+    ),
+    (
+        "SAE directory without weights",
+        _sae_without_weights,
+        "config: objective.file: SAE directory '{tmp}/sae': no sae_weights.safetensors (a "
+        "sae-lens SAE directory)",
+    ),
+    (
         "empty split (empty data file)",
         _empty_split,
         "config: task.name: 'bb_rotten_tomatoes': its data cannot be loaded (StopIteration); "
@@ -231,8 +270,8 @@ CASES: list[Case] = [
     (
         "unreachable storage",
         _set("storage=postgresql://bb:hunter2@127.0.0.1:9/db"),
-        "storage 'postgresql://bb:***@127.0.0.1:9/db': cannot be opened ((psycopg2.OperationalError) "
-        'connection to server at "127.0.0.1", port 9 failed: Connection refused)',
+        "storage 'postgresql://bb:***@127.0.0.1:9/db': cannot be reached ((psycopg.OperationalError) "
+        'connection failed: connection to server at "127.0.0.1", port 9 failed: Connection refused)',
     ),
     (
         "name '..' (would write into the parent directory)",
@@ -298,9 +337,9 @@ CASES: list[Case] = [
     (
         "storage password in the query string",
         _set("storage=postgresql://bb@127.0.0.1:9/db?password=hunter2"),
-        "storage 'postgresql://bb@127.0.0.1:9/db?password=***': cannot be opened "
-        '((psycopg2.OperationalError) connection to server at "127.0.0.1", port 9 failed: '
-        "Connection refused)",
+        "storage 'postgresql://bb@127.0.0.1:9/db?password=***': cannot be reached "
+        '((psycopg.OperationalError) connection failed: connection to server at "127.0.0.1", '
+        "port 9 failed: Connection refused)",
     ),
     (
         "unknown storage scheme",

@@ -284,6 +284,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = load_compare(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     check_out_dir(out)
+    if cfg.storage:
+        from blackbox.study.storage import probe_storage
+
+        probe_storage(cfg.storage)  # before the model loads
     try:
         status = run_compare(cfg, out, progress=not args.no_progress)
     except KeyboardInterrupt:

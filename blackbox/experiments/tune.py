@@ -370,6 +370,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_tune(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"tune_{cfg.study.name}"
     check_out_dir(out)
+    if cfg.storage:
+        from blackbox.study.storage import probe_storage
+
+        probe_storage(cfg.storage)  # before the model loads
     study, path = run_tune(cfg, out, progress=not args.no_progress)
     pruned = sum(t.state == TrialState.PRUNED for t in study.trials)
     print(

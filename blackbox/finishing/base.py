@@ -11,9 +11,14 @@ class Finisher:
 
     Subclasses implement :meth:`finish` (after a run: files and result sections) and
     :meth:`export` (the best candidate's files, also from ``blackbox export``).
+
+    Attributes:
+        formats: export format name -> what it writes (the first is the default, the one
+            :meth:`finish` writes).
     """
 
     name: ClassVar[str] = ""
+    formats: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def finish(
@@ -25,6 +30,21 @@ class Finisher:
         return {"files": [f.name for f in cls.export(p, summary.best.candidate, run_dir)]}
 
     @classmethod
-    def export(cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None) -> list[Path]:
-        """Write the files of ``candidate`` (the run's best); returns their paths."""
+    def export(
+        cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None, fmt: str | None = None
+    ) -> list[Path]:
+        """Write the files of ``candidate`` (the run's best) in format ``fmt`` (default: the
+        first of :attr:`formats`); returns their paths."""
         raise NotImplementedError
+
+    @classmethod
+    def check_format(cls, fmt: str | None, space: str) -> str:
+        """``fmt`` or the default; one-line :class:`ValueError` for a format of another space."""
+        names = list(cls.formats)
+        if fmt is None:
+            return names[0]
+        if fmt not in cls.formats:
+            raise ValueError(
+                f"export: --format {fmt}: a {space} run exports {', '.join(names)} (or all)"
+            )
+        return fmt

@@ -20,6 +20,7 @@ ids and text).  Projection needs an objective with gradients (every one but a cl
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,12 @@ class SoftFinisher(Finisher):
         files.append("tokens.json")
         return {"stages": rows, "files": files}
 
+    formats = {
+        "safetensors": "soft_prompt.safetensors: the soft prompt, its z and p0",
+        "peft": "peft_adapter/: a PEFT prompt-tuning adapter (PeftModel, lm_eval peft=DIR); "
+        "placements PEFT cannot express: embeddings + template.json",
+    }
+
     @classmethod
     def export(
         cls,
@@ -126,9 +133,13 @@ class SoftFinisher(Finisher):
         candidate: Any,
         run_dir: Path,
         out: Path | None = None,
+        fmt: str | None = None,
         z: np.ndarray | None = None,
     ) -> list[Path]:
         from safetensors.torch import save_file
+
+        if cls.check_format(fmt, "soft_prompt") == "peft":
+            return export_peft(p, candidate, Path(out) if out else Path(run_dir) / "peft_adapter")
 
         from blackbox.masking import masked
 
@@ -144,6 +155,35 @@ class SoftFinisher(Finisher):
             metadata={"config": json.dumps(masked(p.config.resolved()))},
         )
         return [target]
+
+
+def export_peft(p: Any, candidate: Any, out_dir: Path) -> list[Path]:
+    """The soft prompt as a PEFT prompt-tuning adapter (plus ``samples.json``, the held-out
+    documents, for an lm-eval task), or embeddings + template where PEFT cannot express the
+    placement (:mod:`.peft_export`)."""
+    from blackbox.finishing.peft_export import (
+        prompt_comes_first,
+        write_peft_adapter,
+        write_soft_template,
+    )
+
+    cfg, tok = p.config, p.loaded.tokenizer
+    if not prompt_comes_first(cfg, tok):
+        return write_soft_template(candidate.embeddings, cfg, tok, out_dir)
+    paths = write_peft_adapter(candidate.embeddings, str(p.loaded.path), out_dir)
+    if cfg.objective.type == "lm_eval_task":
+        from blackbox.finishing.lm_eval_variant import heldout_documents
+
+        task, split, docs = heldout_documents(cfg)
+        if split != (task.config.test_split or task.config.validation_split):
+            print(
+                f"blackbox: note: the held-out split {split!r} is not the one lm-eval evaluates; "
+                "samples.json indexes it",
+                file=sys.stderr,
+            )
+        paths.append(Path(out_dir) / "samples.json")
+        paths[-1].write_text(json.dumps({task.config.task: docs}))
+    return paths
 
 
 def stage_table(result: dict[str, Any]) -> str:

@@ -1,5 +1,8 @@
 """Token-prompt runs end with the best prompt's text, its per-token attribution and the
-fluency Pareto front over every evaluated prompt (``tokens.json``, ``pareto.png``)."""
+fluency Pareto front over every evaluated prompt (``tokens.json``, ``pareto.png``).
+
+``blackbox export --format lm_eval`` writes the prompt as an lm-eval task variant
+(:mod:`.lm_eval_variant`)."""
 
 from __future__ import annotations
 
@@ -95,8 +98,22 @@ class TokensFinisher(Finisher):
             out["files"].append("pareto.png")
         return out
 
+    formats = {
+        "json": "tokens.json: the prompt's ids and text",
+        "lm_eval": "lm_eval_task/: prompt.txt and an lm-eval task variant (--include_path)",
+    }
+
     @classmethod
-    def export(cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None) -> list[Path]:
+    def export(
+        cls, p: Any, candidate: Any, run_dir: Path, out: Path | None = None, fmt: str | None = None
+    ) -> list[Path]:
+        if cls.check_format(fmt, "tokens") == "lm_eval":
+            from blackbox.finishing.lm_eval_variant import write_task_variant
+
+            target = Path(out) if out is not None else Path(run_dir) / "lm_eval_task"
+            return write_task_variant(
+                p.config, candidate.text, target, p.loaded, list(candidate.ids)
+            )
         target = Path(out) if out is not None else Path(run_dir) / "tokens.json"
         data = {"best": {"ids": [int(i) for i in candidate.ids], "text": candidate.text}}
         target.write_text(json.dumps(data, indent=2))

@@ -146,6 +146,25 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def peek_config(name: str) -> Any | None:
+    """The model's ``transformers`` config when it is on disk already (a local directory, the
+    embedded model's converted cache, the Hugging Face cache), without loading any weight;
+    ``None`` when it is not (checks that need it then wait for the model)."""
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    if name in EMBEDDED_MODELS:
+        path = model_cache_dir(name)
+    elif not path.is_dir():
+        path = _cached_snapshot(name) if not name.startswith((".", "/", "~")) else None
+    if path is None or not (Path(path) / "config.json").is_file():
+        return None
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception:  # an unreadable config is the model loader's to report
+        return None
+
+
 def resolve_source(name: str, cache_dir: Path | str | None = None) -> str:
     """Where to load ``name`` from: a local directory, or a hub id to download.
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from blackbox.masking import mask_url
@@ -33,19 +34,55 @@ from blackbox.study.storage import StorageError, make_storage
 DB_NAMES = ("compare.db", "study.db", "tune.db")
 
 
-def resolve_storage(target: str) -> tuple[str, Path]:
-    """A storage URL and the default output directory for a run dir, a .db file or a URL."""
-    if "://" in target:
-        return target, Path("report")
+def resolve_storage(target: str, storage: str | None = None) -> tuple[str, Path]:
+    """A storage URL and the default output directory for a run dir, a .db file or a URL.
+
+    A directory whose runs live on a server (its ``compare.yaml`` / ``config.yaml`` names the
+    storage) is read from that URL; ``storage`` (``--storage``) overrides it, and is needed
+    when the saved URL's password is masked.
+    """
+    from blackbox.study.storage import checked_option
+
     path = Path(target)
+    if storage:
+        return checked_option(storage), path if path.is_dir() else Path("report")
+    if "://" in target:
+        return checked_option(target, "report"), Path("report")
     if path.is_dir():
         for name in DB_NAMES:
             if (path / name).is_file():
                 return f"sqlite:///{(path / name).resolve()}", path
-        raise StorageError(f"report: {target!r} holds none of {', '.join(DB_NAMES)}")
+        saved = _saved_storage(path)
+        if saved is not None:
+            return saved, path
+        raise StorageError(
+            f"report: {target!r} holds none of {', '.join(DB_NAMES)} and names no storage; "
+            "pass --storage URL"
+        )
     if path.is_file():
         return f"sqlite:///{path.resolve()}", path.parent
     raise StorageError(f"report: {target!r} is neither a directory, a file nor a storage URL")
+
+
+def _saved_storage(run_dir: Path) -> str | None:
+    """The storage URL saved in a run or compare directory's config (``None`` if none)."""
+    for name in ("compare.yaml", "config.yaml"):
+        f = run_dir / name
+        if not f.is_file():
+            continue
+        try:
+            data = yaml.safe_load(f.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise StorageError(f"report: {str(f)!r} cannot be read as YAML") from None
+        url = data.get("storage") if isinstance(data, dict) else None
+        if not url:
+            continue
+        if "***" in str(url):
+            raise StorageError(
+                f"report: the storage password is masked in {str(f)!r}; pass --storage URL"
+            )
+        return str(url)
+    return None
 
 
 def _value(t: optuna.trial.FrozenTrial) -> float:
@@ -307,7 +344,7 @@ def write_report(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    url, default_out = resolve_storage(args.target)
+    url, default_out = resolve_storage(args.target, args.storage)
     path = write_report(url, Path(args.out) if args.out else default_out, args.threshold, args.name)
     print(f"wrote {path}")
     return 0
@@ -325,6 +362,9 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="output directory (default: the run directory)")
     p.add_argument("--threshold", type=float, help="score for 'cost to reach' (default: median)")
     p.add_argument("--name", help="only the comparison of this name (storage shared by several)")
+    p.add_argument(
+        "--storage", help="storage URL (when the directory's saved one has a masked password)"
+    )
     p.set_defaults(handler=cmd_report)
 
 

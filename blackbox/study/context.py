@@ -28,8 +28,18 @@ class BuildContext:
     cfg: StudyConfig
     loaded: Any
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     _task: Any = None
     _lm: Any = None
+
+    def warn(self, message: str) -> None:
+        """A surprise that is not an error: one line on stderr now, and kept for
+        ``result.json``'s ``warnings`` (so it cannot scroll past)."""
+        import sys
+
+        if message not in self.warnings:
+            self.warnings.append(message)
+            print(f"blackbox: warning: {message}", file=sys.stderr)
 
     @property
     def model(self) -> Any:

@@ -118,8 +118,29 @@ def check(cfg: StudyConfig) -> None:
     o = cfg.objective
     for name in ("file", "direction_file", "prompts_file", "heldout_prompts_file"):
         path = getattr(o, name, None)
-        if path and not Path(path).is_file():
+        if name == "file" and path and Path(path).is_dir():  # a sae-lens SAE directory
+            from blackbox.evals.sae import load_sae_decoder
+
+            try:
+                load_sae_decoder(Path(path))
+            except ValueError as exc:
+                raise ConfigError(f"config: objective.file: {exc}") from None
+        elif path and not Path(path).is_file():
             raise ConfigError(f"config: objective.{name}: {path!r} does not exist")
+    sc = cfg.space
+    if getattr(sc, "subspace_dim", None) is not None:
+        from blackbox.models.loading import peek_config
+
+        mc = peek_config(cfg.model.name)
+        width = getattr(mc, "hidden_size", None) if mc is not None else None
+        if width:
+            from blackbox.search_spaces.soft_prompt import check_subspace
+
+            check_subspace(sc, int(width))
+    if cfg.storage:
+        from blackbox.study.storage import probe_storage
+
+        probe_storage(cfg.storage)
 
 
 def _baselines(space: Any, objective: Any) -> dict[str, Any]:
@@ -154,7 +175,9 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     task_seconds = time.perf_counter() - t0
     if loaded is None:
         loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-    ctx = BuildContext(cfg, loaded, {"task": task_seconds, "model": loaded.load_seconds}, task)
+    ctx = BuildContext(
+        cfg, loaded, {"task": task_seconds, "model": loaded.load_seconds}, _task=task
+    )
     t0 = time.perf_counter()
     with quiet_lm_eval():
         objective = OBJECTIVES.get(cfg.objective.type).from_config(cfg, ctx)
@@ -268,6 +291,7 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
         "calibration": p.calibration,
         "scoring": scoring_status(p.objective),
         "storage": mask_url(url),
+        "warnings": list(p.context.warnings) if p.context is not None else [],
     }
     completions = getattr(p.objective, "reference_completions", None)
     if completions:

@@ -57,7 +57,7 @@ def saved_config(run_dir: Path) -> Any:
         ) from None
     except Exception:
         raise ConfigError(
-            f"run dir {str(run_dir)!r}: its config.yaml is unreadable; use another --out"
+            f"run dir {str(run_dir)!r}: its config.yaml cannot be read as YAML"
         ) from None
 
 

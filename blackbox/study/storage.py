@@ -86,6 +86,57 @@ def expand_secrets(url: str) -> str:
     return PLACEHOLDER.sub(value, url)
 
 
+def checked_option(url: str, option: str = "--storage") -> str:
+    """A storage URL given on the command line, checked like a config's ``storage`` (scheme,
+    unencoded ``@``) and reachable; a one-line :class:`StorageError` names ``option``."""
+    from blackbox.config.base import check_storage_url
+
+    try:
+        check_storage_url(url)
+    except ValueError as exc:
+        raise StorageError(f"{option}: {exc} (got {mask_url(url)!r})") from None
+    probe_storage(url)
+    return url
+
+
+def probe_storage(url: str, timeout: int = 5) -> None:
+    """Check ``url`` can be opened, without creating or writing anything (run before the model
+    loads, so a wrong host, password, driver or missing ``${VAR}`` costs seconds).
+
+    Journal and SQLite files: their directory must exist.  Server URLs: one connection is made
+    and closed (``timeout`` seconds to connect).  Raises a one-line :class:`StorageError`.
+    """
+    full = expand_secrets(url)
+    if full.startswith(JOURNAL_PREFIX) or full.startswith("sqlite:"):
+        path = full[len(JOURNAL_PREFIX) :] if full.startswith(JOURNAL_PREFIX) else ""
+        if full.startswith("sqlite:"):
+            path = full.split(":///", 1)[1] if ":///" in full else ""
+            if not path or path == ":memory:":
+                return
+        if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StorageError(f"storage {mask_url(url)!r}: the file's directory does not exist")
+        return
+    try:
+        engine = sqlalchemy.create_engine(
+            _with_driver(full),
+            connect_args={"connect_timeout": timeout} if full.startswith("postgresql") else {},
+        )
+    except Exception as exc:  # unknown dialect, driver missing, malformed URL
+        raise StorageError(
+            f"storage {mask_url(url)!r}: not a usable storage URL ({mask_url(_first_line(exc))}); "
+            "allowed: postgresql://..., mysql://..., sqlite:///FILE, journal:///FILE"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise StorageError(
+            f"storage {mask_url(url)!r}: cannot be reached ({mask_url(_first_line(exc))})"
+        ) from None
+    finally:
+        engine.dispose()
+
+
 def make_storage(
     url: str,
     heartbeat_interval: int | None = None,

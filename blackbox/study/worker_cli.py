@@ -72,6 +72,10 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
             raise ConfigError(f"worker: --{name} must be >= 1, got {getattr(args, name)}")
     if args.grace <= args.heartbeat:
         raise ConfigError(f"worker: --grace ({args.grace}) must exceed --heartbeat")
+    if url != cfg.storage:
+        from blackbox.study.storage import checked_option
+
+        checked_option(url, "--storage" if args.storage else f"${STORAGE_ENV}")
     check(cfg)
     if cfg.strategy.name != "optuna":
         raise ConfigError(

@@ -69,3 +69,27 @@ class ObjectiveConformance:
         first = next(c for c in candidates if getattr(c, "valid", True))
         ev = problem.evaluate([first], limit=1)
         assert ev.cost == pytest.approx(1.0) and np.isfinite(ev.values[0])
+
+    # Objectives whose value is not a mean over documents (set False in the subclass).
+    per_document: bool = True
+
+    def test_per_document_values_average_to_the_value(self, problem, candidates) -> None:
+        """Paired statistics and racing read ``per_doc``: one value per document of the split,
+        in order, whose mean is the candidate's value (repeats from the cache too)."""
+        problem.objective.reset_cache()
+        ev = problem.evaluate(candidates)
+        again = problem.evaluate(candidates)
+        docs = problem.n_examples("search")
+        if not self.per_document:
+            assert ev.per_doc is None or all(d is None for d in ev.per_doc)
+            return
+        assert ev.per_doc is not None and again.per_doc is not None
+        for v, d, d2, m in zip(ev.values, ev.per_doc, again.per_doc, ev.metrics):
+            if m.get("rejected"):
+                assert d is None
+                continue
+            assert d is not None and d.shape == (docs,)
+            assert float(d.mean()) == pytest.approx(v, abs=self.atol)
+            np.testing.assert_array_equal(d, d2)
+        head = problem.evaluate([c for c in candidates if getattr(c, "valid", True)][:1], limit=1)
+        assert head.per_doc[0].shape == (1,)

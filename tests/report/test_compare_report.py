@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+import yaml
 
 from blackbox.report import aggregate as agg
 from blackbox.report.aggregate import RunCurve
@@ -131,3 +133,21 @@ def test_report_from_storage_alone(tmp_path) -> None:
 
 def test_curve_from_trials_without_search_is_none() -> None:
     assert curve_from_trials("x", {}, []) is None
+
+
+def test_a_directory_whose_runs_live_on_a_server_is_read_from_its_saved_storage(
+    tmp_path: Path,
+) -> None:
+    """``report DIR`` takes the storage named in DIR's compare.yaml / config.yaml; ``--storage``
+    overrides it; a masked password asks for ``--storage``."""
+    from blackbox.report.compare import resolve_storage
+    from blackbox.study.storage import StorageError
+
+    journal = f"journal:///{tmp_path}/runs.log"
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({"storage": journal}))
+    assert resolve_storage(str(tmp_path)) == (journal, tmp_path)
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert resolve_storage(str(tmp_path), other) == (other, tmp_path)
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({"storage": "postgresql://u:***@h/db"}))
+    with pytest.raises(StorageError, match="masked in .*compare.yaml'; pass --storage URL"):
+        resolve_storage(str(tmp_path))

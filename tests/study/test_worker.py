@@ -83,12 +83,12 @@ def postgres_url() -> Iterator[str]:
             capture_output=True,
         )
         started = True
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE blackbox")
-        conn.close()
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE blackbox")
         # trust auth ignores the password: it is there to prove it is masked everywhere
         yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/blackbox"
     finally:
@@ -408,3 +408,29 @@ def test_storage_password_from_the_environment_never_reaches_a_file(
         proc.stderr,
     ):
         assert PASSWORD not in text
+
+
+@pytest.mark.postgres
+def test_the_url_given_to_blackbox_opens_the_study_in_optuna_and_the_dashboard(
+    postgres_url: str,
+) -> None:
+    """One storage URL for every tool: a plain ``postgresql://`` URL (psycopg 3, the driver
+    SQLAlchemy 2.x means by it) opens blackbox's study unchanged in Optuna and through
+    optuna-dashboard's own storage loader."""
+    from optuna_dashboard._storage_url import get_storage
+
+    from blackbox.study.storage import open_study
+
+    box = Box(np.zeros(1), np.ones(1), np.zeros(1, dtype=bool), names=("x",))
+    study = open_study(postgres_url, "one_url", box, "fp")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.25},
+            distributions={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+            value=0.5,
+        )
+    )
+    assert postgres_url.startswith("postgresql://")
+    for storage in (postgres_url, get_storage(postgres_url)):
+        other = optuna.load_study(study_name="one_url", storage=storage)
+        assert [(t.params, t.value) for t in other.trials] == [({"x": 0.25}, 0.5)]
