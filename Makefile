@@ -1,6 +1,7 @@
 # One-command set-up, demo and tests.  Every target is idempotent; a second run is quick.
 #   make demo    set up, then run the demo study on the embedded model
 #   make test    set up, then run the whole test suite (what CI runs)
+#   make bench-gpu  GPU throughput table and JSON (one line when there is no GPU)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.blackbox-setup
 
-.PHONY: setup demo test bench lint data clean-runs
+.PHONY: setup demo test bench bench-gpu lint data clean-runs
 
 setup: $(STAMP)
 
@@ -40,6 +41,12 @@ bench: setup
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_soft_prompt.py
+	$(BIN)/python benchmarks/bench_racing.py
+
+# GPU throughput (fast path vs seed loop in fp32/bf16; scorer tokens/s on random 1B and 8B
+# Llamas; peak memory) -> runs/bench_gpu.json and a table.  Without CUDA: one line, exit 0.
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_gpu.py
 
 data: setup
 	$(BIN)/blackbox data

@@ -1,6 +1,7 @@
 """The ``blackbox`` command line.
 
     blackbox run studies/steer_rotten_tomatoes.yaml [--set strategy.name=nevergrad ...] [--out DIR]
+    blackbox run CONFIG --storage URL --remote    # coordinator; `blackbox worker` scores
     blackbox export RUN_DIR [--format F] [--out FILE]
     blackbox data
 
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(
         run, "study YAML (see studies/)", "budget.evaluations=40", "runs/<config name>"
+    )
+    run.add_argument(
+        "--storage",
+        help="Optuna storage URL (postgresql://..., journal:///FILE); default: "
+        "the config's storage, else study.db in the run directory",
+    )
+    run.add_argument(
+        "--remote",
+        action="store_true",
+        help="coordinate: enqueue each generation in --storage for `blackbox worker` "
+        "processes (any machine, one per GPU) instead of scoring it here",
     )
     exp = sub.add_parser(
         "export",
@@ -166,8 +178,23 @@ def _print_summary(result: dict[str, Any]) -> None:
             table.add_column(f"{split} ({splits[split]} docs)", justify="right")
     rows = [(f"baseline: {k}", v) for k, v in result.get("baselines", {}).items()]
     rows.append(("best found", {k: result["best"][k] for k in ("search", "heldout")}))
-    for label, entry in rows:
-        table.add_row(label, *[_cell(entry.get(s)) for s in ("search", "heldout") if s in splits])
+    st = result.get("statistics") or {}
+    for i, (label, entry) in enumerate(rows):
+        role = "best" if label == "best found" else ("baseline" if i == 0 else None)
+        cells = []
+        for s in ("search", "heldout"):
+            if s in splits:
+                ci = (st.get(s) or {}).get(role, {}).get("ci95") if role else None
+                cells.append(_cell(entry.get(s)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        table.add_row(label, *cells)
+    for s in ("search", "heldout"):
+        d = (st.get(s) or {}).get("difference")
+        if d and s in splits:
+            table.caption = (table.caption + "\n" if table.caption else "") + (
+                f"{s}: best - baseline {d['mean']:+.4f} [{d['ci95'][0]:+.3f}, "
+                f"{d['ci95'][1]:+.3f}], p = {d['p']:.3g} ({d['test']}, {d['n']} documents); "
+                "[..] 95% bootstrap intervals"
+            )
     console.print(table)
     if result.get("stages"):
         from blackbox.finishing.soft import stage_table
@@ -180,6 +207,15 @@ def _print_summary(result: dict[str, Any]) -> None:
     if result.get("pareto_front"):
         print(f"Pareto front: {len(result['pareto_front'])} prompts (pareto.png)")
     print(f"best candidate: {result['best']['candidate']}")
+    racing = result.get("racing")
+    if racing:
+        print(
+            f"racing: {racing['stopped_candidates']} candidates stopped early (schedule "
+            f"{racing['schedule']}, confidence {racing['confidence']})"
+        )
+    commands = ((result.get("provenance") or {}).get("lm_eval") or {}).get("commands") or {}
+    if "best" in commands:
+        print(f"reproduce the held-out best with lm-eval: {commands['best']}")
     print(
         f"{result['evaluations']} evaluations ({result['resumed_evaluations']} read back from "
         f"storage, {result['cache_hits']} repeats), {result['cost_forward_passes']:.0f} "
@@ -192,12 +228,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from blackbox.study.pipeline import execute, prepare
     from blackbox.study.rundir import check_out_dir
 
-    cfg = load_config(args.config, args.overrides)
+    storage = getattr(args, "storage", None)
+    cfg = load_config(args.config, args.overrides + ([f"storage={storage}"] if storage else []))
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    wrap = None
+    if getattr(args, "remote", False):
+        from blackbox.study.remote import check_remote, remote_wrapper
+
+        check_remote(cfg)
+        wrap = remote_wrapper()
     check_out_dir(run_dir)
     prepared = prepare(cfg, progress=not args.no_progress)
     try:
-        result = execute(prepared, run_dir, progress=not args.no_progress)
+        result = execute(prepared, run_dir, progress=not args.no_progress, wrap=wrap)
     except KeyboardInterrupt:
         print(
             f"\nblackbox: interrupted; finished batches are stored in {run_dir}. "

@@ -47,6 +47,9 @@ class Objective(ABC):
     name: ClassVar[str] = ""
     traits: ClassVar[ObjectiveTraits] = ObjectiveTraits()
     metric: str = "score"
+    # the value is a mean over documents and evaluations carry ``per_doc`` (racing and paired
+    # statistics need it)
+    per_document: bool = False
     extra_names: tuple[str, ...] = ()
     extra_directions: tuple[str, ...] = ()
 
@@ -57,8 +60,9 @@ class Objective(ABC):
         self.cache_hits = 0
 
     @abstractmethod
-    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
-        """Score every candidate of ``iv`` (all valid, all new) on ``split``."""
+    def _score(self, iv: Intervention, split: str, limit: Docs) -> Evaluation:
+        """Score every candidate of ``iv`` (all valid, all new) on ``split`` (documents
+        ``limit``, see :data:`Docs`)."""
 
     @abstractmethod
     def n_examples(self, split: str = "search") -> int:
@@ -80,10 +84,9 @@ class Objective(ABC):
                 del self._cache[k]
         self.cache_hits = 0
 
-    def evaluate(
-        self, iv: Intervention, split: str = "search", limit: int | None = None
-    ) -> Evaluation:
-        """Score the ``n`` candidates of ``iv`` on ``split`` (its first ``limit`` documents).
+    def evaluate(self, iv: Intervention, split: str = "search", limit: Docs = None) -> Evaluation:
+        """Score the ``n`` candidates of ``iv`` on ``split`` (its first ``limit`` documents, or
+        the documents ``[start, stop)`` when ``limit`` is a pair).
 
         Returns:
             values ``(n,)`` (NaN for rejected token prompts), per-candidate metrics (with
@@ -126,6 +129,23 @@ class Objective(ABC):
             if extra is not None and e is not None:
                 extra[i] = e
         return Evaluation(values=values, metrics=metrics, extra=extra, cost=cost, per_doc=per_doc)
+
+
+Docs = int | tuple[int, int] | None
+"""Which documents of a split to score: all (``None``), the first ``k`` (an int), or the
+documents ``[start, stop)`` (a pair: racing scores a split a slice at a time)."""
+
+
+def doc_range(limit: Docs, n: int) -> tuple[int, int]:
+    """``(start, stop)`` of ``limit`` in a split of ``n`` documents."""
+    if limit is None:
+        return 0, n
+    if isinstance(limit, tuple):
+        start, stop = int(limit[0]), min(int(limit[1]), n)
+        if not 0 <= start < stop:
+            raise ValueError(f"documents [{start}, {stop}) of a split of {n}")
+        return start, stop
+    return 0, min(int(limit), n)
 
 
 def prompt_xentropy(
@@ -199,8 +219,10 @@ class Differentiable(Objective):
         return self.splice  # type: ignore[attr-defined]
 
     # -- the runner's contract ----------------------------------------------------------------
-    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
-        idx = None if limit is None else list(range(min(limit, self.n_examples(split))))
+    def _score(self, iv: Intervention, split: str, limit: Docs) -> Evaluation:
+        idx = None
+        if limit is not None:
+            idx = list(range(*doc_range(limit, self.n_examples(split))))
         n_docs = self.n_examples(split) if idx is None else len(idx)
         n = len(iv)
         values = np.full(n, np.nan)

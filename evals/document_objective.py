@@ -109,6 +109,7 @@ class DocumentObjective(Differentiable):
     """
 
     captures: tuple[Capture, ...] = ()
+    per_document = True
 
     def __init__(
         self,

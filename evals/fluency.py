@@ -21,6 +21,7 @@ class FluencyObjective(DocumentObjective):
 
     traits = ObjectiveTraits(interventions=frozenset({PROMPT}), needs_token_ids=True)
     metric = "neg_xentropy"
+    per_document = False  # measured in one document's context
 
     def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
         return {"value": out.hidden.new_zeros(out.hidden.shape[0])}

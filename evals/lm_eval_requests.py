@@ -54,9 +54,13 @@ class PreparedSplit:
 
     def head(self, limit: int) -> PreparedSplit:
         """The same split restricted to its first ``limit`` documents (a lower fidelity)."""
-        if limit >= self.n_docs:
+        return self.slice(0, limit)
+
+    def slice(self, start: int, stop: int) -> PreparedSplit:
+        """The same split restricted to documents ``[start, stop)``, requests renumbered."""
+        if start == 0 and stop >= self.n_docs:
             return self
-        reqs = self.requests_of_doc[:limit]
+        reqs = self.requests_of_doc[start:stop]
         flat = [r for rs in reqs for r in rs]
         pairs = [self.pairs[r] for r in flat]
         rows, per_request = merge_rows(pairs, self.max_length, self.pack)
@@ -66,8 +70,8 @@ class PreparedSplit:
             i += len(rs)
         return PreparedSplit(
             self.name,
-            self.docs[:limit],
-            self.doc_ids[:limit],
+            self.docs[start:stop],
+            self.doc_ids[start:stop],
             renum,
             per_request,
             rows,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from blackbox.api import Evaluation, HookIntervention, Intervention, ObjectiveTraits
-from blackbox.evals.base import Differentiable
+from blackbox.evals.base import Differentiable, Docs, doc_range
 from blackbox.evals.document_objective import run_documents
 from blackbox.evals.lm_eval_prompts import PROMPT_PLACEMENTS, continuation_scores, request_items
 from blackbox.evals.lm_eval_requests import (
@@ -104,7 +104,7 @@ class LMEvalTask(Differentiable):
         )
         self.splice = Splice(lm.model, cache_mb=cache_mb)
         self._prepared: dict[str, PreparedSplit] = {}
-        self._heads: dict[tuple[str, int], PreparedSplit] = {}
+        self._heads: dict[tuple[str, int, int], PreparedSplit] = {}
         self._items: dict[tuple[str, Any], Any] = {}
         self._gold: dict[str, list[int]] = {}
 
@@ -171,11 +171,20 @@ class LMEvalTask(Differentiable):
         self.check_split(split)
         return self._splits[split]
 
-    def _head(self, split: str, limit: int | None) -> PreparedSplit:
+    def _head(self, split: str, limit: Docs) -> tuple[PreparedSplit, int]:
+        """The documents ``limit`` of ``split`` (requests renumbered) and the first one's index."""
         prep = self.prepared(split)
-        if limit is None or limit >= prep.n_docs:
-            return prep
-        return self._heads.setdefault((split, limit), prep.head(limit))
+        start, stop = doc_range(limit, prep.n_docs)
+        if (start, stop) == (0, prep.n_docs):
+            return prep, 0
+        return self._heads.setdefault((split, start, stop), prep.slice(start, stop)), start
+
+    @property
+    def per_document(self) -> bool:  # type: ignore[override]
+        """The task aggregates its metric with lm-eval's ``mean`` (accuracy-type metrics)."""
+        from lm_eval.api.metrics import mean
+
+        return self.task.aggregation().get(self.metric) is mean
 
     def n_examples(self, split: str = "search") -> int:
         return self.prepared(split).n_docs
@@ -199,23 +208,25 @@ class LMEvalTask(Differentiable):
         return self._items[key]
 
     # -- scoring ------------------------------------------------------------------------------
-    def _score(self, iv: Intervention, split: str, limit: int | None) -> Evaluation:
-        prep = self._head(split, limit)  # the first ``limit`` documents, requests renumbered
+    def _score(self, iv: Intervention, split: str, limit: Docs) -> Evaluation:
+        prep, start = self._head(split, limit)  # the documents asked for, requests renumbered
         n = len(iv)
         metrics: list[dict[str, Any]] = [{} for _ in range(n)]
         per_doc: list[np.ndarray | None] = [None] * n
         if isinstance(iv, HookIntervention):
             lls, greedy = self._hook_scores(iv, prep)
             for i in range(n):
-                metrics[i], per_doc[i] = self._metrics(split, prep, lls[i], greedy[i])
+                metrics[i], per_doc[i] = self._metrics(split, prep, lls[i], greedy[i], start)
         else:
-            docs = list(range(prep.n_docs))
+            docs = list(range(start, start + prep.n_docs))
             for members in iv.groups():
                 prompt, tokens = self._prompt_of(iv, members)
                 with torch.no_grad():
                     ll, gr, means = self.request_scores(split, docs, prompt, tokens)
                 for j, i in enumerate(members):
-                    m, per_doc[i] = self._metrics(split, prep, ll[j].cpu().numpy(), gr[j].numpy())
+                    m, per_doc[i] = self._metrics(
+                        split, prep, ll[j].cpu().numpy(), gr[j].numpy(), start
+                    )
                     if "xentropy" in means:
                         m["xentropy"] = float(means["xentropy"][j])
                     metrics[i] = m
@@ -229,7 +240,12 @@ class LMEvalTask(Differentiable):
         )
 
     def _metrics(
-        self, split: str, prep: PreparedSplit, ll: np.ndarray, greedy: np.ndarray
+        self,
+        split: str,
+        prep: PreparedSplit,
+        ll: np.ndarray,
+        greedy: np.ndarray,
+        start: int = 0,
     ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The task's metrics, and ``gold_logprob`` (the mean over documents of the gold
         choice's log-probability among the choices) when targets are choice indices; and the
@@ -243,7 +259,7 @@ class LMEvalTask(Differentiable):
         for d in range(prep.n_docs):
             x = np.asarray([ll[r] for r in prep.requests_of_doc[d]], dtype=float)
             x = x - x.max()
-            terms.append(float(x[gold[d]] - np.log(np.exp(x).sum())))
+            terms.append(float(x[gold[start + d]] - np.log(np.exp(x).sum())))
         m["gold_logprob"] = float(np.mean(terms))
         docs["gold_logprob"] = np.asarray(terms)
         return m, docs.get(self.metric)

@@ -430,9 +430,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     ("args", "expected"),
     [
         (
-            ["--storage=sqlite:///x.db", "--set=strategy.name=pso"],
-            "worker: strategy 'pso' is a population strategy and runs in one process "
-            "(blackbox run); workers need strategy.name=optuna",
+            ["--storage=sqlite:///x.db", "--set=strategy.name=pso", "--workers=3"]
+            + ["--devices=cpu,cpu"],
+            "worker: --devices names 2 devices for --workers 3; give one per worker (or one "
+            "for all)",
         ),
         (
             ["--set=strategy.name=optuna"],
@@ -440,7 +441,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
             "the config)",
         ),
     ],
-    ids=["population strategy", "no storage"],
+    ids=["devices per worker", "no storage"],
 )
 def test_worker_bad_input(args: list[str], expected: str, assets: Path, tmp_path: Path) -> None:
     config = tmp_path / "study.yaml"

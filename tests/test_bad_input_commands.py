@@ -306,7 +306,7 @@ CASES: list[tuple[str, Prep, str]] = [
             "sqlite:///x.db",
         ),
         "config: unknown key 'colour'; allowed here: name, seed, model, task, objective, space, "
-        "strategy, budget, scoring, storage",
+        "strategy, budget, scoring, storage, side_effects",
     ),
     (
         "worker: a negative worker count",

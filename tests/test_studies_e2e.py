@@ -51,6 +51,17 @@ CELLS = {
         ],
         ["tokens.json"],
     ),
+    "steer_rotten_tomatoes_side_effects.yaml": (
+        [
+            "task.search_size=8",
+            "task.heldout_size=8",
+            "budget.evaluations=8",
+            "strategy.population=4",
+            "side_effects=[{type: kl, max: 0.1, size: 4, heldout_size: 4, max_tokens: 16}, "
+            "{type: guard, task: bb_navigate, search_size: 8, heldout_size: 8, max_drop: 5}]",
+        ],
+        ["steered.pt"],
+    ),
     "dream_lp_features.yaml": (
         ["budget.cost=60", "objective.calibrate=16"],
         ["tokens.json", "pareto.png"],
@@ -87,3 +98,31 @@ def test_study_runs_and_writes_its_result(study: str, tmp_path: Path) -> None:
     if result["calibration"]:
         assert result["metric"] == "z" and result["calibration"]["sigma"] > 0
     assert "best found" in proc.stdout
+    side = result.get("side_effects")
+    if side is not None:  # the front, held-out re-scored, and the chosen member exported
+        assert side["front"] and all(m["heldout"] is not None for m in side["front"])
+        assert side["chosen"]["heldout"] is not None and (out / "pareto.png").exists()
+        assert result["best"]["candidate"] is not None
+        import torch
+
+        written = torch.load(out / "steered.pt", weights_only=True)
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackbox.cli",
+                "export",
+                str(out),
+                "--out",
+                str(tmp_path / "e.pt"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+        exported = torch.load(tmp_path / "e.pt", weights_only=True)  # the chosen member again
+        assert written.keys() == exported.keys()
+        for k in written:
+            assert torch.equal(written[k]["steering_vector"], exported[k]["steering_vector"])

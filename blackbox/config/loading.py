@@ -53,6 +53,13 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...]
             current = None
             continue
         models = _models_in(field.annotation)
+        if len(models) > 1 and i + 1 < len(parts) and isinstance(parts[i], int):
+            tagged = [m for m in models if _tag(m) == parts[i + 1]]
+            if tagged:  # a list of tagged unions (side_effects.0.kl.max): drop the tag too
+                clean.append(parts[i])
+                current = tagged[0]
+                i += 2
+                continue
         if len(models) > 1 and i < len(parts) and isinstance(parts[i], str):
             tagged = [m for m in models if _tag(m) == parts[i]]
             if tagged:  # pydantic puts the union member's tag into the location: drop it

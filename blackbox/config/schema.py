@@ -14,10 +14,11 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from blackbox.config.base import ConfigError, Strict, check_name, check_storage_url
 from blackbox.config.objectives import ObjectiveConfig
+from blackbox.config.side_effects import SideEffectConfig, duplicate_column
 from blackbox.config.spaces import SoftPromptSpaceConfig, SteeringSpaceConfig, TokenSpaceConfig
 
 __all__ = ["ConfigError", "StudyConfig"]
@@ -61,7 +62,39 @@ class BudgetConfig(Strict):
         return self
 
 
+class RacingConfig(Strict):
+    """Racing (``scoring.racing``): see :mod:`blackbox.study.racing`."""
+
+    schedule: list[Annotated[int, Field(ge=1)]] = Field(
+        [16, 32],
+        min_length=1,
+        description="documents after which candidates are tested (then all documents)",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="1 - the chance of stopping a candidate that would win"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must increase, got {v}")
+        return v
+
+
+def _racing(v: Any) -> Any:
+    """``racing: true`` is the default schedule; ``false`` / ``null`` is off."""
+    if v is True:
+        return {}
+    return None if v is False else v
+
+
 class ScoringConfig(Strict):
+    racing: Annotated[RacingConfig | None, BeforeValidator(_racing)] = Field(
+        None,
+        description="score search candidates on growing slices of documents and stop those "
+        "that cannot beat the incumbent (true: schedule 16, 32, all; confidence 0.95)",
+    )
     max_batch_tokens: int | None = Field(
         None,
         ge=64,
@@ -133,6 +166,9 @@ class StudyConfig(Strict):
     storage: str | None = Field(
         None, description="Optuna storage URL; default SQLite in the run dir"
     )
+    side_effects: list[SideEffectConfig] | None = Field(
+        None, min_length=1, description="KL retention, guard tasks, fluency (extra objectives)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -155,6 +191,13 @@ class StudyConfig(Strict):
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         return None if v is None else check_storage_url(v)
+
+    @model_validator(mode="after")
+    def _side_effects(self) -> StudyConfig:
+        twice = duplicate_column(self.side_effects or [])
+        if twice:
+            raise ValueError(f"side_effects: {twice!r} is measured twice; keep one entry")
+        return self
 
     @model_validator(mode="after")
     def _task(self) -> StudyConfig:

@@ -45,9 +45,11 @@ def plot_run(study: optuna.Study, space: Any, run_dir: Path) -> list[Path]:
     trials = search_trials(study)
     if not trials:
         return []
-    values = np.array([t.value if t.value is not None else np.nan for t in trials], dtype=float)
-    baseline = [
-        t.value for t in study.get_trials(deepcopy=False) if t.user_attrs.get("kind") == "baseline"
+    values = np.array([t.values[0] if t.values else np.nan for t in trials], dtype=float)
+    baseline = [  # values[0]: the primary value, also of a multi-objective (side effects) study
+        t.values[0] if t.values else None
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("kind") == "baseline"
     ]
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))

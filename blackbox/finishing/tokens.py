@@ -23,11 +23,11 @@ def front_from_trials(study: Any) -> list[dict[str, Any]]:
     rows = [
         t
         for t in search_trials(study)
-        if t.value is not None and "xentropy" in (t.user_attrs.get("extra") or {})
+        if t.values and "xentropy" in (t.user_attrs.get("extra") or {})
     ]
     if not rows:
         return []
-    values = np.array([t.value for t in rows])
+    values = np.array([t.values[0] for t in rows])
     xent = np.array([t.user_attrs["extra"]["xentropy"] for t in rows], dtype=float)
     mask = non_dominated(values, xent)
     seen, front = set(), []
@@ -38,7 +38,7 @@ def front_from_trials(study: Any) -> list[dict[str, Any]]:
             front.append(
                 {
                     "xentropy": float(t.user_attrs["extra"]["xentropy"]),
-                    "value": float(t.value),
+                    "value": float(t.values[0]),
                     "text": text,
                 }
             )

@@ -32,6 +32,7 @@ class RunCurve:
         heldout_best: held-out score of the run's best candidate, if scored.
         baseline: search score of the unintervened baseline, if recorded.
         heldout_baseline: held-out score of the baseline, if recorded.
+        heldout_ci: the 95% interval of ``heldout_best`` over documents, if recorded.
         candidates: described candidates (dicts), one per evaluation.
         extra: secondary objectives (dicts), one per evaluation, or ``None``.
         space: the search space's name in the comparison (``None`` if unknown).
@@ -46,6 +47,7 @@ class RunCurve:
     heldout_best: float | None = None
     baseline: float | None = None
     heldout_baseline: float | None = None
+    heldout_ci: tuple[float, float] | None = None  # 95% bootstrap interval over documents
     candidates: list[dict[str, Any]] = field(default_factory=list)
     extra: list[dict[str, float]] | None = None
     space: str | None = None

@@ -26,6 +26,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from blackbox import stats
 from blackbox.masking import mask_url
 from blackbox.report import aggregate as agg
 from blackbox.report.aggregate import RunCurve
@@ -95,8 +96,8 @@ def curve_from_trials(
     """A run's curve from its trials (``None`` if it has no search evaluations yet)."""
     by_kind: dict[str, list[optuna.trial.FrozenTrial]] = defaultdict(list)
     for t in trials:
-        if t.state in (TrialState.COMPLETE, TrialState.FAIL):
-            by_kind[t.user_attrs.get("kind", "")].append(t)
+        if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+            by_kind[t.user_attrs.get("kind", "")].append(t)  # raced (PRUNED): cost, no value
     search = sorted(
         by_kind["search"],
         key=lambda t: (t.user_attrs.get("generation", 0), t.user_attrs.get("index", 0)),
@@ -110,19 +111,19 @@ def curve_from_trials(
     bases = sorted(by_kind["baseline"], key=lambda t: t.number)
     baseline = [_value(t) for t in bases]
     first_label = bases[0].user_attrs.get("label") if bases else None
-    held_base, held_best = None, None
+    held_base, held_best, held_docs = None, None, None
     best_i = int(np.nanargmax(values)) if np.isfinite(values).any() else None
     for t in sorted(by_kind["heldout"], key=lambda t: t.number):
         label = t.user_attrs.get("label")
         if label is not None:  # labelled records: the baselines' labels and "best"
             if label == "best":
-                held_best = _value(t)
+                held_best, held_docs = _value(t), t.user_attrs.get("per_doc")
             elif label == first_label:
                 held_base = _value(t)
         elif bases and t.user_attrs.get("index") == 0:
             held_base = _value(t)
         elif best_i is None or t.params == search[best_i].params:
-            held_best = _value(t)
+            held_best, held_docs = _value(t), t.user_attrs.get("per_doc")
     return RunCurve(
         name=name,
         label=str(attrs.get("label") or name),
@@ -134,6 +135,7 @@ def curve_from_trials(
         heldout_best=held_best,
         baseline=baseline[0] if baseline else None,
         heldout_baseline=held_base,
+        heldout_ci=None if not held_docs else tuple(stats.mean_interval(np.asarray(held_docs))),
         candidates=[dict(t.user_attrs.get("candidate") or {}) for t in search],
         extra=extras if any(e for e in extras) else None,
     )
@@ -276,8 +278,8 @@ def render_markdown(
     lines += [
         f"Threshold for 'cost to reach': {_fmt(threshold)} (search score).",
         "",
-        "| strategy | runs | median best | IQR | min - max | median held-out (per seed) "
-        "| median cost to reach | never reached |",
+        "| strategy | runs | median best | IQR | min - max | median held-out, IQR across seeds "
+        "(per seed) | median cost to reach | never reached |",
         "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
@@ -285,7 +287,7 @@ def render_markdown(
         lines.append(
             f"| {r['label']} | {r['runs']} | {_fmt(r['median_best'])} | {_fmt(r['iqr_best'])} "
             f"| {_fmt(r['min_best'])} - {_fmt(r['max_best'])} "
-            f"| {_fmt(r['median_heldout'])} ({held}) "
+            f"| {_fmt(r['median_heldout'])}, IQR {_fmt(agg._iqr(r['heldout']))} ({held}) "
             f"| {_fmt(r['median_to_threshold'], 0)} | {r['never_reached']}/{r['runs']} |"
         )
     lines.append("")
@@ -304,13 +306,14 @@ def render_markdown(
     lines += [
         "## Runs",
         "",
-        "| study | seed | evaluations | cost | best | held-out |",
+        "| study | seed | evaluations | cost | best | held-out [95% interval over documents] |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sorted(runs, key=lambda r: r.name):
+        ci = "" if r.heldout_ci is None else f" [{r.heldout_ci[0]:.3f}, {r.heldout_ci[1]:.3f}]"
         lines.append(
             f"| {r.name} | {_fmt(r.seed)} | {len(r.values)} | {_fmt(float(r.cost[-1]), 0)} "
-            f"| {_fmt(r.final)} | {_fmt(r.heldout_best)} |"
+            f"| {_fmt(r.final)} | {_fmt(r.heldout_best)}{ci} |"
         )
     return "\n".join(lines) + "\n"
 

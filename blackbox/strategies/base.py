@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.multiobjective import ObjectiveSpec, scalarise
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class Box:
         return x
 
 
+def dummy_box() -> Box:
+    """A two-dimensional box to check strategy names and settings before any model loads."""
+    return Box(np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.array([False, True]), ("a", "b"))
+
+
 class Strategy(ABC):
     """Ask/tell optimiser over a :class:`Box` (maximising).
 
@@ -113,6 +119,9 @@ class Strategy(ABC):
         self.best_x: np.ndarray | None = None
         self.best_value: float = -np.inf
         self.n_told = 0
+        self.objectives: ObjectiveSpec | None = None
+        self.told_values: np.ndarray | None = None
+        self.told_extra: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -127,8 +136,16 @@ class Strategy(ABC):
             raise RuntimeError(f"{self.name}: asked for ({n}, {self.box.dim}), got {x.shape}")
         return self.box.clip(x)
 
-    def tell(self, x: np.ndarray, values: np.ndarray) -> None:
-        """Report ``values`` ``(n,)`` (higher is better) for the candidates ``x`` ``(n, dim)``.
+    def set_objectives(self, spec: ObjectiveSpec) -> None:
+        """Side columns and constraints of the evaluations to come (see
+        :mod:`blackbox.multiobjective`).  Here: ``tell`` with ``extra`` hands :meth:`_tell` the
+        feasibility-rule scalarisation; strategies with a native multi-objective mode override
+        this and read :attr:`told_values` and :attr:`told_extra`."""
+        self.objectives = spec
+
+    def tell(self, x: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None) -> None:
+        """Report ``values`` ``(n,)`` (higher is better) for the candidates ``x`` ``(n, dim)``,
+        with ``extra`` ``(n, k)`` side columns when the study has side effects.
 
         Non-finite values count as the worst possible value.
         """
@@ -137,6 +154,12 @@ class Strategy(ABC):
         if x.ndim != 2 or x.shape[0] != values.shape[0]:
             raise ValueError(f"tell: x {x.shape} and values {values.shape} disagree")
         values = np.where(np.isfinite(values), values, -np.inf)
+        self.told_values = values
+        self.told_extra = (
+            None if extra is None else np.asarray(extra, dtype=float).reshape(len(values), -1)
+        )
+        if self.objectives is not None and self.told_extra is not None:
+            values = scalarise(values, self.told_extra, self.objectives)
         self._tell(x, values)  # first: a tell the strategy rejects must not move `best`
         i = int(np.argmax(values))
         if values[i] > self.best_value:

@@ -25,6 +25,7 @@ import nevergrad as ng
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.multiobjective import ObjectiveSpec
 from blackbox.strategies.base import Box, Strategy
 
 BUDGET_IF_UNKNOWN = 1000
@@ -139,6 +140,7 @@ class Nevergrad(Strategy):
             ) from None
         self._pending: list[ng.p.Parameter] = []
         self._worst_loss = 0.0
+        self._worst_multi: np.ndarray | None = None
 
     def _draw_seed(self) -> int:
         return int(self.rng.integers(2**32 - 1))
@@ -166,6 +168,11 @@ class Nevergrad(Strategy):
         asked = np.stack([self._to_array(c) for c in told])
         if not np.allclose(self.box.clip(asked), x):
             raise ValueError("nevergrad: tell x must be the pending candidates in ask order")
+        spec = self.objectives
+        if spec is not None and self.told_extra is not None and self.told_values is not None:
+            self._tell_multi(told, spec)
+            del self._pending[:n]
+            return
         losses = -values
         finite = np.isfinite(losses)
         if finite.any():
@@ -175,3 +182,25 @@ class Nevergrad(Strategy):
             for candidate, loss in zip(told, losses):
                 self.optimizer.tell(candidate, float(loss) if np.isfinite(loss) else penalty)
         del self._pending[:n]
+
+    def _tell_multi(self, told: list[ng.p.Parameter], spec: ObjectiveSpec) -> None:
+        """Nevergrad's multi-objective mode: the losses ``[-value, side columns...]`` (one
+        loss when only the primary is a dimension), the bounded columns' excess as its
+        ``constraint_violation``; a non-finite row is told the worst losses seen plus one."""
+        rows = spec.objectives(self.told_values, self.told_extra) * np.array(  # type: ignore[arg-type]
+            [-1.0 if d == "maximize" else 1.0 for d in spec.directions]
+        )  # (n, 1 + k) losses
+        viol = np.maximum(spec.constraints(self.told_extra), 0.0)  # type: ignore[arg-type]
+        ok = np.isfinite(rows).all(1) & np.isfinite(viol).all(1)
+        if ok.any():
+            seen = rows[ok].max(0)
+            self._worst_multi = (
+                seen if self._worst_multi is None else np.maximum(self._worst_multi, seen)
+            )
+        worst = self._worst_multi if self._worst_multi is not None else np.zeros(rows.shape[1])
+        with private_global_numpy_rng(self._rng_state):
+            for candidate, row, v, good in zip(told, rows, viol, ok):
+                loss = row if good else worst + 1.0 + np.abs(worst)
+                loss_arg: Any = float(loss[0]) if len(loss) == 1 else [float(x) for x in loss]
+                cv = [float(x) for x in v] if good else [1.0] * max(1, v.size)
+                self.optimizer.tell(candidate, loss_arg, constraint_violation=cv or None)

@@ -20,6 +20,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import Trial, TrialState
 
 from blackbox.api import StrategyTraits
+from blackbox.multiobjective import ObjectiveSpec
 from blackbox.strategies.base import Box, Strategy
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
@@ -40,6 +41,12 @@ class OptunaSettings:
     def __post_init__(self) -> None:
         if str(self.sampler).lower() not in SAMPLERS:
             raise ValueError(f"optuna.sampler: {self.sampler!r} is not one of {SAMPLERS}")
+
+
+CONSTRAINED_SAMPLERS = ("tpe", "nsga2", "gp")
+"""Samplers that read constraints (``Trial.set_constraint``, Optuna 5's successor of
+``constraints_func``); random and qmc ignore them as they ignore values; cmaes is
+single-objective and unconstrained."""
 
 
 def build_sampler(
@@ -107,6 +114,7 @@ class OptunaSampler(Strategy):
         super().__init__(box, seed=seed, population=population, **settings)
         self.config = OptunaSettings(**settings)
         sampler_seed = int(self.rng.integers(2**31 - 1))
+        self._sampler_seed = sampler_seed
         self.sampler = build_sampler(
             self.config.sampler, sampler_seed, population, bool(box.integer.any())
         )
@@ -116,6 +124,24 @@ class OptunaSampler(Strategy):
             for name, lo, hi, is_int in zip(box.names, box.lower, box.upper, box.integer)
         }
         self._pending: list[Trial] = []
+
+    def set_objectives(self, spec: ObjectiveSpec) -> None:
+        """A multi-objective study (``directions``: the primary, then the Pareto side
+        columns); bounded columns are told as constraints (``Trial.set_constraint``, read by
+        TPE, NSGA-II and GP: feasible trials first)."""
+        name = self.config.sampler.lower()
+        if name == "cmaes" and (len(spec.directions) > 1 or spec.bounded):
+            raise ValueError(
+                "optuna.sampler: 'cmaes' is single-objective and unconstrained; with "
+                f"side_effects use one of {CONSTRAINED_SAMPLERS} (or random)"
+            )
+        if self._pending or self.n_told:
+            raise ValueError("optuna: set_objectives before the first ask")
+        super().set_objectives(spec)
+        self.sampler = build_sampler(
+            name, self._sampler_seed, self.population, bool(self.box.integer.any())
+        )
+        self.study = optuna.create_study(directions=spec.directions, sampler=self.sampler)
 
     def _to_array(self, trial: Trial) -> np.ndarray:
         """``(dim,)`` box point of one trial's parameters."""
@@ -134,9 +160,22 @@ class OptunaSampler(Strategy):
         asked = np.stack([self._to_array(t) for t in told])
         if not np.allclose(self.box.clip(asked), x):
             raise ValueError("optuna: tell x must be the pending trials' points in ask order")
+        spec = self.objectives
+        if spec is not None and self.told_extra is not None and self.told_values is not None:
+            rows = spec.objectives(self.told_values, self.told_extra)  # (n, 1 + k)
+            cons = spec.constraints(self.told_extra)  # (n, m)
+            for trial, row, con in zip(told, rows, cons):
+                if np.isfinite(row).all() and np.isfinite(con).all():
+                    for col, c in zip(spec.bounded, con):
+                        trial.set_constraint(col.name, float(c))
+                    self.study.tell(trial, [float(v) for v in row])
+                else:
+                    self.study.tell(trial, state=TrialState.FAIL)
+            del self._pending[:n]
+            return
         for trial, value in zip(told, values):
-            if np.isfinite(value):
+            if np.isfinite(value) and len(self.study.directions) == 1:
                 self.study.tell(trial, float(value))
-            else:
+            else:  # a multi-objective study told no side columns: nothing to learn from
                 self.study.tell(trial, state=TrialState.FAIL)
         del self._pending[:n]

@@ -49,6 +49,18 @@ def record_files(run_dir: Path, paths: list[Path]) -> None:
     atomic_text(result_path, json.dumps(result, indent=2, default=float))
 
 
+def _chosen_trial(run_dir: Path) -> int | None:
+    """The trial number of ``side_effects.chosen`` in the run's ``result.json``, if any."""
+    import json
+
+    path = Path(run_dir) / "result.json"
+    try:
+        chosen = (json.loads(path.read_text()).get("side_effects") or {}).get("chosen")
+    except (OSError, ValueError):
+        return None
+    return None if not chosen else int(chosen["trial"])
+
+
 def export_run(
     run_dir: Path, out: Path | None = None, storage: str | None = None, fmt: str | None = None
 ) -> tuple[list[Path], float]:
@@ -86,10 +98,13 @@ def export_run(
     loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     space = SPACES.get(cfg.space.type).from_config(cfg, BuildContext(cfg, loaded))
     study = open_study(storage_url(cfg, run_dir), cfg.name, space.box, cfg.fingerprint())
-    trials = [t for t in search_trials(study) if t.value is not None]
+    trials = [t for t in search_trials(study) if t.values]
     if not trials:
         raise ConfigError(f"export: {str(run_dir)!r} has no completed evaluations yet")
-    best = max(trials, key=lambda t: t.value)
+    best = max(trials, key=lambda t: t.values[0])
+    chosen = _chosen_trial(run_dir)  # side effects: the member the selection rule chose
+    if chosen is not None:
+        best = next((t for t in trials if t.number == chosen), best)
     x = trial_x(best, space.box.names)
     if x is None:
         raise ConfigError(f"export: the best trial of {str(run_dir)!r} does not fit the space")
@@ -102,4 +117,4 @@ def export_run(
         else:
             paths += finisher.export(p, cand, run_dir, out, fmt=f)
     record_files(run_dir, paths)
-    return paths, float(best.value)
+    return paths, float(best.values[0])

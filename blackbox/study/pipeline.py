@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from blackbox.api import Problem
 from blackbox.config.base import ConfigError
 from blackbox.config.schema import StudyConfig
+from blackbox.finishing.provenance import provenance, statistics
 from blackbox.masking import mask_url
 from blackbox.strategies import make_strategy
-from blackbox.strategies.base import Box
+from blackbox.strategies.base import dummy_box
 from blackbox.study.context import BuildContext
+from blackbox.study.racing import Racing
 from blackbox.study.rundir import (
     atomic_text,
     check_run_dir,
@@ -71,11 +71,6 @@ class Prepared:
     @property
     def lm(self) -> Any:
         return None if self.context is None else self.context._lm
-
-
-def dummy_box() -> Box:
-    """A two-dimensional box to check strategy names and settings before any model loads."""
-    return Box(np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.array([False, True]), ("a", "b"))
 
 
 def strategy_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -141,6 +136,9 @@ def check(cfg: StudyConfig) -> None:
         from blackbox.study.storage import probe_storage
 
         probe_storage(cfg.storage)
+    from blackbox.study.side_effects import check_side_effects
+
+    check_side_effects(cfg)
 
 
 def _baselines(space: Any, objective: Any) -> dict[str, Any]:
@@ -172,6 +170,9 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
         from blackbox.evals.lm_eval_splits import load_task
 
         task = load_task(cfg.task.name)
+    from blackbox.study.side_effects import load_guard_tasks
+
+    guard_tasks = load_guard_tasks(cfg)  # before the model, as the task
     task_seconds = time.perf_counter() - t0
     if loaded is None:
         loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
@@ -185,8 +186,21 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     t0 = time.perf_counter()
     space = SPACES.get(cfg.space.type).from_config(cfg, ctx)
     ctx.seconds["space"] = time.perf_counter() - t0
+    if cfg.scoring.racing is not None and not objective.per_document:
+        raise ConfigError(
+            f"config: scoring.racing: objective {cfg.objective.type!r} (metric "
+            f"{objective.metric!r}) has no value per document to race on; racing works for "
+            "metrics that are means over documents (lm-eval accuracies, classification, "
+            "behaviour, reference, activation objectives)"
+        )
     if space.traits.vocabulary and hasattr(objective, "enable_fluency"):
         objective.enable_fluency()
+    if cfg.side_effects:  # KL, guard tasks, fluency as side columns (blackbox.evals.side_effects)
+        from blackbox.evals.side_effects import build as with_side_effects
+
+        t0 = time.perf_counter()
+        objective = with_side_effects(cfg, ctx, objective, space, guard_tasks)
+        ctx.seconds["side_effects"] = time.perf_counter() - t0
     problem = Problem(space, objective)
     calibration = None
     o = cfg.objective
@@ -204,6 +218,8 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
         population=cfg.strategy.population,
         **strategy_settings(cfg),
     )
+    if cfg.side_effects:
+        strategy.set_objectives(objective.objective_spec)
     return Prepared(
         cfg,
         loaded,
@@ -236,8 +252,15 @@ def start_run(p: Prepared, run_dir: Path, progress: bool = True) -> tuple[Any, s
         heldout_split="heldout",
         progress=progress,
         baselines=p.baselines,
+        racing=racing_of(cfg),
     )
     return study, url, runner
+
+
+def racing_of(cfg: StudyConfig) -> Racing | None:
+    """The config's racing settings (``None``: off)."""
+    r = cfg.scoring.racing
+    return None if r is None else Racing(tuple(r.schedule), r.confidence)
 
 
 def scored(s: Any) -> dict[str, Any] | None:
@@ -292,22 +315,46 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
         "scoring": scoring_status(p.objective),
         "storage": mask_url(url),
         "warnings": list(p.context.warnings) if p.context is not None else [],
+        "statistics": statistics(s, cfg.seed),
     }
+    r = cfg.scoring.racing
+    if r is not None:
+        out["racing"] = {
+            "schedule": list(r.schedule),
+            "confidence": r.confidence,
+            "stopped_candidates": s.raced_stops,
+            "what_strategies_are_told": "a stopped candidate's mean on the documents it saw "
+            "(Optuna trial PRUNED, intermediate value at that many documents); the best is "
+            "always scored on every search document",
+        }
     completions = getattr(p.objective, "reference_completions", None)
     if completions:
         out["reference_completions"] = completions
     return out
 
 
-def execute(p: Prepared, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run or resume the study into ``run_dir``; returns the result dict (also saved)."""
+def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None) -> dict[str, Any]:
+    """Run or resume the study into ``run_dir``; returns the result dict (also saved).
+
+    ``wrap``: a function turning the built :class:`Runner` into another one (``--remote``:
+    :func:`blackbox.study.remote.remote_wrapper`, generations scored by workers)."""
     from blackbox.finishing.plots import plot_run
     from blackbox.finishing.registry import FINISHERS
 
     study, url, runner = start_run(p, run_dir, progress)
+    if wrap is not None:
+        runner = wrap(runner)
     summary = runner.run()
     result = result_dict(p, summary, url)
+    if p.config.side_effects:  # the front; the chosen member is the one exported
+        from blackbox.study.side_effects import front_section
+
+        result["side_effects"], summary = front_section(p, summary, study, run_dir)
     result.update(FINISHERS.get(p.config.space.type).finish(p, summary, study, run_dir, progress))
+    exported = "chosen" if (result.get("side_effects") or {}).get("chosen") else "best"
+    prov = provenance(p, run_dir, list(result.get("files") or []), exported)
+    if prov is not None:
+        result["provenance"] = prov
     atomic_text(run_dir / "result.json", json.dumps(result, indent=2, default=float))
     plot_run(study, p.space, run_dir)
     return result

@@ -137,7 +137,12 @@ def open_run_study(cfg: Any, run_dir: Path, box: Any) -> tuple[optuna.Study, str
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock_dir(run_dir)
-        return open_study(url, cfg.name, box, cfg.fingerprint()), url
+        spec = None
+        if getattr(cfg, "side_effects", None):  # a multi-objective study (its directions)
+            from blackbox.evals.side_effects import config_spec
+
+            spec = config_spec(cfg)
+        return open_study(url, cfg.name, box, cfg.fingerprint(), objectives=spec), url
     except (StorageError, ConfigError):
         if created:  # nothing half-written
             shutil.rmtree(run_dir, ignore_errors=True)

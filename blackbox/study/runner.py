@@ -23,6 +23,7 @@ from blackbox.api import Evaluation, Problem
 from blackbox.evals.base import Objective
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Strategy
+from blackbox.study.racing import Racing, race
 from blackbox.study.storage import Memo, add_record
 
 
@@ -72,6 +73,23 @@ class Scored:
     metrics: dict[str, Any]
     cost: float = 0.0
     extra: tuple[float, ...] | None = None  # the objective's secondary values (fluency, ...)
+    per_doc: np.ndarray | None = None  # (D,) value per document of the split, when known
+    stopped_at: int | None = None  # racing stopped it after this many documents
+
+    @property
+    def full(self) -> bool:
+        """Scored on every document (not stopped by racing): it may be the best."""
+        return self.stopped_at is None
+
+
+def _recorded_docs(attrs: dict[str, Any]) -> np.ndarray | None:
+    docs = attrs.get("per_doc")
+    return None if docs is None else np.asarray(docs, dtype=float)
+
+
+def _stopped_at(attrs: dict[str, Any]) -> int | None:
+    raced = attrs.get("raced")
+    return None if not raced else int(raced["documents"])
 
 
 @dataclass
@@ -95,6 +113,7 @@ class RunSummary:
     history: list[float] = field(default_factory=list)
     cost_history: list[float] = field(default_factory=list)
     search_cost: float = 0.0
+    raced_stops: int = 0  # search candidates racing stopped early
 
     @property
     def baseline(self) -> Scored | None:
@@ -124,6 +143,9 @@ class Runner:
             ``optuna.TrialPruned`` to stop the run).
         baselines: reference candidates scored before the search, by label (default: the
             space's ``baselines()``); they need not be box points.
+        racing: score search candidates on growing slices of the documents and stop those
+            that cannot beat the incumbent (:mod:`blackbox.study.racing`); ``None``: every
+            candidate on every document.
     """
 
     def __init__(
@@ -138,6 +160,7 @@ class Runner:
         progress: bool = True,
         on_generation: Callable[[Progress], None] | None = None,
         baselines: dict[str, Any] | None = None,
+        racing: Racing | None = None,
     ) -> None:
         if not budget.is_set():
             raise ValueError("budget: set evaluations, seconds or cost")
@@ -153,6 +176,32 @@ class Runner:
         if baselines is None:
             baselines = space.baselines() if hasattr(space, "baselines") else {}
         self.baselines = dict(baselines)
+        self.racing = racing
+        self.incumbent: Scored | None = None  # the best so far (racing's reference)
+        self.raced_stops = 0  # candidates racing stopped (this session and replayed)
+
+    def _race(
+        self, cands: list[Any], split: str
+    ) -> tuple[Evaluation, list[int | None], list[float]]:
+        """Score ``cands`` by racing; returns the evaluation, per candidate the documents it
+        was stopped after (``None``: scored on all) and its share of the cost (its documents
+        over all documents scored)."""
+        assert self.racing is not None
+        n_docs = int(self.objective.n_examples(split))
+        ref = None if self.incumbent is None else self.incumbent.per_doc
+        if ref is not None and ref.shape != (n_docs,):
+            ref = None
+        raced = race(
+            lambda idx, docs: self.problem.evaluate([cands[i] for i in idx], split, docs),
+            len(cands),
+            n_docs,
+            self.racing,
+            ref,
+            first_only=tuple(getattr(self.objective, "extra_names", ()) or ()),
+        )
+        stops = [s if raced.stopped(i) else None for i, s in enumerate(raced.seen)]
+        total = max(1, sum(raced.seen))
+        return raced.evaluation, stops, [s / total for s in raced.seen]
 
     def _evaluate(self, candidates: Sequence[Any], split: str) -> Evaluation:
         ev = self.problem.evaluate(candidates, split=split)
@@ -202,14 +251,23 @@ class Runner:
                     dict(t.user_attrs.get("metrics", {})),
                     float(t.user_attrs.get("cost") or 0.0),
                     _recorded_extra(t.user_attrs),
+                    _recorded_docs(t.user_attrs),
+                    _stopped_at(t.user_attrs),
                 )
+                self.raced_stops += out[i].stopped_at is not None  # type: ignore[union-attr]
         cost = 0.0
         # replayed batches were charged their extra when they were recorded: it is dropped
         if todo:
             t0 = time.perf_counter()
-            ev = self._evaluate([cands[i] for i in todo], split)
+            stops: list[int | None] = [None] * len(todo)
+            shares = [1.0 / len(todo)] * len(todo)
+            if self.racing is not None and kind == "search":
+                ev, stops, shares = self._race([cands[i] for i in todo], split)
+            else:
+                ev = self._evaluate([cands[i] for i in todo], split)
             seconds = (time.perf_counter() - t0) / len(todo)
             cost = float(ev.cost) + extra
+            each = [float(ev.cost) * sh + extra / len(todo) for sh in shares]
             for j, i in enumerate(todo):
                 value = float(ev.values[j])
                 metrics = ev.metrics[j] if ev.metrics else {}
@@ -222,7 +280,7 @@ class Runner:
                     "candidate": self.space.describe(cands[i]),
                     "metrics": {k: v for k, v in metrics.items() if k != "cache_hit"},
                     "cache_hit": bool(metrics.get("cache_hit", False)),
-                    "cost": cost / len(todo),
+                    "cost": each[j],
                     "seconds": seconds,
                 }
                 if ev.extra is not None:
@@ -230,9 +288,15 @@ class Runner:
                         f"extra{k}" for k in range(ev.extra.shape[1])
                     ]
                     attrs["extra"] = dict(zip(names, map(float, ev.extra[j])))
-                add_record(self.study, self.space.box, xs[i], value, attrs)
+                docs = None if ev.per_doc is None else ev.per_doc[j]
+                if docs is not None:
+                    attrs["per_doc"] = [float(v) for v in docs]
+                if stops[j] is not None:
+                    attrs["raced"] = {"documents": stops[j], "estimate": value}
+                    self.raced_stops += 1
+                add_record(self.study, self.space.box, xs[i], value, attrs, pruned_at=stops[j])
                 row = None if ev.extra is None else tuple(map(float, ev.extra[j]))
-                out[i] = Scored(xs[i], cands[i], value, dict(metrics), cost / len(todo), row)
+                out[i] = Scored(xs[i], cands[i], value, dict(metrics), each[j], row, docs, stops[j])
         return [s for s in out if s is not None], len(cands) - len(todo), cost
 
     def _tell(self, x: np.ndarray, values: np.ndarray, scored: list[Scored]) -> None:
@@ -250,6 +314,8 @@ class Runner:
         """How many new candidates ``remaining`` forward-pass equivalents pay for (each costs
         one per document of the search split; repeats, which cost nothing, are not counted on)."""
         per = float(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
+        if hasattr(self.objective, "cost_per_candidate"):  # side effects score more documents
+            per = float(self.objective.cost_per_candidate(self.search_split))
         return int(np.floor(remaining / max(per, 1e-9) + 1e-9))
 
     def run(self) -> RunSummary:
@@ -315,8 +381,9 @@ class Runner:
                 if n == len(x):
                     self._tell(x, values, scored)
                 for s in scored:
-                    if math.isfinite(s.value) and (best is None or s.value > best.value):
+                    if s.full and math.isfinite(s.value) and (best is None or s.value > best.value):
                         best = s
+                        self.incumbent = best
                     history.append(best.value if best is not None else float("nan"))
                     cost_history.append(search_cost)
                 done += n
@@ -370,4 +437,5 @@ class Runner:
             history=history,
             cost_history=cost_history,
             search_cost=search_cost,
+            raced_stops=self.raced_stops,
         )

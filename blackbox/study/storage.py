@@ -191,6 +191,7 @@ def open_study(
     box: Box,
     fingerprint: str,
     label: str | None = None,
+    objectives: Any = None,
 ) -> optuna.Study:
     """Create or load a maximising study, checking it belongs to this search space and config.
 
@@ -200,6 +201,9 @@ def open_study(
         box: the search box (its signature is stored with the study).
         fingerprint: the config fingerprint (stored with the study).
         label: the URL shown in messages when ``storage`` is an object (masked here).
+        objectives: a :class:`~blackbox.multiobjective.ObjectiveSpec` (side effects): the
+            study gets its directions and metric names (optuna-dashboard then draws the Pareto
+            front), and every trial its side values and constraints (see :func:`add_record`).
 
     Raises:
         StorageError: unreachable storage, or an existing study with another space/config.
@@ -208,8 +212,9 @@ def open_study(
     if isinstance(storage, str):
         storage = make_storage(storage)
     try:
+        directions = objectives.directions if objectives is not None else ["maximize"]
         study = optuna.create_study(
-            storage=storage, study_name=name, direction="maximize", load_if_exists=True
+            storage=storage, study_name=name, directions=directions, load_if_exists=True
         )
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
         raise StorageError(
@@ -217,9 +222,15 @@ def open_study(
         ) from None
     sig = space_signature(box)
     attrs = study.user_attrs
+    if objectives is not None:
+        _SPECS[id(study)] = objectives
     if "space_signature" not in attrs:
         # fingerprint first: a worker joining meanwhile that sees the signature sees both
         study.set_user_attr("fingerprint", fingerprint)
+        if objectives is not None and len(objectives.directions) > 1:
+            with warnings.catch_warnings():  # set_metric_names is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objectives.names)
         study.set_user_attr("space_signature", sig)
     elif attrs["space_signature"] != sig:
         raise StorageError(
@@ -242,16 +253,51 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+_SPECS: dict[int, Any] = {}
+"""``id(study)`` -> the objective spec it was opened with (side effects)."""
+
+
+def primary_value(t: optuna.trial.FrozenTrial) -> float | None:
+    """The primary value of a trial of a single- or multi-objective study (``None``: none)."""
+    return None if not t.values else float(t.values[0])
+
+
+def _side_record(
+    study: optuna.Study, value: float, attrs: dict[str, Any]
+) -> tuple[list[float] | None, dict[str, float]]:
+    """A side-effect study's values ``[value, side columns...]`` (``None`` if one is not
+    finite: the trial fails) and constraints ``{"constraints:<column>": column - bound}``
+    (optuna-dashboard's feasibility), from the record's ``extra``."""
+    spec = _SPECS[id(study)]
+    extra = attrs.get("extra") or {}
+    row = np.array([[float(extra.get(c.name, np.nan)) for c in spec.columns]])
+    values = [float(v) for v in spec.objectives(np.array([value]), row)[0]]
+    cons = {
+        f"constraints:{c.name}": float(v)
+        for c, v in zip(spec.bounded, spec.constraints(row)[0])
+        if math.isfinite(v)
+    }
+    return (values if all(math.isfinite(v) for v in values) else None), cons
+
+
 MAX_PARAMS = 256
 """Boxes with more dimensions (full soft prompts: n x d) store the row as one user attribute
 ``x`` instead of one Optuna parameter per dimension (2,304 parameters cost ~2 s a trial)."""
 
 
 def add_record(
-    study: optuna.Study, box: Box, x: np.ndarray | None, value: float, attrs: dict[str, Any]
+    study: optuna.Study,
+    box: Box,
+    x: np.ndarray | None,
+    value: float,
+    attrs: dict[str, Any],
+    pruned_at: int | None = None,
 ) -> optuna.trial.FrozenTrial:
     """Add one complete (or failed, if ``value`` is not finite) trial (``x`` ``None``: a
-    candidate that is not a box point, such as a hand-written baseline: no params)."""
+    candidate that is not a box point, such as a hand-written baseline: no params).
+
+    ``pruned_at``: racing stopped the candidate after that many documents: a ``PRUNED``
+    trial whose intermediate value at that step is ``value`` (the partial estimate)."""
     finite = value is not None and math.isfinite(value)
     if x is None:
         params: dict[str, Any] = {}
@@ -262,12 +308,22 @@ def add_record(
         params = {
             n: (int(round(v)) if i else float(v)) for n, v, i in zip(box.names, x, box.integer)
         }
+    state = TrialState.COMPLETE if finite else TrialState.FAIL
+    if pruned_at is not None and finite:
+        state = TrialState.PRUNED
+    values: list[float] | None = [float(value)] if state == TrialState.COMPLETE else None
+    system: dict[str, float] = {}
+    if values is not None and id(study) in _SPECS:  # side effects: all values, constraints
+        values, system = _side_record(study, float(value), attrs)
+        state = TrialState.COMPLETE if values is not None else TrialState.FAIL
     trial = optuna.trial.create_trial(
         params=params,
         distributions=distributions(box) if params else {},
-        value=float(value) if finite else None,
-        state=TrialState.COMPLETE if finite else TrialState.FAIL,
+        values=values,
+        state=state,
         user_attrs={k: _jsonable(v) for k, v in attrs.items()},
+        system_attrs=system,
+        intermediate_values={int(pruned_at): float(value)} if state == TrialState.PRUNED else None,
     )
     study.add_trial(trial)
     return trial
@@ -293,7 +349,8 @@ class Memo:
     @classmethod
     def load(cls, study: optuna.Study) -> Memo:
         by_key = {}
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        for t in study.get_trials(deepcopy=False, states=states):
             a = t.user_attrs
             if "kind" in a:
                 by_key[(a["kind"], int(a.get("generation", -1)), int(a.get("index", 0)))] = t
@@ -322,8 +379,7 @@ class Memo:
 
     @staticmethod
     def value(t: optuna.trial.FrozenTrial) -> float:
-        return (
-            float(t.value)
-            if t.state == TrialState.COMPLETE and t.value is not None
-            else float("nan")
-        )
+        """A record's value: its value, a raced trial's partial estimate, else NaN."""
+        if t.state == TrialState.PRUNED and "raced" in t.user_attrs:
+            return float(t.user_attrs["raced"]["estimate"])
+        return float(t.values[0]) if t.state == TrialState.COMPLETE and t.values else float("nan")

@@ -22,11 +22,10 @@ Faults:
 - SIGINT: the first finishes the current batch, the second abandons it (its trials told FAIL
   and re-enqueued); then the worker exits 130.  Resume is the same command again.
 
-Population strategies (``pso``, ``nevergrad``) stay single-process (``blackbox run``): their
-state (a swarm, an evolution strategy) lives in one process and advances one generation at a
-time, and the runner resumes them by deterministic replay of that single sequence of asks.
-Spreading one generation over workers would need a coordinator process and gains nothing on
-one machine, where the runner already scores a whole population in one batched forward pass.
+Population strategies (``pso``, ``nevergrad``, the GA, EPO...) keep their state in one
+coordinator process (``blackbox run --remote``, :mod:`blackbox.study.remote`) that enqueues each
+generation; :class:`~blackbox.study.remote_worker.RemoteWorker` (this loop with another ``_ask``)
+takes those trials in batches instead of asking a sampler.
 """
 
 from __future__ import annotations
@@ -231,6 +230,7 @@ class Worker:
         self._evaluating = False
         self._done_since: float | None = None
         self.summary = WorkerSummary()
+        self.idle = min(self.heartbeat, 2.0)  # seconds between looks while nothing is free
 
     def request_stop(self) -> None:
         """Finish the current batch, then stop."""
@@ -255,7 +255,7 @@ class Worker:
                 if trials is None:
                     break
                 if not trials:  # every free slot is held by a running trial: wait and re-check
-                    time.sleep(min(self.heartbeat, 2.0))
+                    time.sleep(self.idle)
                     continue
                 try:
                     self._evaluate(trials, hb)

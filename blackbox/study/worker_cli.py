@@ -1,7 +1,16 @@
 """``blackbox worker``: join a shared study (see :mod:`blackbox.study.worker`).
 
     blackbox worker CONFIG --storage URL [--study NAME] [--set KEY=VALUE ...]
-                    [--workers N] [--batch N] [--heartbeat S] [--grace S] [--max-retry N]
+                    [--workers N] [--devices D,D,...] [--batch N] [--remote]
+                    [--heartbeat S] [--grace S] [--max-retry N]
+
+Two kinds of worker, chosen by the strategy: with ``strategy.name: optuna`` each worker asks
+the study's own sampler (:class:`~blackbox.study.worker.Worker`); with any other strategy (or
+``--remote``) a coordinator (``blackbox run CONFIG --storage URL --remote``) keeps the strategy
+and the workers score the trials it enqueues, ``--batch`` at a time
+(:class:`~blackbox.study.remote_worker.RemoteWorker`).  ``--devices cuda:0,cuda:1`` starts one
+worker process per device (``--devices cpu,cpu`` works too); the device does not enter the
+study's config fingerprint, so workers on other devices join the same study.
 
 Run it on as many machines (one per GPU) as you like against one PostgreSQL URL, or with
 ``--workers N`` to start N worker processes here (they share this command's storage, passed to
@@ -28,8 +37,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "worker",
         help="join a shared study (Optuna storage) as one or N worker processes",
-        description="Take trials from a study shared by many workers (strategy.name must be "
-        "optuna). Stops when the study holds budget.evaluations complete search trials.",
+        description="Take trials from a study shared by many workers. strategy.name=optuna: ask "
+        "the study's sampler, stop at budget.evaluations complete search trials. Any other "
+        "strategy (or --remote): score the generations a coordinator (blackbox run --remote) "
+        "enqueues, stop when it is done.",
     )
     p.add_argument("config", help="study YAML (see studies/)")
     p.add_argument(
@@ -46,8 +57,27 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override a config field (repeatable)",
     )
-    p.add_argument("--workers", type=int, default=1, help="worker processes to start here")
-    p.add_argument("--batch", type=int, default=1, help="trials scored per forward pass")
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker processes to start here (default 1)"
+    )
+    p.add_argument(
+        "--devices",
+        help="comma-separated devices, one worker process each (cuda:0,cuda:1 or cpu,cpu); "
+        "one device: every worker on it",
+    )
+    p.add_argument("--device", help=argparse.SUPPRESS)  # a spawned child's own device
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="trials scored per forward pass (default: 1 asking a sampler; "
+        "population / workers taking a coordinator's generations)",
+    )
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="take the trials a coordinator enqueues (implied by any strategy but optuna)",
+    )
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between heartbeats")
     p.add_argument(
         "--grace", type=int, default=60, help="seconds of silence after which a trial is stale"
@@ -63,6 +93,21 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
 
     cfg = load_config(args.config, args.overrides)
     url = args.storage or os.environ.get(STORAGE_ENV) or cfg.storage
+    devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
+    if args.devices is not None and not devices:
+        raise ConfigError("worker: --devices is empty; give e.g. cuda:0,cuda:1 or cpu,cpu")
+    if args.workers is None:
+        args.workers = max(1, len(devices))
+    if len(devices) > 1 and len(devices) != args.workers:
+        raise ConfigError(
+            f"worker: --devices names {len(devices)} devices for --workers {args.workers}; "
+            "give one per worker (or one for all)"
+        )
+    args.device_list = devices
+    args.remote = bool(args.remote or cfg.strategy.name != "optuna")
+    if args.batch is None:
+        per = -(-cfg.strategy.population // max(1, args.workers))  # ceil
+        args.batch = max(1, per) if args.remote else 1
     if not url:
         raise ConfigError(
             f"worker: no storage; pass --storage URL (or set ${STORAGE_ENV} or storage: in the config)"
@@ -77,11 +122,8 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
 
         checked_option(url, "--storage" if args.storage else f"${STORAGE_ENV}")
     check(cfg)
-    if cfg.strategy.name != "optuna":
-        raise ConfigError(
-            f"worker: strategy {cfg.strategy.name!r} is a population strategy and runs in one "
-            "process (blackbox run); workers need strategy.name=optuna"
-        )
+    if args.remote:
+        return cfg, url
     if cfg.budget.evaluations is None:
         raise ConfigError("worker: budget.evaluations must be set (workers count complete trials)")
     return cfg, url
@@ -118,11 +160,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import seed_everything
 
-    prepared = prepare(cfg, progress=False)
+    device = args.device or (args.device_list[0] if args.device_list else None)
+    run_cfg = cfg  # the device changes where the model runs, not the study's fingerprint
+    if device:
+        from blackbox.config import load_config
+
+        run_cfg = load_config(args.config, [*args.overrides, f"model.device={device}"])
+    prepared = prepare(run_cfg, progress=False)
     name = args.study or cfg.name
     study = open_study(storage, name, prepared.space.box, cfg.fingerprint(), label=url)
-    study.sampler = _sampler(cfg, bool(prepared.space.box.integer.any()))
     seed_everything(cfg.seed)
+    if args.remote:
+        return _run_remote(args, study, prepared, name, url, device)
+    study.sampler = _sampler(cfg, bool(prepared.space.box.integer.any()))
     worker = Worker(
         study,
         prepared.space,
@@ -154,6 +204,50 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_remote(
+    args: argparse.Namespace, study: Any, prepared: Any, name: str, url: str, device: str | None
+) -> int:
+    """Score a coordinator's generations until it is done (or a stop)."""
+    import optuna
+
+    from blackbox.masking import mask_url
+    from blackbox.study.remote import STATE_ATTR
+    from blackbox.study.remote_worker import RemoteWorker
+    from blackbox.study.worker import install_sigint
+
+    study.sampler = optuna.samplers.RandomSampler(seed=0)  # never asked: every param is fixed
+    worker = RemoteWorker(
+        study,
+        prepared.space,
+        prepared.objective,
+        batch=args.batch,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+        max_retry=args.max_retry,
+    )
+    where = f" on {device}" if device else ""
+    worker.log(
+        f"joined study {name!r} in {mask_url(url)!r}{where}: scoring a coordinator's "
+        f"generations, up to {args.batch} trials per forward pass"
+    )
+    restore = install_sigint(worker)
+    try:
+        s = worker.run()
+    finally:
+        restore()
+    best = "-" if s.best is None else f"{s.best:.4f}"
+    state = study.user_attrs.get(STATE_ATTR, "not started")
+    worker.log(
+        f"{s.told} told, {s.failed} failed (non-finite), {s.dropped} dropped, "
+        f"{s.abandoned} abandoned, {s.stale_failed} stale trial(s) failed; coordinator: "
+        f"{state}; best here {best}"
+    )
+    if s.interrupted:
+        worker.log("interrupted; everything finished is stored. Run the same command to resume.")
+        return 130
+    return 0
+
+
 def _spawn(args: argparse.Namespace, url: str) -> int:
     """Start ``args.workers`` worker processes and wait; SIGINT is forwarded to each once."""
     argv = [sys.executable, "-m", "blackbox.cli", "worker", args.config]
@@ -161,6 +255,8 @@ def _spawn(args: argparse.Namespace, url: str) -> int:
         argv += ["--set", item]
     if args.study:
         argv += ["--study", args.study]
+    if args.remote:
+        argv += ["--remote"]
     argv += [
         f"--batch={args.batch}",
         f"--heartbeat={args.heartbeat}",
@@ -169,7 +265,15 @@ def _spawn(args: argparse.Namespace, url: str) -> int:
     ]
     env = dict(os.environ, **{STORAGE_ENV: url})
     # Own sessions: a terminal's Ctrl-C reaches only this process, which forwards it once.
-    procs = [subprocess.Popen(argv, env=env, start_new_session=True) for _ in range(args.workers)]
+    devices = args.device_list or [None]
+    procs = [
+        subprocess.Popen(
+            argv + ([f"--device={devices[i % len(devices)]}"] if devices[0] else []),
+            env=env,
+            start_new_session=True,
+        )
+        for i in range(args.workers)
+    ]
     interrupted = False
 
     def forward(_signum: int, _frame: Any) -> None:

@@ -93,3 +93,21 @@ class ObjectiveConformance:
             np.testing.assert_array_equal(d, d2)
         head = problem.evaluate([c for c in candidates if getattr(c, "valid", True)][:1], limit=1)
         assert head.per_doc[0].shape == (1,)
+
+    def test_slices_of_documents_concatenate_to_the_whole_split(self, problem, candidates) -> None:
+        """Racing scores documents ``[start, stop)`` a slice at a time: the slices' per-document
+        values are the whole split's, and each slice costs its documents."""
+        if not self.per_document:
+            return
+        problem.objective.reset_cache()
+        cands = [c for c in candidates if getattr(c, "valid", True)][:2]
+        whole = problem.evaluate(cands)
+        docs = problem.n_examples("search")
+        cut = max(1, docs // 2)
+        parts = [problem.evaluate(cands, limit=(0, cut))]
+        if cut < docs:
+            parts.append(problem.evaluate(cands, limit=(cut, docs)))
+        assert sum(p.cost for p in parts) == pytest.approx(len(cands) * docs)
+        for i in range(len(cands)):
+            joined = np.concatenate([p.per_doc[i] for p in parts])
+            np.testing.assert_allclose(joined, whole.per_doc[i], atol=self.atol, rtol=1e-4)

@@ -146,6 +146,28 @@ def test_limit_scores_a_prefix(tiny_llama, tokenizer) -> None:
     assert obj.evaluate(soft, limit=8).values[0] == small.evaluate(soft).values[0]
 
 
+def test_per_document_accuracy_and_slices_of_documents(tiny_llama, tokenizer) -> None:
+    """Per document: lm-eval's own ``acc`` of each document (its mean is the score); a slice
+    ``[start, stop)`` scores exactly those documents, for hooks and for prompts (whose
+    ``gold_logprob`` reads the gold choice of the right document)."""
+    obj, space, *_ = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", list(range(12)))
+    late, *_ = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", list(range(5, 12)))
+    soft = PromptIntervention.of_embeddings([torch.randn(2, 64) * 0.05])
+    for iv in (space.intervention([CANDIDATES[1], CANDIDATES[2]]), soft):
+        whole = obj.evaluate(iv)
+        for d, v in zip(whole.per_doc, whole.values):
+            assert set(np.unique(d)) <= {0.0, 1.0} and d.shape == (12,) and d.mean() == v
+        part = obj.evaluate(iv, limit=(5, 12))
+        ref = late.evaluate(iv)
+        assert part.cost == ref.cost == len(whole.values) * 7
+        np.testing.assert_array_equal(part.values, ref.values)
+        for a, b, w in zip(part.per_doc, ref.per_doc, whole.per_doc):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, w[5:])
+        for m, r in zip(part.metrics, ref.metrics):
+            assert m["gold_logprob"] == pytest.approx(r["gold_logprob"], abs=1e-5)
+
+
 def test_unknown_metric_is_one_line(tiny_llama, tokenizer) -> None:
     from lm_eval.models.huggingface import HFLM
 

@@ -151,3 +151,24 @@ def test_a_directory_whose_runs_live_on_a_server_is_read_from_its_saved_storage(
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump({"storage": "postgresql://u:***@h/db"}))
     with pytest.raises(StorageError, match="masked in .*compare.yaml'; pass --storage URL"):
         resolve_storage(str(tmp_path))
+
+
+def test_held_out_intervals_and_raced_costs_reach_the_report(tmp_path: Path) -> None:
+    """A run's held-out best shows its 95% interval over documents; a raced (PRUNED) trial
+    counts its cost on the curve but is never a best."""
+    from blackbox import stats
+
+    url = f"sqlite:///{tmp_path / 'compare.db'}"
+    study = open_study(url, "cmp/pso/seed0", BOX, "fp")
+    study.set_user_attr("label", "pso")
+    _record(study, "search", 0, 0, [1, 0.1], 0.5)
+    attrs = {"kind": "search", "generation": 0, "index": 1, "cost": 2.0, "seconds": 0.1}
+    add_record(study, BOX, np.array([2, 0.2]), 0.9, {**attrs, "raced": {"documents": 2}}, 2)
+    docs = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    _record(study, "heldout", -1, 0, [1, 0.1], float(np.mean(docs)), label="best", per_doc=docs)
+    (run,) = load_runs(url)[0]
+    assert run.cost.tolist() == [4.0, 6.0] and run.final == pytest.approx(0.5)
+    assert run.heldout_ci == pytest.approx(stats.mean_interval(np.array(docs)))
+    text = write_report(url, tmp_path / "out", threshold=0.5).read_text()
+    lo, hi = run.heldout_ci
+    assert f"| 0.7500 [{lo:.3f}, {hi:.3f}] |" in text

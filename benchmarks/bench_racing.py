@@ -1,0 +1,205 @@
+"""Racing vs full scoring at one forward-pass budget, on the embedded model.
+
+The demo's search (``studies/steer_rotten_tomatoes.yaml``: two steering vectors, PSO with 8
+particles) on the demo task and two BIG-bench tasks; per task, ``--seeds`` strategy seeds (the
+data subsample is the demo's, seed 0, for every run) and two modes at the same budget of
+``--budget`` forward-pass equivalents:
+
+- ``full``: every candidate on every search document (today's default);
+- ``racing``: ``scoring.racing: true`` (16, 32, then all 64 documents; confidence 0.95).
+
+and, on the first task, ``racing`` with ``--large`` search documents (a larger search set at
+the same budget: does it overfit less?).  Held-out scores are on ``--heldout`` test documents.
+
+Per run: the held-out score of the best found (a full-fidelity number: racing scores survivors
+on every document), and the held-out score of the incumbent at every generation (not charged to
+the budget), from which "forward passes to reach": the first cost at which a run's incumbent
+scores at least the ``full`` run's final held-out best (same seed).  Printed as a table and
+written to ``--json``.
+
+    python benchmarks/bench_racing.py --budget 2048 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from blackbox.config import apply_overrides, validate
+from blackbox.strategies import make_strategy
+from blackbox.study.pipeline import prepare, racing_of, strategy_settings
+from blackbox.study.runner import Budget, Runner
+from blackbox.study.storage import open_study
+
+
+def one_run(
+    p: Any, seed: int, racing: bool, budget: float, setting: str = "true"
+) -> dict[str, Any]:
+    """One search at ``budget``; incumbents re-scored on held-out after the run."""
+    cfg = p.config
+    if racing:
+        cfg = validate(apply_overrides(cfg.resolved(), [f"scoring.racing={setting}"]))
+    strategy = make_strategy(
+        cfg.strategy.name,
+        p.space.box,
+        seed=seed,
+        population=cfg.strategy.population,
+        **strategy_settings(cfg),
+    )
+    p.objective.reset_cache()
+    study = open_study(optuna.storages.InMemoryStorage(), "bench", p.space.box, "fp")
+    trace: list[tuple[float, Any]] = []  # (cost so far, incumbent) after every generation
+    runner = Runner(
+        p.space,
+        p.objective,
+        strategy,
+        study,
+        Budget(cost=budget),
+        heldout_split=None,
+        progress=False,
+        baselines={},
+        racing=racing_of(cfg),
+    )
+    runner.on_generation = lambda g: trace.append((g.cost, runner.incumbent))
+    t0 = time.perf_counter()
+    s = runner.run()
+    seconds = time.perf_counter() - t0
+    held: dict[int, float] = {}
+    curve = []
+    for cost, inc in trace:
+        if inc is None:
+            continue
+        if id(inc) not in held:
+            held[id(inc)] = float(p.problem.evaluate([inc.candidate], split="heldout").values[0])
+        curve.append((cost, held[id(inc)]))
+    return {
+        "seed": seed,
+        "racing": racing,
+        "search_docs": int(p.objective.n_examples("search")),
+        "evaluations": s.evaluations,
+        "stopped": s.raced_stops,
+        "cost": s.search_cost,
+        "search_best": s.best.value if s.best else float("nan"),
+        "heldout_best": curve[-1][1] if curve else float("nan"),
+        "curve": curve,
+        "seconds": round(seconds, 1),
+    }
+
+
+def reach(curve: list[tuple[float, float]], target: float) -> float:
+    """First cost at which the incumbent's held-out score is >= ``target`` (NaN: never)."""
+    return next((c for c, h in curve if h >= target - 1e-12), float("nan"))
+
+
+def _med_iqr(v: list[float]) -> str:
+    a = np.asarray(v, dtype=float)
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return "-"
+    q1, q3 = np.percentile(a, [25, 75])
+    return f"{np.median(a):.3f} ({q3 - q1:.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["bb_rotten_tomatoes", "bb_sports_understanding", "bb_navigate"],
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--budget", type=float, default=2048.0)
+    ap.add_argument("--search", type=int, default=64)
+    ap.add_argument("--large", type=int, default=256, help="racing with this many, first task")
+    ap.add_argument("--heldout", type=int, default=100)
+    ap.add_argument("--json", default="runs/bench_racing.json")
+    ap.add_argument(
+        "--racing", default="true", help="scoring.racing value, e.g. '{schedule: [16, 32]}'"
+    )
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    args = ap.parse_args()
+
+    base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
+    loaded = None
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for t, task in enumerate(args.tasks):
+        sizes = [args.search] + ([args.large] if t == 0 and args.large else [])
+        for size in sizes:
+            over = [
+                f"task.name={task}",
+                f"task.search_size={size}",
+                f"task.heldout_size={args.heldout}",
+                "task.heldout_split=test",
+                *args.overrides,
+            ]
+            cfg = validate(apply_overrides(base, over))
+            p = prepare(cfg, progress=False, loaded=loaded)
+            loaded = p.loaded
+            modes = [False, True] if size == args.search else [True]
+            for racing in modes:
+                for seed in args.seeds:
+                    r = one_run(p, seed, racing, args.budget, args.racing)
+                    r["task"] = task
+                    runs.append(r)
+                    print(
+                        f"{task} docs={size} racing={racing} seed={seed}: held-out "
+                        f"{r['heldout_best']:.3f}, search {r['search_best']:.3f}, "
+                        f"{r['evaluations']} evals ({r['stopped']} stopped), "
+                        f"cost {r['cost']:.0f}, {r['seconds']} s",
+                        flush=True,
+                    )
+    full = {(r["task"], r["seed"]): r for r in runs if not r["racing"]}
+    for key in dict.fromkeys((r["task"], r["search_docs"], r["racing"]) for r in runs):
+        group = [r for r in runs if (r["task"], r["search_docs"], r["racing"]) == key]
+        to_reach = [reach(r["curve"], full[(r["task"], r["seed"])]["heldout_best"]) for r in group]
+        rows.append(
+            {
+                "task": key[0],
+                "search_docs": key[1],
+                "mode": "racing" if key[2] else "full",
+                "heldout_best": _med_iqr([r["heldout_best"] for r in group]),
+                "search_best": _med_iqr([r["search_best"] for r in group]),
+                "evaluations": float(np.median([r["evaluations"] for r in group])),
+                "stopped": float(np.median([r["stopped"] for r in group])),
+                "cost": float(np.median([r["cost"] for r in group])),
+                "to_reach_full_final": _med_iqr(to_reach),
+                "reached": f"{sum(np.isfinite(to_reach))}/{len(group)}",
+            }
+        )
+    print()
+    print(
+        f"budget {args.budget:g} forward passes per run, seeds {args.seeds}, PSO x 8, held-out "
+        f"{args.heldout} test documents, racing {args.racing}, overrides {args.overrides}; "
+        "median (IQR) across seeds"
+    )
+    head = (
+        "| task | search docs | mode | held-out best | search best | evaluations | stopped "
+        "| forward passes spent | forward passes to reach full's final held-out (reached) |"
+    )
+    print(head)
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['task']} | {r['search_docs']} | {r['mode']} | {r['heldout_best']} "
+            f"| {r['search_best']} | {r['evaluations']:.0f} | {r['stopped']:.0f} | {r['cost']:.0f} "
+            f"| {r['to_reach_full_final']} ({r['reached']}) |"
+        )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(
+        json.dumps({"args": vars(args), "rows": rows, "runs": runs}, indent=1)
+    )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

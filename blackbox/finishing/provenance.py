@@ -1,0 +1,124 @@
+"""What a run's numbers rest on, and their uncertainty, for ``result.json``.
+
+``statistics``: for the search and held-out splits, the score of the first baseline and of the
+best with a 95% bootstrap interval over documents, and the paired difference best - baseline
+with its interval and p-value (:func:`blackbox.stats.paired`: exact McNemar for accuracies, a
+paired bootstrap otherwise).  Objectives whose value is not a mean over documents have none.
+
+``provenance`` (lm-eval task objectives): the task, its splits and the document indices used
+for search and for held-out scoring, and the ``lm_eval`` commands that reproduce the held-out
+numbers: ``RUN/lm_eval/`` holds a task YAML that includes the original task with the run's
+held-out split as its ``test_split``, and lm-eval's own ``--samples`` picks the documents.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blackbox import stats
+
+
+def _pair(base: Any, best: Any, seed: int) -> dict[str, Any] | None:
+    if base is None or best is None or base.per_doc is None or best.per_doc is None:
+        return None
+    if base.per_doc.shape != best.per_doc.shape:
+        return None
+    return {
+        "n_documents": int(best.per_doc.size),
+        "baseline": stats.summary(base.per_doc, seed),
+        "best": stats.summary(best.per_doc, seed),
+        "difference": stats.paired(base.per_doc, best.per_doc, seed),
+    }
+
+
+def statistics(summary: Any, seed: int = 0) -> dict[str, Any]:
+    """``{"search": ..., "heldout": ...}`` (a split is absent when it has no per-document
+    values); every interval is seeded with ``seed``."""
+    out: dict[str, Any] = {}
+    for split, base, best in (
+        ("search", summary.baseline, summary.best),
+        ("heldout", summary.heldout_baseline, summary.heldout_best),
+    ):
+        got = _pair(base, best, seed)
+        if got is not None:
+            out[split] = got
+    if out:
+        out["method"] = (
+            f"95% percentile bootstrap over documents ({stats.N_BOOT} resamples, seed {seed}); "
+            "difference: exact McNemar test for 0/1 metrics, paired bootstrap otherwise"
+        )
+    return out
+
+
+def _command(model: str, task: str, include: Path, samples: Path, steer: Path | None) -> str:
+    kind = "steered" if steer is not None else "hf"
+    args = f"pretrained={model}" + (f",steer_path={steer}" if steer is not None else "")
+    return (
+        f"lm_eval --model {kind} --model_args {shlex.quote(args)} --include_path "
+        f"{shlex.quote(str(include))} --tasks {task} --samples "
+        f'"$(cat {shlex.quote(str(samples))})"'
+    )
+
+
+def provenance(
+    p: Any, run_dir: Path, files: list[str], exported: str = "best"
+) -> dict[str, Any] | None:
+    """The documents behind the run's numbers and the lm-eval commands that reproduce the
+    held-out ones (lm-eval task objectives; ``None`` otherwise).  Writes ``RUN/lm_eval/``.
+
+    ``exported``: whose file the run exported (``best``; ``chosen`` with side effects): the
+    command reproducing it is filed under that name."""
+    from blackbox.finishing.lm_eval_variant import task_yaml_path
+
+    cfg, obj = p.config, p.objective
+    if cfg.task is None or not hasattr(obj, "spec"):
+        return None
+    splits: dict[str, Any] = {}
+    for name in obj.splits:
+        spec = obj.spec(name)
+        docs = spec.samples
+        if docs is None:
+            docs = range(len(obj.task.dataset[spec.split]))
+        splits[name] = {"split": spec.split, "documents": [int(i) for i in docs]}
+    out: dict[str, Any] = {"task": cfg.task.name, "metric": obj.metric, **splits}
+    if "heldout" not in splits:
+        return out
+    try:
+        base = task_yaml_path(cfg.task.name)
+    except ValueError as exc:  # a task not built from one YAML file: no variant
+        out["lm_eval"] = {"note": str(exc)}
+        return out
+    name = f"{obj.task.config.task}_heldout"
+    folder = Path(run_dir) / "lm_eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    variant = {"include": str(base), "task": name, "test_split": splits["heldout"]["split"]}
+    (folder / f"{name}.yaml").write_text(
+        f"# blackbox run {cfg.name!r}: {cfg.task.name} on the run's held-out split\n"
+        + yaml.safe_dump(variant, sort_keys=False)
+    )
+    samples = folder / "samples.json"
+    samples.write_text(json.dumps({name: splits["heldout"]["documents"]}))
+    model = str(Path(p.loaded.path).resolve())
+    commands = {"baseline": _command(model, name, folder.resolve(), samples.resolve(), None)}
+    if cfg.space.type == "steering" and "steered.pt" in files:
+        steer = (Path(run_dir) / "steered.pt").resolve()
+        commands[exported] = _command(model, name, folder.resolve(), samples.resolve(), steer)
+    else:
+        fmt = {"tokens": "lm_eval", "soft_prompt": "peft"}.get(cfg.space.type)
+        if fmt:
+            commands[exported] = (
+                f"blackbox export {shlex.quote(str(run_dir))} --format {fmt}  "
+                "# writes the files and the lm_eval command for the best"
+            )
+    out["lm_eval"] = {
+        "include_path": str(folder),
+        "task": name,
+        "samples": str(samples),
+        "commands": commands,
+    }
+    return out

@@ -1,0 +1,201 @@
+"""The coordinator and its workers in one process, on a closed-form objective (no model).
+
+The model-backed, multi-process proofs (PostgreSQL, SIGKILLs) are in ``test_remote_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from blackbox.evals.synthetic import FunctionObjective, neg_sphere
+from blackbox.search_spaces.box import BoxSpace
+from blackbox.strategies import make_strategy
+from blackbox.strategies.base import Box
+from blackbox.study.remote import STATE_ATTR, RemoteRunner, enqueue_row, outcome
+from blackbox.study.remote_worker import RemoteWorker
+from blackbox.study.runner import Budget, Runner
+from blackbox.study.storage import make_storage, open_study
+
+BOX = Box(
+    np.array([0.0, -2.0, -2.0]),
+    np.array([9.0, 2.0, 2.0]),
+    np.array([True, False, False]),
+    ("layer", "a", "b"),
+)
+FN = neg_sphere([4.0, 0.5, -0.5])
+
+
+def _nan_left(x: np.ndarray) -> np.ndarray:
+    """The sphere, NaN where ``a < -1`` (a failing candidate)."""
+    v = FN(x)
+    return np.where(x[:, 1] < -1.0, np.nan, v)
+
+
+def _run(
+    storage: Any, strategy: str, evaluations: int, remote: bool, fn: Any = FN, **settings: Any
+) -> tuple[Any, optuna.Study]:
+    space = BoxSpace(BOX, baseline_point=[0.0, 0.0, 0.0])
+    study = open_study(storage, "t", BOX, "fp")
+    strat = make_strategy(strategy, BOX, seed=3, population=6, **settings)
+    cls = RemoteRunner if remote else Runner
+    kw = {"poll": 0.02, "log": lambda m: None} if remote else {}
+    runner = cls(
+        space, FunctionObjective(fn), strat, study, Budget(evaluations), progress=False, **kw
+    )
+    if not remote:
+        return runner.run(), study
+    out: list[Any] = []
+    coordinator = threading.Thread(target=lambda: out.append(runner.run()), daemon=True)
+    coordinator.start()
+    coordinator.join(timeout=120)
+    assert out, "the coordinator finished (its workers scored every generation)"
+    return out[0], study
+
+
+def _workers(
+    storage: Any, n: int, fn: Any = FN
+) -> tuple[list[RemoteWorker], list[threading.Thread]]:
+    study = optuna.load_study(study_name="t", storage=storage)
+    ws = [
+        RemoteWorker(
+            study, BoxSpace(BOX), FunctionObjective(fn), batch=2, poll=0.02, log=lambda m: None
+        )
+        for _ in range(n)
+    ]
+    ts = [threading.Thread(target=w.run, daemon=True) for w in ws]
+    for t in ts:
+        t.start()
+    return ws, ts
+
+
+def _search(study: optuna.Study) -> dict[tuple[int, int], tuple[Any, ...]]:
+    """Final search records by (generation, index): params, state, value."""
+    out = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL)):
+        a = t.user_attrs
+        if a.get("kind") != "search" or (
+            t.state == TrialState.FAIL and "error" not in a and a.get("remote")
+        ):
+            continue
+        out[(a["generation"], a["index"])] = (t.params, t.state, t.value)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("strategy", "settings"), [("pso", {}), ("nevergrad", {"optimizer": "CMA"})]
+)
+def test_remote_workers_give_the_single_process_trials(
+    tmp_path: Path, strategy: str, settings: dict[str, Any]
+) -> None:
+    ref, ref_study = _run(f"sqlite:///{tmp_path / 'ref.db'}", strategy, 24, False, **settings)
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    open_study(storage, "t", BOX, "fp")
+    ws, ts = _workers(storage, 3)
+    got, study = _run(storage, strategy, 24, True, **settings)
+    for t in ts:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in ts), "workers leave once the coordinator is done"
+    assert study.user_attrs[STATE_ATTR] == "done"
+    assert _search(study) == _search(ref_study) and len(_search(study)) == 24
+    assert got.best.value == ref.best.value and np.array_equal(got.best.x, ref.best.x)
+    np.testing.assert_array_equal(got.history, ref.history)
+    assert got.evaluations == ref.evaluations == 24
+    assert sum(w.summary.told for w in ws) == 24
+    assert all(t.user_attrs["worker"] for t in study.trials if t.user_attrs.get("remote"))
+
+
+def test_nan_rows_fail_as_in_one_process_and_a_resumed_coordinator_reads_back(
+    tmp_path: Path,
+) -> None:
+    ref, ref_study = _run(f"sqlite:///{tmp_path / 'ref.db'}", "pso", 30, False, fn=_nan_left)
+    assert any(s[1] == TrialState.FAIL for s in _search(ref_study).values())
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    open_study(storage, "t", BOX, "fp")
+    _, ts = _workers(storage, 2, fn=_nan_left)
+    first, _ = _run(storage, "pso", 12, True, fn=_nan_left)  # a coordinator that stopped early
+    for t in ts:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in ts), "workers leave when the coordinator is done"
+    _, ts = _workers(storage, 2, fn=_nan_left)
+    got, study = _run(storage, "pso", 30, True, fn=_nan_left)  # the same command, more budget
+    for t in ts:
+        t.join(timeout=30)
+    assert first.evaluations == 12 and got.resumed >= 12 + 1  # 12 searched + the baseline
+    assert _search(study) == _search(ref_study)
+    assert got.best.value == ref.best.value
+    np.testing.assert_array_equal(got.history, ref.history)
+    assert sum(1 for t in study.trials if t.user_attrs.get("kind") == "search") == 30
+
+
+def test_a_generation_queued_by_a_dead_coordinator_is_found_not_queued_again(
+    tmp_path: Path,
+) -> None:
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    study = open_study(storage, "t", BOX, "fp")
+    strat = make_strategy("pso", BOX, seed=3, population=6)
+    x = strat.ask()
+    for i in range(4):  # the dead coordinator queued four of six rows
+        attrs = {"kind": "search", "generation": 0, "index": i, "split": "search", "remote": True}
+        enqueue_row(study, BOX, x[i], attrs)
+    _, ts = _workers(storage, 2)
+    got, study = _run(storage, "pso", 6, True)
+    for t in ts:
+        t.join(timeout=30)
+    search = [t for t in study.trials if t.user_attrs.get("kind") == "search"]
+    assert len(search) == 6 and all(t.state == TrialState.COMPLETE for t in search)
+    assert sorted(t.user_attrs["index"] for t in search) == list(range(6))
+    assert got.resumed == 0 and got.evaluations == 6
+
+
+def _frozen(number: int, state: TrialState, error: str | None = None) -> optuna.trial.FrozenTrial:
+    attrs = {"kind": "search", "remote": True, **({"error": error} if error else {})}
+    return optuna.trial.FrozenTrial(
+        number=number,
+        state=state,
+        value=1.0 if state == TrialState.COMPLETE else None,
+        values=None,
+        datetime_start=None,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=attrs,
+        system_attrs={},
+        intermediate_values={},
+        trial_id=number,
+    )
+
+
+def test_outcome_of_a_row() -> None:
+    C, F, W, R = TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING, TrialState.RUNNING
+    assert outcome([]).status == "missing"
+    assert outcome([_frozen(0, W)]).status == "pending"
+    assert outcome([_frozen(0, F), _frozen(5, R)]).status == "pending"  # killed, retry running
+    got = outcome([_frozen(0, F), _frozen(5, C)])
+    assert got.status == "done" and got.trial.number == 5
+    nan = outcome([_frozen(2, F, "non-finite score nan")])
+    assert nan.status == "done" and nan.trial.number == 2
+    assert outcome([_frozen(0, F), _frozen(5, F, "abandoned (interrupted)")]).status == "failed"
+
+
+def test_remote_needs_a_shared_storage_and_no_racing() -> None:
+    from types import SimpleNamespace
+
+    from blackbox.config import ConfigError
+    from blackbox.study.remote import check_remote
+
+    def cfg(storage: str | None, racing: Any = None) -> Any:
+        return SimpleNamespace(storage=storage, scoring=SimpleNamespace(racing=racing))
+
+    for storage in (None, "sqlite:///:memory:"):
+        with pytest.raises(ConfigError, match="--remote: workers need a shared storage"):
+            check_remote(cfg(storage))
+    with pytest.raises(ConfigError, match="scoring.racing is not supported"):
+        check_remote(cfg("journal:///tmp/x.log", racing={"schedule": [16]}))
+    check_remote(cfg("postgresql://u@h/db"))  # fine
