@@ -54,7 +54,7 @@ def _run(
     out: list[Any] = []
     coordinator = threading.Thread(target=lambda: out.append(runner.run()), daemon=True)
     coordinator.start()
-    coordinator.join(timeout=120)
+    coordinator.join(timeout=600)  # generous: a loaded CI machine, not a speed check
     assert out, "the coordinator finished (its workers scored every generation)"
     return out[0], study
 
@@ -65,7 +65,13 @@ def _workers(
     study = optuna.load_study(study_name="t", storage=storage)
     ws = [
         RemoteWorker(
-            study, BoxSpace(BOX), FunctionObjective(fn), batch=2, poll=0.02, log=lambda m: None
+            study,
+            BoxSpace(BOX),
+            FunctionObjective(fn),
+            batch=2,
+            poll=0.02,
+            log=lambda m: None,
+            linger=300.0,  # a resumed study is "done" until its coordinator starts: wait for it
         )
         for _ in range(n)
     ]
