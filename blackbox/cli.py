@@ -187,15 +187,15 @@ def _print_summary(result: dict[str, Any]) -> None:
                 ci = (st.get(s) or {}).get(role, {}).get("ci95") if role else None
                 cells.append(_cell(entry.get(s)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         table.add_row(label, *cells)
-    for s in ("search", "heldout"):
+    console.print(table)
+    for s in ("search", "heldout"):  # plain prints: rich would wrap them
         d = (st.get(s) or {}).get("difference")
         if d and s in splits:
-            table.caption = (table.caption + "\n" if table.caption else "") + (
+            print(
                 f"{s}: best - baseline {d['mean']:+.4f} [{d['ci95'][0]:+.3f}, "
                 f"{d['ci95'][1]:+.3f}], p = {d['p']:.3g} ({d['test']}, {d['n']} documents); "
                 "[..] 95% bootstrap intervals"
             )
-    console.print(table)
     if result.get("stages"):
         from blackbox.finishing.soft import stage_table
 

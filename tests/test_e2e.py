@@ -169,6 +169,27 @@ def test_killed_run_resumes_with_the_same_command(tmp_path) -> None:
     assert "baseline: unsteered" in log and "best found" in log
 
 
+def test_the_demo_with_racing_writes_intervals_the_paired_test_and_documents(tmp_path) -> None:
+    """The demo on the embedded model with ``scoring.racing`` on: result.json carries the
+    held-out intervals, the paired test, the documents and the lm-eval commands; the printed
+    table shows the intervals."""
+    out = tmp_path / "run"
+    args = ["run", str(DEMO), "--out", str(out), *(f"--set={s}" for s in SMALL)]
+    args += ["--set=scoring.racing={schedule: [8], confidence: 0.9}", "--no-progress"]
+    proc = _cli(args)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    result = json.loads((out / "result.json").read_text())
+    held = result["statistics"]["heldout"]
+    assert held["n_documents"] == 24 == len(result["provenance"]["heldout"]["documents"])
+    assert held["best"]["ci95"][0] <= result["best"]["heldout"]["score"] <= held["best"]["ci95"][1]
+    assert held["difference"]["test"] == "mcnemar_exact" and 0 <= held["difference"]["p"] <= 1
+    assert len(result["provenance"]["search"]["documents"]) == 24
+    assert result["racing"]["schedule"] == [8] and result["cost_forward_passes"] <= 8 * 24
+    assert "--model steered" in result["provenance"]["lm_eval"]["commands"]["best"]
+    assert "mcnemar_exact" in log and "95% bootstrap intervals" in log
+
+
 def test_bad_layer_range_is_one_line_and_writes_nothing(tmp_path) -> None:
     out = tmp_path / "bad"
     proc = _cli(["run", str(DEMO), "--out", str(out), "--set", "space.layers=[2, 40]"])
