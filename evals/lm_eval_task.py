@@ -181,10 +181,11 @@ class LMEvalTask(Differentiable):
 
     @property
     def per_document(self) -> bool:  # type: ignore[override]
-        """The task aggregates its metric with lm-eval's ``mean`` (accuracy-type metrics)."""
+        """The metric is a mean over documents: aggregated by lm-eval's ``mean`` (accuracy-type
+        metrics), or ``gold_logprob`` (the mean of the gold choice's log-probability)."""
         from lm_eval.api.metrics import mean
 
-        return self.task.aggregation().get(self.metric) is mean
+        return self.metric == "gold_logprob" or self.task.aggregation().get(self.metric) is mean
 
     def n_examples(self, split: str = "search") -> int:
         return self.prepared(split).n_docs

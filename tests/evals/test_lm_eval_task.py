@@ -168,6 +168,20 @@ def test_per_document_accuracy_and_slices_of_documents(tiny_llama, tokenizer) ->
             assert m["gold_logprob"] == pytest.approx(r["gold_logprob"], abs=1e-5)
 
 
+def test_gold_logprob_is_a_per_document_metric(tiny_llama, tokenizer) -> None:
+    """``metric: gold_logprob`` races and gets paired statistics: its documents' values (the
+    gold choice's log-probability) average to the value."""
+    obj, space, lm, task = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", range(6))
+    assert obj.per_document  # acc: lm-eval's mean
+    obj = LMEvalTask(
+        task, lm, {"search": TaskSplitSpec("train", list(range(6)))}, metric="gold_logprob"
+    )
+    assert obj.per_document
+    ev = obj.evaluate(space.intervention([CANDIDATES[1]]))
+    assert ev.per_doc[0].shape == (6,) and np.all(ev.per_doc[0] <= 0)
+    assert ev.per_doc[0].mean() == pytest.approx(ev.values[0])
+
+
 def test_unknown_metric_is_one_line(tiny_llama, tokenizer) -> None:
     from lm_eval.models.huggingface import HFLM
 
