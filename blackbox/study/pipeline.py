@@ -317,6 +317,11 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
         "warnings": list(p.context.warnings) if p.context is not None else [],
         "statistics": statistics(s, cfg.seed),
     }
+    if s.stalled:
+        out["stopped"] = (
+            "the strategy asked only candidates it had already scored for "
+            "50 generations (they cost nothing), so the cost budget could not be spent"
+        )
     r = cfg.scoring.racing
     if r is not None:
         out["racing"] = {

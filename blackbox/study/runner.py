@@ -26,6 +26,10 @@ from blackbox.strategies.base import Strategy
 from blackbox.study.racing import Racing, race
 from blackbox.study.storage import Memo, add_record
 
+# A run with only a cost budget stops after this many generations in a row that cost nothing
+# (every candidate a repeat served from the cache): a converged strategy would loop forever.
+STALL_GENERATIONS = 50
+
 
 @dataclass
 class Budget:
@@ -114,6 +118,7 @@ class RunSummary:
     cost_history: list[float] = field(default_factory=list)
     search_cost: float = 0.0
     raced_stops: int = 0  # search candidates racing stopped early
+    stalled: bool = False  # the strategy asked only repeats: a cost budget could not be spent
 
     @property
     def baseline(self) -> Scored | None:
@@ -179,6 +184,7 @@ class Runner:
         self.racing = racing
         self.incumbent: Scored | None = None  # the best so far (racing's reference)
         self.raced_stops = 0  # candidates racing stopped (this session and replayed)
+        self.stalled = False  # stopped because the strategy only asked repeats
 
     def _race(
         self, cands: list[Any], split: str
@@ -351,9 +357,13 @@ class Runner:
         bar = tqdm(
             total=total, desc="search", unit="eval", disable=not self.progress, dynamic_ncols=True
         )
+        idle = 0  # consecutive generations that cost nothing (every candidate a repeat)
         try:
             while True:
                 if total is not None and done >= total:
+                    break
+                if total is None and self.budget.seconds is None and idle >= STALL_GENERATIONS:
+                    self.stalled = True  # a cost budget that repeats can never spend
                     break
                 if (
                     self.budget.seconds is not None
@@ -376,7 +386,9 @@ class Runner:
                     "search", generation, x[:n], self.search_split, memo, extra=extra
                 )
                 resumed, cost = resumed + r, cost + c
-                search_cost += sum(s.cost for s in scored)  # replayed ones at their recorded cost
+                spent = sum(s.cost for s in scored)  # replayed ones at their recorded cost
+                search_cost += spent
+                idle = idle + 1 if spent == 0 else 0
                 values = np.array([s.value for s in scored])
                 if n == len(x):
                     self._tell(x, values, scored)
@@ -438,4 +450,5 @@ class Runner:
             cost_history=cost_history,
             search_cost=search_cost,
             raced_stops=self.raced_stops,
+            stalled=self.stalled,
         )

@@ -124,3 +124,24 @@ def test_a_raced_run_records_pruned_trials_spends_exactly_and_resumes(tmp_path) 
         again.search_cost == summary.search_cost
         and again.best.x.tolist() == summary.best.x.tolist()
     )
+
+
+def test_a_cost_budget_that_only_repeats_stops_instead_of_looping(tmp_path) -> None:
+    """Two possible candidates and a cost budget far above what they cost: once both are
+    scored every generation is a free repeat, and the run stops (it used to loop forever)."""
+    from blackbox.study.runner import STALL_GENERATIONS
+
+    box = Box(np.array([0.0]), np.array([1.0]), np.array([True]), ("p",))
+    obj = Documents()
+    runner = Runner(
+        BoxSpace(box),
+        obj,
+        RandomSearch(box, seed=0, population=4),
+        open_study(f"sqlite:///{tmp_path / 's.db'}", "stall", box, "fp"),
+        Budget(cost=10**6),
+        progress=False,
+        racing=Racing((16,), 0.95),
+    )
+    s = runner.run()
+    assert s.stalled and s.cost == obj.scored_docs and s.search_cost <= 2 * D
+    assert s.evaluations >= 4 * STALL_GENERATIONS
