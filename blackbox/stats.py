@@ -7,8 +7,8 @@ Every held-out number blackbox reports is a mean over a sample of documents, so 
   interval and a two-sided p-value: the exact McNemar test (a binomial test on the discordant
   documents) when both are 0/1 per document (accuracy), a paired bootstrap test otherwise
   (log-likelihoods, z-scores);
-- for racing, a one-sided test that a candidate is worse than a reference on the documents both
-  have seen (:func:`worse_p`).
+- for racing, a one-sided test that a candidate cannot catch up with a reference on the split
+  it is being scored on, from the documents both have seen (:func:`behind_p`).
 """
 
 from __future__ import annotations
@@ -92,24 +92,32 @@ def paired(base: np.ndarray, best: np.ndarray, seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def worse_p(cand: np.ndarray, ref: np.ndarray) -> float:
-    """One-sided p-value that ``cand`` is worse than ``ref`` on the same documents ``(k,)``
-    (small: ``cand`` cannot be expected to catch up).  0/1 values: exact binomial test on the
-    discordant documents; otherwise a one-sided t-test on the differences."""
-    from scipy.stats import binomtest, ttest_1samp
+def behind_p(cand: np.ndarray, ref: np.ndarray, n_total: int) -> float:
+    """One-sided p-value that ``cand`` ends the split *at least level with* ``ref``, from their
+    values on the first ``k`` of its ``n_total`` documents ``(k,)`` (small: ``cand`` cannot be
+    expected to catch up on this split).
 
-    cand, ref = np.asarray(cand, dtype=float), np.asarray(ref, dtype=float)
-    if is_binary(cand) and is_binary(ref):
-        gain, loss = (
-            int(np.sum((cand > 0.5) & (ref < 0.5))),
-            int(np.sum((ref > 0.5) & (cand < 0.5))),
-        )
-        if gain + loss == 0:
-            return 1.0
-        return float(binomtest(gain, gain + loss, 0.5, alternative="less").pvalue)
-    d = cand - ref
-    if d.size < 2:
+    Racing selects on the mean over the search split, so the question is not whether ``cand`` is
+    worse on the population of documents but whether it can still win on *these* documents:
+    the ``k`` seen are a random part of the split, so the unseen ``m = n_total - k``
+    differences ``d = cand - ref`` are predicted from the seen ones, and the final sum
+    ``k * mean(d) + sum(d_unseen)`` has mean ``n_total * mean(d)`` and standard deviation
+    ``s * sqrt(m + m**2 / k)`` (``s``: the seen differences' standard deviation; a t
+    prediction with ``k - 1`` degrees of freedom).  That is ``sqrt(n_total / m)`` times the
+    t statistic of the population test: the more of the split has been seen, the less is left
+    to catch up with.  The same for 0/1 values (accuracy), where the differences are -1, 0, 1.
+    """
+    from scipy.stats import t as student_t
+
+    d = np.asarray(cand, dtype=float) - np.asarray(ref, dtype=float)
+    k = d.size
+    m = int(n_total) - k
+    if m <= 0:
+        return 1.0 if d.sum() >= 0 else 0.0
+    if k < 2:
         return 1.0
-    if np.all(d == d[0]):
-        return 0.0 if d[0] < 0 else 1.0
-    return float(ttest_1samp(d, 0.0, alternative="less").pvalue)
+    mean, s = float(d.mean()), float(d.std(ddof=1))
+    if s == 0.0:
+        return 0.0 if mean < 0 else 1.0
+    stat = n_total * mean / (s * np.sqrt(m + m * m / k))
+    return float(student_t.cdf(stat, df=k - 1))

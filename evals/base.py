@@ -47,11 +47,14 @@ class Objective(ABC):
     name: ClassVar[str] = ""
     traits: ClassVar[ObjectiveTraits] = ObjectiveTraits()
     metric: str = "score"
-    # the value is a mean over documents and evaluations carry ``per_doc`` (racing and paired
-    # statistics need it)
-    per_document: bool = False
     extra_names: tuple[str, ...] = ()
     extra_directions: tuple[str, ...] = ()
+
+    @property
+    def per_document(self) -> bool:
+        """The value is a mean over documents and evaluations carry ``per_doc`` (racing and
+        paired statistics need it): ``traits.per_document`` unless the instance knows better."""
+        return self.traits.per_document
 
     def __init__(self) -> None:
         self.extra_names = ()

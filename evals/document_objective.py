@@ -109,7 +109,6 @@ class DocumentObjective(Differentiable):
     """
 
     captures: tuple[Capture, ...] = ()
-    per_document = True
 
     def __init__(
         self,

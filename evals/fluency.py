@@ -19,9 +19,11 @@ from blackbox.forward.splice import Items, SpliceOut
 class FluencyObjective(DocumentObjective):
     """``-mean_i CE(token_i | tokens_<i, pre)`` averaged over documents (higher: more fluent)."""
 
-    traits = ObjectiveTraits(interventions=frozenset({PROMPT}), needs_token_ids=True)
+    # measured in one document's context: nothing per document to race on
+    traits = ObjectiveTraits(
+        interventions=frozenset({PROMPT}), needs_token_ids=True, per_document=False
+    )
     metric = "neg_xentropy"
-    per_document = False  # measured in one document's context
 
     def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
         return {"value": out.hidden.new_zeros(out.hidden.shape[0])}

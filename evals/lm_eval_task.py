@@ -42,6 +42,23 @@ from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items, Splice
 
 
+def check_metric(task: Any, metric: str) -> None:
+    """Raise ``ValueError`` unless ``metric`` is one of ``task``'s metrics or ``gold_logprob``."""
+    metrics = [*task.aggregation(), "gold_logprob"]
+    if metric not in metrics:
+        raise ValueError(
+            f"metric: {metric!r} is not a metric of task {task.config.task!r}; allowed: {metrics}"
+        )
+
+
+def metric_per_document(task: Any, metric: str) -> bool:
+    """``metric`` is a mean over documents: aggregated by lm-eval's ``mean`` (accuracy-type
+    metrics), or ``gold_logprob`` (the mean of the gold choice's log-probability)."""
+    from lm_eval.api.metrics import mean
+
+    return metric == "gold_logprob" or task.aggregation().get(metric) is mean
+
+
 class LMEvalTask(Differentiable):
     """An lm-eval (loglikelihood / multiple-choice) task under any intervention.
 
@@ -78,12 +95,7 @@ class LMEvalTask(Differentiable):
         cache_mb: int = 512,
     ) -> None:
         super().__init__()
-        metrics = [*task.aggregation(), "gold_logprob"]
-        if metric not in metrics:
-            raise ValueError(
-                f"metric: {metric!r} is not a metric of task {task.config.task!r}; "
-                f"allowed: {metrics}"
-            )
+        check_metric(task, metric)
         if placement not in PROMPT_PLACEMENTS:
             raise ValueError(
                 f"placement: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}, "
@@ -183,9 +195,7 @@ class LMEvalTask(Differentiable):
     def per_document(self) -> bool:  # type: ignore[override]
         """The metric is a mean over documents: aggregated by lm-eval's ``mean`` (accuracy-type
         metrics), or ``gold_logprob`` (the mean of the gold choice's log-probability)."""
-        from lm_eval.api.metrics import mean
-
-        return self.metric == "gold_logprob" or self.task.aggregation().get(self.metric) is mean
+        return metric_per_document(self.task, self.metric)
 
     def n_examples(self, split: str = "search") -> int:
         return self.prepared(split).n_docs

@@ -127,7 +127,46 @@ def _other_space(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
     return _config(a, storage=url), [], {}
 
 
+def _broken_weights(
+    prep: Callable[[Path, Path], tuple[Any, list[str], dict[str, str]]],
+) -> Callable[[Path, Path], tuple[Any, list[str], dict[str, str]]]:
+    """``prep`` with a copy of the tiny model whose weights file is garbage: the case's own
+    message (not a load error) shows that it was refused before the model loads."""
+
+    def broken(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+        cfg, args, env = prep(tmp, a)
+        shutil.copytree(a / "model", tmp / "model")
+        for w in (tmp / "model").glob("*.safetensors"):
+            w.write_bytes(b"not weights")
+        cfg["model"] = {"name": str(tmp / "model"), "device": "cpu"}
+        return cfg, args, env
+
+    return broken
+
+
+def _racing_fluency(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    cfg = {k: v for k, v in _config(a).items() if k not in ("task", "space")}
+    cfg["space"] = {"type": "tokens", "n_tokens": 2}
+    cfg["objective"] = {"type": "fluency", "prompts": ["The sea is"]}
+    cfg["scoring"] = {"racing": True}
+    return cfg, [], {}
+
+
 CASES: list[Case] = [
+    (
+        "a metric the task does not have (before the model loads)",
+        _broken_weights(_set("task.metric=f1")),
+        "config: task.metric: 'f1' is not a metric of task 'bb_rotten_tomatoes'; allowed: "
+        "['acc', 'acc_norm', 'gold_logprob']",
+    ),
+    (
+        "racing an objective with no value per document (before the model loads)",
+        _broken_weights(_racing_fluency),
+        "config: scoring.racing: objective 'fluency' (metric 'neg_xentropy') has no value per "
+        "document to race on; racing works for metrics that are means over documents (lm-eval "
+        "accuracies and gold_logprob, classification, behaviour, reference, activation "
+        "objectives)",
+    ),
     (
         "unknown key",
         _set("budget.evals=3"),

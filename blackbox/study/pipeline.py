@@ -153,6 +153,31 @@ def _baselines(space: Any, objective: Any) -> dict[str, Any]:
     return out
 
 
+def check_with_task(cfg: StudyConfig, task: Any) -> None:
+    """What the loaded lm-eval task and the objective's class can refuse before the model
+    loads: a metric the task does not have, racing an objective with no value per document."""
+    from blackbox.evals.registry import OBJECTIVES
+
+    cls = OBJECTIVES.get(cfg.objective.type)
+    races, metric = cls.traits.per_document, cls.metric
+    if cls.traits.needs_task and task is not None:
+        from blackbox.evals.lm_eval_task import check_metric, metric_per_document
+
+        metric = cfg.task.metric
+        try:
+            check_metric(task, metric)
+        except ValueError as exc:
+            raise ConfigError(f"config: task.metric: {str(exc).split(': ', 1)[-1]}") from None
+        races = metric_per_document(task, metric)
+    if cfg.scoring.racing is not None and not races:
+        raise ConfigError(
+            f"config: scoring.racing: objective {cfg.objective.type!r} (metric {metric!r}) has "
+            "no value per document to race on; racing works for metrics that are means over "
+            "documents (lm-eval accuracies and gold_logprob, classification, behaviour, "
+            "reference, activation objectives)"
+        )
+
+
 def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prepared:
     """Validate and build model, objective, space and strategy (writes nothing).
 
@@ -174,6 +199,7 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
 
     guard_tasks = load_guard_tasks(cfg)  # before the model, as the task
     task_seconds = time.perf_counter() - t0
+    check_with_task(cfg, task)
     if loaded is None:
         loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     ctx = BuildContext(
@@ -186,13 +212,6 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     t0 = time.perf_counter()
     space = SPACES.get(cfg.space.type).from_config(cfg, ctx)
     ctx.seconds["space"] = time.perf_counter() - t0
-    if cfg.scoring.racing is not None and not objective.per_document:
-        raise ConfigError(
-            f"config: scoring.racing: objective {cfg.objective.type!r} (metric "
-            f"{objective.metric!r}) has no value per document to race on; racing works for "
-            "metrics that are means over documents (lm-eval accuracies, classification, "
-            "behaviour, reference, activation objectives)"
-        )
     if space.traits.vocabulary and hasattr(objective, "enable_fluency"):
         objective.enable_fluency()
     if cfg.side_effects:  # KL, guard tasks, fluency as side columns (blackbox.evals.side_effects)

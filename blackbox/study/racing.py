@@ -4,12 +4,16 @@ candidates that cannot beat the incumbent.
 Every candidate of a generation sees the same documents in the same order (the search split is
 a seeded subsample, so every prefix is a random sample of it).  After each slice of the
 schedule (say 16, then 32 documents, then all), a candidate is stopped when a one-sided paired
-test on the documents seen so far says it is worse than the *reference* (the run's incumbent,
-scored on every search document; in the first generation, the generation's current leader):
-an exact binomial test on the discordant documents for 0/1 metrics (accuracy), a t-test on
-the differences otherwise (:func:`blackbox.stats.worse_p`).  The level is
-``1 - confidence`` split evenly over the looks (Bonferroni), so a candidate that would have
-beaten the reference is stopped with probability at most ``1 - confidence``.
+test on the documents seen so far says it cannot catch up with the *reference* (the run's
+incumbent, scored on every search document; in the first generation, the generation's current
+leader) on this split: the unseen part of the split is predicted from the per-document
+differences seen (:func:`blackbox.stats.behind_p`; the same for 0/1 metrics such as accuracy
+and continuous ones such as log-likelihoods).  Racing selects on the split's mean, so that is
+the question to ask, and it has more power than a test of the population mean, the more so the
+more of the split has been seen.  The level is ``1 - confidence`` split evenly over the looks
+(Bonferroni), so a candidate that would have ended level with or above the reference on the
+split is stopped with probability at most about ``1 - confidence`` (a t approximation;
+``tests/study/test_racing.py`` measures it).
 
 What the strategy is told for a stopped candidate: its mean on the documents it saw (the
 unbiased partial estimate); the trial is recorded as Optuna ``PRUNED`` with that estimate as
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from blackbox.api import Evaluation
-from blackbox.stats import worse_p
+from blackbox.stats import behind_p
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def race(
         else:
             leader = max(alive, key=lambda i: float(got[i].mean()))
             ref = got[leader]
-        keep = [i for i in alive if i == leader or worse_p(got[i], ref) >= alpha]
+        keep = [i for i in alive if i == leader or behind_p(got[i], ref, n_docs) >= alpha]
         looks.append({"documents": stop, "alive": len(alive), "kept": len(keep)})
         alive = keep
     values = np.full(n, np.nan)

@@ -76,6 +76,7 @@ class ObjectiveConformance:
     def test_per_document_values_average_to_the_value(self, problem, candidates) -> None:
         """Paired statistics and racing read ``per_doc``: one value per document of the split,
         in order, whose mean is the candidate's value (repeats from the cache too)."""
+        assert problem.objective.per_document == self.per_document  # what racing is told
         problem.objective.reset_cache()
         ev = problem.evaluate(candidates)
         again = problem.evaluate(candidates)
