@@ -2,7 +2,9 @@
 
 The demo's search (``studies/steer_rotten_tomatoes.yaml``: two steering vectors, PSO with 8
 particles) on the demo task and two BIG-bench tasks; per task, ``--seeds`` strategy seeds (the
-data subsample is the demo's, seed 0, for every run) and two modes at the same budget of
+data subsample is the demo's, seed 0, for every run; on a BIG-bench task the demo's second
+vector, the logit-lens answer direction, is the task's answers' instead of " positive" minus
+" negative": see ``ANSWERS``) and two modes at the same budget of
 ``--budget`` forward-pass equivalents:
 
 - ``full``: every candidate on every search document (today's default);
@@ -23,6 +25,7 @@ written to ``--json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -37,6 +40,21 @@ from blackbox.strategies import make_strategy
 from blackbox.study.pipeline import prepare, racing_of, strategy_settings
 from blackbox.study.runner import Budget, Runner
 from blackbox.study.storage import open_study
+
+# The logit-lens answer direction of each task (first tokens where the two answers differ).
+ANSWERS: dict[str, list[str]] = {
+    "bb_sports_understanding": [" plausible", " impl"],  # " implausible": " impl" "aus" "ible"
+    "bb_navigate": [" True", " False"],
+}
+
+
+def task_study(base: dict[str, Any], task: str) -> dict[str, Any]:
+    """The demo's study with ``task``'s answer direction as its second steering vector."""
+    study = copy.deepcopy(base)
+    if task in ANSWERS:
+        vec = next(v for v in study["space"]["vectors"] if v["name"] == "answer_bias")
+        vec["unembed"] = ANSWERS[task]
+    return study
 
 
 def one_run(
@@ -142,7 +160,7 @@ def main() -> None:
                 "task.heldout_split=test",
                 *args.overrides,
             ]
-            cfg = validate(apply_overrides(base, over))
+            cfg = validate(apply_overrides(task_study(base, task), over))
             p = prepare(cfg, progress=False, loaded=loaded)
             loaded = p.loaded
             modes = [False, True] if size == args.search else [True]

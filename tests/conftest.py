@@ -9,6 +9,7 @@ per session: tests must not modify them (wrap interventions in hooks that are re
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,6 +106,17 @@ def tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def tiny_llama() -> nn.Module:
     return build_tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama: nn.Module, tokenizer: Any
+) -> Path:
+    """The tiny Llama with the real tokenizer, saved once per session: read-only for tests."""
+    path = tmp_path_factory.mktemp("tiny_llama") / "model"
+    tiny_llama.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -25,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
-    """A tiny Llama dir (4 layers, d=64) with the real tokenizer, and a good vector file."""
+def assets(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A good vector file, and ``model``: a link to the shared tiny Llama dir (read-only)."""
     root = tmp_path_factory.mktemp("bad_input_assets")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    (root / "model").symlink_to(tiny_model_dir)
     torch.save(torch.ones(4, 64), root / "v.pt")
     return root
 

@@ -136,7 +136,8 @@ def _nanmedian(v: Sequence[float]) -> float:
     return float(np.median(a)) if a.size else math.nan
 
 
-def _iqr(v: Sequence[float]) -> float:
+def iqr(v: Sequence[float]) -> float:
+    """Interquartile range of the finite values of ``v`` (NaN when there are none)."""
     a = np.array([x for x in v if x is not None], dtype=float)
     a = a[np.isfinite(a)]
     return float(np.subtract(*np.percentile(a, [75, 25]))) if a.size else math.nan
@@ -170,7 +171,7 @@ def summary_rows(
                 "label": label,
                 "runs": len(rs),
                 "median_best": _nanmedian(finals),
-                "iqr_best": _iqr(finals),
+                "iqr_best": iqr(finals),
                 "min_best": float(np.nanmin(fin)) if np.isfinite(fin).any() else math.nan,
                 "max_best": float(np.nanmax(fin)) if np.isfinite(fin).any() else math.nan,
                 "median_heldout": _nanmedian(held),

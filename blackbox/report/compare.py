@@ -287,7 +287,7 @@ def render_markdown(
         lines.append(
             f"| {r['label']} | {r['runs']} | {_fmt(r['median_best'])} | {_fmt(r['iqr_best'])} "
             f"| {_fmt(r['min_best'])} - {_fmt(r['max_best'])} "
-            f"| {_fmt(r['median_heldout'])}, IQR {_fmt(agg._iqr(r['heldout']))} ({held}) "
+            f"| {_fmt(r['median_heldout'])}, IQR {_fmt(agg.iqr(r['heldout']))} ({held}) "
             f"| {_fmt(r['median_to_threshold'], 0)} | {r['never_reached']}/{r['runs']} |"
         )
     lines.append("")

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,14 +16,12 @@ BENCH = ROOT / "benchmarks" / "bench_gpu.py"
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("bench_gpu")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
     torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
     cfg = {
         "name": "bench_tiny",
-        "model": {"name": str(root / "model"), "device": "cpu"},
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "task": {"name": "bb_rotten_tomatoes", "search_size": 8, "heldout_size": 2},
         "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(root / "v.pt")}]},
         "strategy": {"name": "random", "population": 2},

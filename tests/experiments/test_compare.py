@@ -186,18 +186,16 @@ def test_the_shipped_compare_config_validates() -> None:
 
 
 @pytest.mark.slow
-def test_compare_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_llama, tokenizer) -> None:
+def test_compare_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir) -> None:
     import torch
 
     from blackbox.cli import main
 
-    tiny_llama.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
     torch.save(torch.ones(4, 64), tmp_path / "v.pt")
     cfg = {
         "study": {
             "name": "tiny",
-            "model": {"name": str(tmp_path / "model"), "device": "cpu"},
+            "model": {"name": str(tiny_model_dir), "device": "cpu"},
             "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
             "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
         },
@@ -237,9 +235,7 @@ def test_the_shipped_intervention_compare_config_validates() -> None:
 
 
 @pytest.mark.slow
-def test_compare_across_interventions_and_tasks_on_a_tiny_model(
-    tmp_path, tiny_llama, tokenizer
-) -> None:
+def test_compare_across_interventions_and_tasks_on_a_tiny_model(tmp_path, tiny_model_dir) -> None:
     """Steering, a token prompt and a soft prompt (random search and Adam) on two lm-eval tasks,
     one budget: one study per task x entry x seed, every budget held, one report per task and
     an index."""
@@ -247,14 +243,12 @@ def test_compare_across_interventions_and_tasks_on_a_tiny_model(
 
     from blackbox.cli import main
 
-    tiny_llama.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
     torch.save(torch.ones(4, 64), tmp_path / "v.pt")
     soft = {"type": "soft_prompt", "n_tokens": 2, "placement": "after_input", "init": "random"}
     cfg = {
         "study": {
             "name": "tiny",
-            "model": {"name": str(tmp_path / "model"), "device": "cpu"},
+            "model": {"name": str(tiny_model_dir), "device": "cpu"},
             "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
             "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
         },

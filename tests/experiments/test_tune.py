@@ -135,18 +135,16 @@ def test_tune_config_errors_are_one_line(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_tune_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_llama, tokenizer) -> None:
+def test_tune_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir) -> None:
     import torch
 
     from blackbox.cli import main
 
-    tiny_llama.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
     torch.save(torch.ones(4, 64), tmp_path / "v.pt")
     cfg = {
         "study": {
             "name": "tiny",
-            "model": {"name": str(tmp_path / "model"), "device": "cpu"},
+            "model": {"name": str(tiny_model_dir), "device": "cpu"},
             "task": {"name": "bb_rotten_tomatoes", "search_size": 2, "heldout_size": 2},
             "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
             "strategy": {"name": "pso", "population": 2},

@@ -19,14 +19,12 @@ from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any):
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     root = tmp_path_factory.mktemp("provenance")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
     torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 4, root / "v.pt")
     cfg = {
         "name": "prov",
-        "model": {"name": str(root / "model"), "device": "cpu"},
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "task": {"name": "bb_rotten_tomatoes", "search_size": 16, "heldout_size": 16},
         "space": {
             "layers": [0, 3],
@@ -40,7 +38,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: An
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "run"
     assert main(["run", str(root / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
-    return root, out, json.loads((out / "result.json").read_text())
+    return tiny_model_dir, out, json.loads((out / "result.json").read_text())
 
 
 def test_result_has_intervals_the_paired_test_and_the_documents(run) -> None:
@@ -103,9 +101,9 @@ def _lm_eval(model: str, args: dict[str, Any], prov: dict[str, Any]) -> float:
 def test_the_lm_eval_commands_reproduce_the_heldout_numbers(run) -> None:
     """The commands' equivalent (same model, task YAML, samples; the steered file for the
     best) through lm-eval's own ``simple_evaluate``."""
-    root, out, result = run
+    model_dir, out, result = run
     prov = result["provenance"]
-    model = str((root / "model").resolve())
+    model = str(model_dir.resolve())
     assert f"pretrained={model}" in prov["lm_eval"]["commands"]["baseline"]
     base = _lm_eval("hf", {"pretrained": model, "device": "cpu"}, prov)
     assert base == result["baseline"]["heldout"]["score"]

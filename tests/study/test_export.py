@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -16,19 +15,10 @@ from safetensors.torch import load_file
 from blackbox.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
-    root = tmp_path_factory.mktemp("export_model")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
-    return root
-
-
-def _config(root: Path, space: dict, objective: dict, strategy: dict) -> dict:
+def _config(model: Path, space: dict, objective: dict, strategy: dict) -> dict:
     cfg = {
         "name": f"export_{space['type']}",
-        "model": {"name": str(root / "model"), "device": "cpu"},
+        "model": {"name": str(model), "device": "cpu"},
         "space": space,
         "objective": objective,
         "strategy": strategy,
@@ -69,9 +59,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("space", list(CASES))
-def test_export_writes_the_best_candidate_of_any_space(space, model_dir, tmp_path) -> None:
+def test_export_writes_the_best_candidate_of_any_space(space, tiny_model_dir, tmp_path) -> None:
     make_space, objective, strategy, file = CASES[space]
-    cfg = _config(model_dir, make_space(model_dir), objective, strategy)
+    torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), tmp_path / "v.pt")
+    cfg = _config(tiny_model_dir, make_space(tmp_path), objective, strategy)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"

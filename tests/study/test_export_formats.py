@@ -31,20 +31,11 @@ from blackbox.evals.lm_eval_tasks import quiet_lm_eval, task_manager_for
 TASK = "bb_rotten_tomatoes"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
-    root = tmp_path_factory.mktemp("formats_model")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
-    return root
-
-
-def _run(root: Path, tmp: Path, name: str, space: dict, seed: int = 0) -> tuple[Path, dict]:
+def _run(model: Path, tmp: Path, name: str, space: dict, seed: int = 0) -> tuple[Path, dict]:
     cfg = {
         "name": name,
         "seed": seed,
-        "model": {"name": str(root / "model"), "device": "cpu"},
+        "model": {"name": str(model), "device": "cpu"},
         "task": {"name": TASK, "search_size": 4, "heldout_size": 10},
         "space": space,
         "strategy": {"name": "random", "population": 2},
@@ -95,7 +86,7 @@ def _assert_reproduces(result: dict, got: dict[str, float]) -> None:
     assert result["best"]["heldout"]["score"] == held["acc"]
 
 
-def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(model_dir, tmp_path) -> None:
+def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(tiny_model_dir, tmp_path) -> None:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -107,7 +98,7 @@ def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(model_dir, tmp
         "bound": 3.0,
         "projection": {"enabled": False},
     }
-    run, result = _run(model_dir, tmp_path, "soft_peft", space)
+    run, result = _run(tiny_model_dir, tmp_path, "soft_peft", space)
     unprompted = result["baselines"]["no prompt"]["heldout"]["metrics"]["gold_logprob"]
     assert main(["export", str(run), "--format", "peft"]) == 0
     adapter = run / "peft_adapter"
@@ -138,7 +129,7 @@ def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(model_dir, tmp
     samples = json.loads((adapter / "samples.json").read_text())[TASK]
     assert len(samples) == result["splits"]["heldout"] == 10
     got_metrics = _lm_eval(
-        {"pretrained": str(model_dir / "model"), "peft": str(adapter), "device": "cpu"},
+        {"pretrained": str(tiny_model_dir), "peft": str(adapter), "device": "cpu"},
         TASK,
         samples,
         task_manager_for([TASK]),
@@ -147,7 +138,9 @@ def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(model_dir, tmp
     assert got_metrics["gold_logprob"] != pytest.approx(unprompted, abs=1e-4)  # the prompt acts
 
 
-def test_soft_prompt_after_input_is_embeddings_and_template(model_dir, tmp_path, capsys) -> None:
+def test_soft_prompt_after_input_is_embeddings_and_template(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
     space = {
         "type": "soft_prompt",
         "n_tokens": 2,
@@ -155,7 +148,7 @@ def test_soft_prompt_after_input_is_embeddings_and_template(model_dir, tmp_path,
         "subspace_dim": 4,
         "projection": {"enabled": False},
     }
-    run, _ = _run(model_dir, tmp_path, "soft_after", space)
+    run, _ = _run(tiny_model_dir, tmp_path, "soft_after", space)
     assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "x")]) == 0
     assert "cannot be expressed as a PEFT adapter" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
@@ -169,12 +162,12 @@ def test_soft_prompt_after_input_is_embeddings_and_template(model_dir, tmp_path,
 
 @pytest.mark.parametrize("placement", ["before_input", "after_input"])
 def test_token_prompt_as_lm_eval_task_variant_reproduces_the_heldout_score(
-    model_dir, tmp_path, placement, capsys
+    tiny_model_dir, tmp_path, placement, capsys
 ) -> None:
     from lm_eval.tasks import TaskManager
 
     space = {"type": "tokens", "n_tokens": 3, "placement": placement}
-    run, result = _run(model_dir, tmp_path, f"tok_{placement}", space)
+    run, result = _run(tiny_model_dir, tmp_path, f"tok_{placement}", space)
     capsys.readouterr()
     assert main(["export", str(run), "--format", "lm_eval"]) == 0
     assert "tokenises" not in capsys.readouterr().err  # every held-out request: the same ids
@@ -192,21 +185,20 @@ def test_token_prompt_as_lm_eval_task_variant_reproduces_the_heldout_score(
     samples = json.loads((out / "samples.json").read_text())[name]
     with quiet_lm_eval():
         manager = TaskManager(include_defaults=False, include_path=str(out))
-    got = _lm_eval(
-        {"pretrained": str(model_dir / "model"), "device": "cpu"}, name, samples, manager
-    )
+    got = _lm_eval({"pretrained": str(tiny_model_dir), "device": "cpu"}, name, samples, manager)
     _assert_reproduces(result, got)
     files = json.loads((run / "result.json").read_text())["files"]
     assert f"lm_eval_task/{name}.yaml" in files
 
 
-def test_steering_exports_a_control_vector_and_every_format(model_dir, tmp_path) -> None:
+def test_steering_exports_a_control_vector_and_every_format(tiny_model_dir, tmp_path) -> None:
+    torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), tmp_path / "v.pt")
     space = {
         "type": "steering",
         "layers": [1, 3],
-        "vectors": [{"name": "v", "file": str(model_dir / "v.pt")}],
+        "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}],
     }
-    run, result = _run(model_dir, tmp_path, "steer_gguf", space)
+    run, result = _run(tiny_model_dir, tmp_path, "steer_gguf", space)
     assert main(["export", str(run), "--format", "all"]) == 0
     cand = result["best"]["candidate"]
     reader = gguf.GGUFReader(str(run / "control_vector.gguf"))

@@ -38,10 +38,10 @@ BEAT = ["--heartbeat=1", "--grace=6"]
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
+def assets(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A vector file, and ``model``: a link to the shared tiny Llama dir (read-only)."""
     root = tmp_path_factory.mktemp("remote_assets")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    (root / "model").symlink_to(tiny_model_dir)
     torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
     return root
 

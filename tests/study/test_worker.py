@@ -43,15 +43,13 @@ BUDGET = 10
 
 
 @pytest.fixture(scope="module")
-def study_config(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> Path:
+def study_config(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """Config of a tiny real study: tiny Llama dir, bb_rotten_tomatoes, a .pt vector, TPE."""
     root = tmp_path_factory.mktemp("worker_study")
-    tiny_llama.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
     torch.save(torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), root / "v.pt")
     cfg = {
         "name": "shared",
-        "model": {"name": str(root / "model"), "device": "cpu"},
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "task": {"name": "bb_rotten_tomatoes", "search_size": 12, "heldout_size": 2},
         "space": {"layers": [0, 3], "coeff": [-1, 1], "vectors": [{"name": "v", "file": "v.pt"}]},
         "strategy": {"name": "optuna", "settings": {"sampler": "tpe"}},
