@@ -147,6 +147,8 @@ def main() -> None:
     args = ap.parse_args()
 
     base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
+    out = Path(args.json)  # rewritten after every run: an interrupted bench keeps its runs
+    out.parent.mkdir(parents=True, exist_ok=True)
     loaded = None
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
@@ -176,6 +178,7 @@ def main() -> None:
                         f"cost {r['cost']:.0f}, {r['seconds']} s",
                         flush=True,
                     )
+                    out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
     full = {(r["task"], r["seed"]): r for r in runs if not r["racing"]}
     for key in dict.fromkeys((r["task"], r["search_docs"], r["racing"]) for r in runs):
         group = [r for r in runs if (r["task"], r["search_docs"], r["racing"]) == key]
@@ -212,10 +215,7 @@ def main() -> None:
             f"| {r['search_best']} | {r['evaluations']:.0f} | {r['stopped']:.0f} | {r['cost']:.0f} "
             f"| {r['to_reach_full_final']} ({r['reached']}) |"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"args": vars(args), "rows": rows, "runs": runs}, indent=1)
-    )
+    out.write_text(json.dumps({"args": vars(args), "rows": rows, "runs": runs}, indent=1))
     print(f"wrote {args.json}")
 
 

@@ -1,0 +1,49 @@
+"""``benchmarks/bench_racing.py``'s pieces that decide its figures (the runs themselves take
+minutes each on the embedded model and are run on demand by ``make bench``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from blackbox.search_spaces.steering_vectors import first_token_id
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_racing", ROOT / "benchmarks" / "bench_racing.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_task_gets_its_own_answer_direction_of_one_token_words(bench, tokenizer: Any) -> None:
+    base = yaml.safe_load((ROOT / "studies" / "steer_rotten_tomatoes.yaml").read_text())
+    demo = bench.task_study(base, "bb_rotten_tomatoes")
+    assert demo == base and demo is not base  # the demo as it is
+    for task, words in bench.ANSWERS.items():
+        study = bench.task_study(base, task)
+        vec = {v["name"]: v for v in study["space"]["vectors"]}
+        assert vec["answer_bias"]["unembed"] == words
+        assert vec["sentiment"] == {v["name"]: v for v in base["space"]["vectors"]}["sentiment"]
+        ids = [first_token_id(tokenizer, w) for w in words]  # refuses words of several tokens
+        assert ids[0] != ids[1]
+    assert base["space"]["vectors"][1]["unembed"] == [" positive", " negative"]  # not mutated
+
+
+def test_forward_passes_to_reach_a_held_out_score(bench) -> None:
+    curve = [(64.0, -0.9), (128.0, -0.8), (256.0, -0.7), (512.0, -0.7)]
+    assert bench.reach(curve, -0.8) == 128.0
+    assert bench.reach(curve, -0.7) == 256.0
+    assert math.isnan(bench.reach(curve, -0.6))  # never reached
