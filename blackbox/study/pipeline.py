@@ -214,6 +214,12 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     ctx.seconds["space"] = time.perf_counter() - t0
     if space.traits.vocabulary and hasattr(objective, "enable_fluency"):
         objective.enable_fluency()
+    racing = racing_of(cfg)
+    if racing is not None and len(racing.stops(n := objective.n_examples("search"))) == 1:
+        ctx.warn(
+            f"scoring.racing.schedule {list(racing.schedule)} has no look below the {n} search "
+            "documents, so every candidate is scored on all of them (racing stops nothing)"
+        )
     if cfg.side_effects:  # KL, guard tasks, fluency as side columns (blackbox.evals.side_effects)
         from blackbox.evals.side_effects import build as with_side_effects
 

@@ -145,3 +145,35 @@ def test_a_cost_budget_that_only_repeats_stops_instead_of_looping(tmp_path) -> N
     s = runner.run()
     assert s.stalled and s.cost == obj.scored_docs and s.search_cost <= 2 * D
     assert s.evaluations >= 4 * STALL_GENERATIONS
+
+
+def test_a_schedule_with_no_look_below_the_split_says_so_in_the_result(
+    tiny_model_dir, tmp_path
+) -> None:
+    """Looks at or above the split's size would silently race nothing: a warning that is also
+    kept in result.json's ``warnings``."""
+    import torch
+
+    from blackbox.config import validate
+    from blackbox.study.pipeline import prepare
+
+    torch.save(torch.ones(4, 64), tmp_path / "v.pt")
+
+    def study(schedule: list[int]) -> dict:
+        return {
+            "name": "looks",
+            "model": {"name": str(tiny_model_dir), "device": "cpu"},
+            "task": {"name": "bb_rotten_tomatoes", "search_size": 8, "heldout_size": 2},
+            "space": {"layers": [0, 3], "vectors": [{"name": "v", "file": str(tmp_path / "v.pt")}]},
+            "strategy": {"name": "random", "population": 2},
+            "budget": {"evaluations": 2},
+            "scoring": {"racing": {"schedule": schedule}},
+        }
+
+    far = prepare(validate(study([8, 16])), progress=False)
+    assert far.context.warnings == [
+        "scoring.racing.schedule [8, 16] has no look below the 8 search documents, so every "
+        "candidate is scored on all of them (racing stops nothing)"
+    ]
+    near = prepare(validate(study([4, 16])), progress=False, loaded=far.loaded)
+    assert near.context.warnings == []
