@@ -111,6 +111,26 @@ def one_run(
     }
 
 
+# Settings a resumed bench must share with the runs it keeps.
+SAME = ("budget", "search", "large", "heldout", "racing", "overrides")
+
+
+def resumed_runs(path: Path, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs saved in ``path`` by a bench with the same settings (``[]``: no file)."""
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    was = saved["args"]
+    differ = [f"{k}={was.get(k)!r}" for k in SAME if was.get(k) != args[k]]
+    if differ:
+        raise SystemExit(
+            f"bench_racing: --resume: {path} was made with other settings "
+            f"({', '.join(differ)}); "
+            "use the same settings or another --json"
+        )
+    return list(saved["runs"])
+
+
 def reach(curve: list[tuple[float, float]], target: float) -> float:
     """First cost at which the incumbent's held-out score is >= ``target`` (NaN: never)."""
     return next((c for c, h in curve if h >= target - 1e-12), float("nan"))
@@ -144,6 +164,11 @@ def main() -> None:
         "--racing", default="true", help="scoring.racing value, e.g. '{schedule: [16, 32]}'"
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --json (same settings) and run only the missing ones",
+    )
     args = ap.parse_args()
 
     base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
@@ -151,7 +176,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     loaded = None
     rows: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
+    runs = resumed_runs(out, vars(args)) if args.resume else []
+    done = {(r["task"], r.get("requested", r["search_docs"]), r["racing"], r["seed"]) for r in runs}
     for t, task in enumerate(args.tasks):
         sizes = [args.search] + ([args.large] if t == 0 and args.large else [])
         for size in sizes:
@@ -162,27 +188,34 @@ def main() -> None:
                 "task.heldout_split=test",
                 *args.overrides,
             ]
+            modes = [False, True] if size == args.search else [True]
+            todo = [(m, s) for m in modes for s in args.seeds if (task, size, m, s) not in done]
+            if not todo:
+                continue
             cfg = validate(apply_overrides(task_study(base, task), over))
             p = prepare(cfg, progress=False, loaded=loaded)
             loaded = p.loaded
-            modes = [False, True] if size == args.search else [True]
-            for racing in modes:
-                for seed in args.seeds:
-                    r = one_run(p, seed, racing, args.budget, args.racing)
-                    r["task"] = task
-                    runs.append(r)
-                    print(
-                        f"{task} docs={size} racing={racing} seed={seed}: held-out "
-                        f"{r['heldout_best']:.3f}, search {r['search_best']:.3f}, "
-                        f"{r['evaluations']} evals ({r['stopped']} stopped), "
-                        f"cost {r['cost']:.0f}, {r['seconds']} s",
-                        flush=True,
-                    )
-                    out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+            for racing, seed in todo:
+                r = one_run(p, seed, racing, args.budget, args.racing)
+                r["task"], r["requested"] = task, size
+                runs.append(r)
+                print(
+                    f"{task} docs={size} racing={racing} seed={seed}: held-out "
+                    f"{r['heldout_best']:.3f}, search {r['search_best']:.3f}, "
+                    f"{r['evaluations']} evals ({r['stopped']} stopped), "
+                    f"cost {r['cost']:.0f}, {r['seconds']} s",
+                    flush=True,
+                )
+                out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
     full = {(r["task"], r["seed"]): r for r in runs if not r["racing"]}
     for key in dict.fromkeys((r["task"], r["search_docs"], r["racing"]) for r in runs):
         group = [r for r in runs if (r["task"], r["search_docs"], r["racing"]) == key]
-        to_reach = [reach(r["curve"], full[(r["task"], r["seed"])]["heldout_best"]) for r in group]
+        to_reach = [
+            reach(r["curve"], full[(r["task"], r["seed"])]["heldout_best"])
+            if (r["task"], r["seed"]) in full
+            else float("nan")
+            for r in group
+        ]
         rows.append(
             {
                 "task": key[0],

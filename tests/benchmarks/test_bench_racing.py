@@ -4,6 +4,7 @@ minutes each on the embedded model and are run on demand by ``make bench``)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 from types import ModuleType
@@ -47,3 +48,15 @@ def test_forward_passes_to_reach_a_held_out_score(bench) -> None:
     assert bench.reach(curve, -0.8) == 128.0
     assert bench.reach(curve, -0.7) == 256.0
     assert math.isnan(bench.reach(curve, -0.6))  # never reached
+
+
+def test_a_resumed_bench_keeps_runs_of_the_same_settings_only(bench, tmp_path: Path) -> None:
+    args = {"budget": 1024.0, "search": 64, "large": 0, "heldout": 100, "racing": "true"}
+    args |= {"overrides": ["task.metric=gold_logprob"], "tasks": ["bb_navigate"], "seeds": [0]}
+    path = tmp_path / "bench.json"
+    assert bench.resumed_runs(path, args) == []  # nothing saved yet
+    run = {"task": "bb_navigate", "search_docs": 64, "racing": False, "seed": 0}
+    path.write_text(json.dumps({"args": args, "runs": [run]}))
+    assert bench.resumed_runs(path, {**args, "seeds": [0, 1, 2]}) == [run]  # more seeds: fine
+    with pytest.raises(SystemExit, match=r"other settings \(budget=1024.0\); use the same"):
+        bench.resumed_runs(path, {**args, "budget": 2048.0})
