@@ -232,7 +232,8 @@ def main() -> None:
         )
     print()
     print(
-        f"budget {args.budget:g} forward passes per run, seeds {args.seeds}, PSO x 8, held-out "
+        f"budget {args.budget:g} forward passes per run, seeds "
+        f"{sorted({r['seed'] for r in runs})} (runs per row: 'reached' below), PSO x 8, held-out "
         f"{args.heldout} test documents, racing {args.racing}, overrides {args.overrides}; "
         "median (IQR) across seeds"
     )
