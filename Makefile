@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/blackbox run studies/steer_rotten_tomatoes.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
