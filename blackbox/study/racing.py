@@ -13,7 +13,7 @@ the question to ask, and it has more power than a test of the population mean, t
 more of the split has been seen.  The level is ``1 - confidence`` split evenly over the looks
 (Bonferroni), so a candidate that would have ended level with or above the reference on the
 split is stopped with probability at most about ``1 - confidence`` (a t approximation;
-``tests/study/test_racing.py`` measures it).
+``tests/test_stats.py`` measures it).
 
 What the strategy is told for a stopped candidate: its mean on the documents it saw (the
 unbiased partial estimate); the trial is recorded as Optuna ``PRUNED`` with that estimate as
