@@ -103,6 +103,7 @@ def one_run(
         "search_docs": int(p.objective.n_examples("search")),
         "evaluations": s.evaluations,
         "stopped": s.raced_stops,
+        "cut": s.budget_cuts,
         "cost": s.search_cost,
         "search_best": s.best.value if s.best else float("nan"),
         "heldout_best": curve[-1][1] if curve else float("nan"),

@@ -353,9 +353,11 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
             "schedule": list(r.schedule),
             "confidence": r.confidence,
             "stopped_candidates": s.raced_stops,
+            "cut_by_budget": s.budget_cuts,
             "what_strategies_are_told": "a stopped candidate's mean on the documents it saw "
-            "(Optuna trial PRUNED, intermediate value at that many documents); the best is "
-            "always scored on every search document",
+            "(Optuna trial PRUNED, intermediate value at that many documents); so is a "
+            "candidate of the last generation cut when the cost budget ran out (raced.by = "
+            "budget); the best is always scored on every search document",
         }
     completions = getattr(p.objective, "reference_completions", None)
     if completions:

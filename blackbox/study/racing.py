@@ -20,6 +20,11 @@ unbiased partial estimate); the trial is recorded as Optuna ``PRUNED`` with that
 its intermediate value at the number of documents seen, and ``raced`` in its attributes.  A
 stopped candidate never becomes the best: survivors are scored on every document, so the best
 is always a full-fidelity number.  Cost counts exactly the documents scored.
+
+Under a cost budget the last generation races on what is left: a slice the budget cannot pay
+for every candidate still alive is shortened to the documents it can, and the candidates alive
+after it are *cut* (told and recorded like stopped ones, with ``by: budget``), so a raced run
+spends its budget instead of leaving most of a generation's cost unspent.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ class Raced:
     seen: list[int]
     n_docs: int
     looks: list[dict[str, Any]] = field(default_factory=list)
+    cut: list[bool] = field(default_factory=list)  # alive when the budget ran out
+
+    def by(self, i: int) -> str:
+        """Why candidate ``i`` was stopped: ``test`` (cannot win) or ``budget`` (cut)."""
+        return "budget" if self.cut and self.cut[i] else "test"
 
     def stopped(self, i: int) -> bool:
         return self.seen[i] < self.n_docs
@@ -99,6 +109,8 @@ def race(
     racing: Racing,
     reference: np.ndarray | None = None,
     first_only: Sequence[str] = (),
+    budget: float | None = None,
+    doc_cost: float = 1.0,
 ) -> Raced:
     """Race ``n`` candidates over a split of ``n_docs`` documents.
 
@@ -111,15 +123,26 @@ def race(
         reference: the incumbent's per-document values ``(n_docs,)``, or ``None`` (the
             generation's leader on the documents seen is the reference).
         first_only: metric names taken from the first slice only.
+        budget: the most this generation may cost (``None``: no limit); a slice it cannot
+            pay for every candidate alive is shortened, and those alive after it are cut.
+        doc_cost: the cost of one candidate on one document (an upper bound: cache hits are
+            free).
     """
     alpha = racing.alpha(n_docs)
     per: list[list[np.ndarray]] = [[] for _ in range(n)]
     parts: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in range(n)]
     extra: list[np.ndarray | None] = [None] * n
-    seen, dead = [0] * n, [False] * n
+    seen, dead, cut = [0] * n, [False] * n, [False] * n
     alive, prev, cost = list(range(n)), 0, 0.0
     looks: list[dict[str, Any]] = []
     for stop in racing.stops(n_docs):
+        if not alive:
+            break  # every candidate stopped at the last look
+        if budget is not None:
+            each = (budget - cost) / (len(alive) * max(doc_cost, 1e-12))
+            stop = min(stop, prev + int(np.floor(each + 1e-9)))
+            if stop <= prev:
+                break  # not one more document for every candidate alive
         ev = score(alive, (prev, stop))
         cost += float(ev.cost)
         for j, i in enumerate(alive):
@@ -136,6 +159,8 @@ def race(
         alive = [i for i in alive if not dead[i]]
         if stop == n_docs or not alive:
             break
+        if stop not in racing.stops(n_docs):
+            break  # a slice shortened by the budget: nothing is left for another
         got = {i: np.concatenate(per[i]) for i in alive}
         leader = None
         if reference is not None:
@@ -146,6 +171,8 @@ def race(
         keep = [i for i in alive if i == leader or behind_p(got[i], ref, n_docs) >= alpha]
         looks.append({"documents": stop, "alive": len(alive), "kept": len(keep)})
         alive = keep
+    for i in alive:
+        cut[i] = seen[i] < n_docs
     values = np.full(n, np.nan)
     docs: list[np.ndarray | None] = [None] * n
     for i in range(n):
@@ -160,4 +187,4 @@ def race(
         for i, e in enumerate(extra):
             if e is not None:
                 ext[i] = e
-    return Raced(Evaluation(values, metrics, ext, cost, docs), seen, n_docs, looks)
+    return Raced(Evaluation(values, metrics, ext, cost, docs), seen, n_docs, looks, cut)

@@ -117,7 +117,8 @@ class RunSummary:
     history: list[float] = field(default_factory=list)
     cost_history: list[float] = field(default_factory=list)
     search_cost: float = 0.0
-    raced_stops: int = 0  # search candidates racing stopped early
+    raced_stops: int = 0  # search candidates racing stopped early (cannot win)
+    budget_cuts: int = 0  # search candidates cut when the cost budget ran out mid-race
     stalled: bool = False  # the strategy asked only repeats: a cost budget could not be spent
 
     @property
@@ -184,14 +185,15 @@ class Runner:
         self.racing = racing
         self.incumbent: Scored | None = None  # the best so far (racing's reference)
         self.raced_stops = 0  # candidates racing stopped (this session and replayed)
+        self.budget_cuts = 0  # candidates cut by the budget in a race (idem)
         self.stalled = False  # stopped because the strategy only asked repeats
 
     def _race(
-        self, cands: list[Any], split: str
-    ) -> tuple[Evaluation, list[int | None], list[float]]:
-        """Score ``cands`` by racing; returns the evaluation, per candidate the documents it
-        was stopped after (``None``: scored on all) and its share of the cost (its documents
-        over all documents scored)."""
+        self, cands: list[Any], split: str, budget: float | None
+    ) -> tuple[Evaluation, list[int | None], list[float], list[str]]:
+        """Score ``cands`` by racing on at most ``budget``; returns the evaluation, per
+        candidate the documents it was stopped after (``None``: scored on all), its share of
+        the cost (its documents over all documents scored) and why it stopped."""
         assert self.racing is not None
         n_docs = int(self.objective.n_examples(split))
         ref = None if self.incumbent is None else self.incumbent.per_doc
@@ -204,10 +206,13 @@ class Runner:
             self.racing,
             ref,
             first_only=tuple(getattr(self.objective, "extra_names", ()) or ()),
+            budget=budget,
+            doc_cost=self._per_candidate() / max(n_docs, 1),
         )
         stops = [s if raced.stopped(i) else None for i, s in enumerate(raced.seen)]
         total = max(1, sum(raced.seen))
-        return raced.evaluation, stops, [s / total for s in raced.seen]
+        why = [raced.by(i) for i in range(len(cands))]
+        return raced.evaluation, stops, [s / total for s in raced.seen], why
 
     def _evaluate(self, candidates: Sequence[Any], split: str) -> Evaluation:
         ev = self.problem.evaluate(candidates, split=split)
@@ -229,11 +234,13 @@ class Runner:
         labels: list[str] | None = None,
         rows: list[np.ndarray | None] | None = None,
         extra: float = 0.0,
+        budget: float | None = None,
     ) -> tuple[list[Scored], int, float]:
         """Score rows of ``x``, or ``candidates`` with their box ``rows`` (``None`` for a
         baseline, which need not be a point of the box: recorded without params), reading
         recorded ones from ``memo``; record the new ones.  ``extra``: the strategy's own work
-        for this batch (gradients), charged to the new evaluations."""
+        for this batch (gradients), charged to the new evaluations; ``budget``: the most a
+        raced batch may cost."""
         cands = self.space.decode(x) if candidates is None else list(candidates)
         xs: list[np.ndarray | None] = (
             [x[i] for i in range(len(x))]
@@ -260,15 +267,16 @@ class Runner:
                     _recorded_docs(t.user_attrs),
                     _stopped_at(t.user_attrs),
                 )
-                self.raced_stops += out[i].stopped_at is not None  # type: ignore[union-attr]
+                self._count_stop(t.user_attrs.get("raced"))
         cost = 0.0
         # replayed batches were charged their extra when they were recorded: it is dropped
         if todo:
             t0 = time.perf_counter()
             stops: list[int | None] = [None] * len(todo)
             shares = [1.0 / len(todo)] * len(todo)
+            why = ["test"] * len(todo)
             if self.racing is not None and kind == "search":
-                ev, stops, shares = self._race([cands[i] for i in todo], split)
+                ev, stops, shares, why = self._race([cands[i] for i in todo], split, budget)
             else:
                 ev = self._evaluate([cands[i] for i in todo], split)
             seconds = (time.perf_counter() - t0) / len(todo)
@@ -298,12 +306,20 @@ class Runner:
                 if docs is not None:
                     attrs["per_doc"] = [float(v) for v in docs]
                 if stops[j] is not None:
-                    attrs["raced"] = {"documents": stops[j], "estimate": value}
-                    self.raced_stops += 1
+                    attrs["raced"] = {"documents": stops[j], "estimate": value, "by": why[j]}
+                    self._count_stop(attrs["raced"])
                 add_record(self.study, self.space.box, xs[i], value, attrs, pruned_at=stops[j])
                 row = None if ev.extra is None else tuple(map(float, ev.extra[j]))
                 out[i] = Scored(xs[i], cands[i], value, dict(metrics), each[j], row, docs, stops[j])
         return [s for s in out if s is not None], len(cands) - len(todo), cost
+
+    def _count_stop(self, raced: dict[str, Any] | None) -> None:
+        """Count a raced record: stopped by the test or cut by the budget."""
+        if raced:
+            if raced.get("by") == "budget":
+                self.budget_cuts += 1
+            else:
+                self.raced_stops += 1
 
     def _tell(self, x: np.ndarray, values: np.ndarray, scored: list[Scored]) -> None:
         """Tell the strategy; one that reads the objective's secondary values (EPO's fluency)
@@ -316,12 +332,21 @@ class Runner:
         else:
             self.strategy.tell(x, values)
 
+    def _per_candidate(self) -> float:
+        """What one new candidate costs on the whole search split (one forward-pass equivalent
+        per document; side effects score more documents)."""
+        if hasattr(self.objective, "cost_per_candidate"):
+            return float(self.objective.cost_per_candidate(self.search_split))
+        return float(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
+
     def _affordable(self, remaining: float) -> int:
-        """How many new candidates ``remaining`` forward-pass equivalents pay for (each costs
-        one per document of the search split; repeats, which cost nothing, are not counted on)."""
-        per = float(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
-        if hasattr(self.objective, "cost_per_candidate"):  # side effects score more documents
-            per = float(self.objective.cost_per_candidate(self.search_split))
+        """How many new candidates ``remaining`` forward-pass equivalents pay for: each costs
+        :meth:`_per_candidate`, or with racing its first slice (the race spends what is left
+        on the survivors); repeats, which cost nothing, are not counted on."""
+        per = self._per_candidate()
+        if self.racing is not None:
+            n_docs = int(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
+            per *= self.racing.stops(n_docs)[0] / max(n_docs, 1)
         return int(np.floor(remaining / max(per, 1e-9) + 1e-9))
 
     def run(self) -> RunSummary:
@@ -382,8 +407,9 @@ class Runner:
                     if n <= 0:
                         search_cost += extra  # spent by the strategy, nothing left to score
                         break
+                left = None if self.budget.cost is None else self.budget.cost - search_cost - extra
                 scored, r, c = self._score_batch(
-                    "search", generation, x[:n], self.search_split, memo, extra=extra
+                    "search", generation, x[:n], self.search_split, memo, extra=extra, budget=left
                 )
                 resumed, cost = resumed + r, cost + c
                 spent = sum(s.cost for s in scored)  # replayed ones at their recorded cost
@@ -450,5 +476,6 @@ class Runner:
             cost_history=cost_history,
             search_cost=search_cost,
             raced_stops=self.raced_stops,
+            budget_cuts=self.budget_cuts,
             stalled=self.stalled,
         )

@@ -68,7 +68,7 @@ def test_racing_records_pruned_trials_and_the_best_is_full(run) -> None:
     search = [t for t in study.trials if t.user_attrs.get("kind") == "search"]
     full = [t for t in search if t.state == TrialState.COMPLETE]
     assert result["racing"]["stopped_candidates"] > 0
-    assert result["racing"]["stopped_candidates"] == sum(
+    assert result["racing"]["stopped_candidates"] + result["racing"]["cut_by_budget"] == sum(
         t.state == TrialState.PRUNED for t in search
     )
     assert all(len(t.user_attrs["per_doc"]) == 16 for t in full)

@@ -81,6 +81,22 @@ def test_against_an_incumbent_everything_worse_stops_and_the_level_is_split() ->
     assert same.seen == [D, D]  # equal to the reference: never stopped
 
 
+def test_a_race_on_a_budget_shortens_its_last_slice_and_cuts_the_candidates_alive() -> None:
+    """120 candidate-documents for 4 level candidates: 16 each (64), then the 32-slice cannot
+    be paid for all four, so it ends at 30 (14 more each: 120 in all) and they are cut there."""
+    obj = Documents()
+    ps = [0.8, 0.78, 0.79, 0.81]
+    raced = race(_score_with(obj, ps), 4, D, Racing((16, 32), 0.95), budget=120)
+    assert raced.seen == [30, 30, 30, 30] and raced.evaluation.cost == 120 == obj.scored_docs
+    assert all(raced.stopped(i) and raced.by(i) == "budget" for i in range(4))
+    for i, p in enumerate(ps):
+        np.testing.assert_array_equal(raced.evaluation.per_doc[i], (obj.u[:30] < p).astype(float))
+    # a stopped candidate is stopped by the test, not the budget; enough budget cuts nothing
+    free = race(_score_with(Documents(), [0.9, 0.1]), 2, D, Racing((16, 32), 0.95), budget=10**6)
+    assert free.seen[0] == D and free.seen[1] < D and free.by(1) == "test"
+    assert not any(free.cut)
+
+
 def _runner(url: str, obj: Documents, racing: Racing | None, cost: float) -> Runner:
     box = Box(np.array([0.0, 0.0]), np.array([1.0, 1.0]), np.array([False, False]), ("p", "q"))
     space = BoxSpace(box, baseline_point=[0.5, 0.5])
@@ -105,8 +121,9 @@ def test_a_raced_run_records_pruned_trials_spends_exactly_and_resumes(tmp_path) 
     full = [t for t in search if t.state == TrialState.COMPLETE]
     assert pruned and full
     for t in pruned:
-        k = t.user_attrs["raced"]["documents"]
-        assert k in (16, 32) and t.intermediate_values == {k: t.user_attrs["raced"]["estimate"]}
+        k, by = t.user_attrs["raced"]["documents"], t.user_attrs["raced"]["by"]
+        assert k in (16, 32) if by == "test" else by == "budget" and 0 < k < D
+        assert t.intermediate_values == {k: t.user_attrs["raced"]["estimate"]}
         assert len(t.user_attrs["per_doc"]) == k and t.user_attrs["cost"] == k
     assert all(len(t.user_attrs["per_doc"]) == D and t.user_attrs["cost"] == D for t in full)
     assert summary.best.full and summary.best.value == max(t.value for t in full)
@@ -124,6 +141,19 @@ def test_a_raced_run_records_pruned_trials_spends_exactly_and_resumes(tmp_path) 
         again.search_cost == summary.search_cost
         and again.best.x.tolist() == summary.best.x.tolist()
     )
+
+
+@pytest.mark.parametrize("cost", [1000, 1337, 4000])
+def test_a_raced_run_spends_its_cost_budget_up_to_less_than_one_slice(tmp_path, cost) -> None:
+    """The last generation races on what is left (a cut generation is told, so the strategy
+    does not repeat it): what is left unspent cannot pay one more first slice (16) or one more
+    document for each of a generation's 8 candidates."""
+    obj = Documents()
+    s = _runner(f"sqlite:///{tmp_path / 's.db'}", obj, Racing((16, 32), 0.95), cost).run()
+    assert cost - 16 < s.search_cost <= cost and s.cost == obj.scored_docs and not s.stalled
+    trials = optuna.load_study(study_name="race", storage=f"sqlite:///{tmp_path / 's.db'}")
+    cut = [t for t in trials.get_trials() if t.user_attrs.get("raced", {}).get("by") == "budget"]
+    assert all(t.state == TrialState.PRUNED and t.user_attrs["cost"] < D for t in cut)
 
 
 def test_a_cost_budget_that_only_repeats_stops_instead_of_looping(tmp_path) -> None:
