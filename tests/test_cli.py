@@ -95,3 +95,43 @@ def test_a_second_run_on_a_held_directory_exits_2_at_once(tmp_path) -> None:
     )
     assert time.perf_counter() - t0 < 60
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing else written
+
+
+_IMPORTS = """
+import sys
+from blackbox.cli import main
+code = main(sys.argv[1:])
+heavy = ("torch", "transformers.modeling_utils", "nevergrad", "lm_eval")
+heavy = sorted(m for m in heavy if m in sys.modules)
+print(code, ",".join(heavy) or "-")
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["run", "{bad}"], "2"),  # a config error is told before the heavy libraries load
+        (["run", "{bad}", "--set", "budget="], "2"),
+        (["worker", "--help"], None),  # a command's help loads only that command
+    ],
+)
+def test_config_errors_and_help_do_not_wait_for_torch(tmp_path, argv, code) -> None:
+    """The parser imports only the command it runs, and ``run`` validates its config before
+    the pipeline (torch, transformers, nevergrad: ~8 s of imports here) is imported."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {name: smollm2}\ntask: {name: bb_rotten_tomatoes}\n")
+    args = [a.format(bad=bad) for a in argv]
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *args], capture_output=True, text=True, timeout=120
+    )
+    if code is None:  # --help exits 0 through argparse
+        assert out.returncode == 0 and "--storage" in out.stdout
+    else:
+        assert out.stdout.split() == [code, "-"], out.stdout + out.stderr
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("blackbox: error: config")
+
+
+def test_every_extra_command_is_registered_for_the_top_level_help() -> None:
+    parser = cli._parser([])
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(cli.EXTRA_COMMAND_MODULES) | set(cli.BUILTIN_COMMANDS) == set(sub.choices)

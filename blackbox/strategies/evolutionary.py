@@ -19,14 +19,16 @@ import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import nevergrad as ng
 import numpy as np
 
 from blackbox.api import StrategyTraits
 from blackbox.multiobjective import ObjectiveSpec
 from blackbox.strategies.base import Box, Strategy
+
+if TYPE_CHECKING:  # imported where used: nevergrad (and scipy.stats) take ~5 s to import
+    import nevergrad as ng
 
 BUDGET_IF_UNKNOWN = 1000
 DISCRETE_FAMILIES = ("Discrete", "NGOpt", "Portfolio", "RandomSearch")
@@ -49,6 +51,8 @@ class NevergradSettings:
     budget: int | None = None
 
     def __post_init__(self) -> None:
+        import nevergrad as ng
+
         registry = ng.optimizers.registry
         if self.optimizer not in registry:
             names = sorted(registry)
@@ -107,6 +111,8 @@ class Nevergrad(Strategy):
         return StrategyTraits(ordinal=not any(f in name for f in DISCRETE_FAMILIES))
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
+        import nevergrad as ng
+
         super().__init__(box, seed=seed, population=population, **settings)
         self.config = NevergradSettings(**settings)
         free = box.upper > box.lower  # (dim,) nevergrad rejects zero-width bounds
