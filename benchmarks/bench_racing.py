@@ -146,6 +146,57 @@ def _med_iqr(v: list[float]) -> str:
     return f"{np.median(a):.3f} ({q3 - q1:.3f})"
 
 
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, search documents, mode): medians (IQR) across seeds; "to reach" is
+    against the full-scoring run of the same task and seed."""
+    rows: list[dict[str, Any]] = []
+    full = {(r["task"], r["seed"]): r for r in runs if not r["racing"]}
+    for key in dict.fromkeys((r["task"], r["search_docs"], r["racing"]) for r in runs):
+        group = [r for r in runs if (r["task"], r["search_docs"], r["racing"]) == key]
+        to_reach = [
+            reach(r["curve"], full[(r["task"], r["seed"])]["heldout_best"])
+            if (r["task"], r["seed"]) in full
+            else float("nan")
+            for r in group
+        ]
+        rows.append(
+            {
+                "task": key[0],
+                "search_docs": key[1],
+                "mode": "racing" if key[2] else "full",
+                "seeds": sorted(r["seed"] for r in group),
+                "heldout_best": _med_iqr([r["heldout_best"] for r in group]),
+                "search_best": _med_iqr([r["search_best"] for r in group]),
+                "evaluations": float(np.median([r["evaluations"] for r in group])),
+                "stopped": float(np.median([r["stopped"] for r in group])),
+                # runs saved before budget cuts were counted apart have none
+                "cut": float(np.median([r.get("cut", 0) for r in group])),
+                "cost": float(np.median([r["cost"] for r in group])),
+                "to_reach_full_final": _med_iqr(to_reach),
+                "reached": f"{sum(np.isfinite(to_reach))}/{len(group)}",
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows as a markdown table."""
+    out = [
+        "| task | search docs | mode | seeds | held-out best | search best | evaluations "
+        "| stopped (cut) | forward passes spent "
+        "| forward passes to reach full's final held-out (reached) |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['task']} | {r['search_docs']} | {r['mode']} | "
+            f"{' '.join(map(str, r['seeds']))} | {r['heldout_best']} | {r['search_best']} "
+            f"| {r['evaluations']:.0f} | {r['stopped']:.0f} ({r['cut']:.0f}) | {r['cost']:.0f} "
+            f"| {r['to_reach_full_final']} ({r['reached']}) |"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,7 +227,6 @@ def main() -> None:
     out = Path(args.json)  # rewritten after every run: an interrupted bench keeps its runs
     out.parent.mkdir(parents=True, exist_ok=True)
     loaded = None
-    rows: list[dict[str, Any]] = []
     runs = resumed_runs(out, vars(args)) if args.resume else []
     done = {(r["task"], r.get("requested", r["search_docs"]), r["racing"], r["seed"]) for r in runs}
     for t, task in enumerate(args.tasks):
@@ -203,34 +253,12 @@ def main() -> None:
                 print(
                     f"{task} docs={size} racing={racing} seed={seed}: held-out "
                     f"{r['heldout_best']:.3f}, search {r['search_best']:.3f}, "
-                    f"{r['evaluations']} evals ({r['stopped']} stopped), "
+                    f"{r['evaluations']} evals ({r['stopped']} stopped, {r['cut']} cut), "
                     f"cost {r['cost']:.0f}, {r['seconds']} s",
                     flush=True,
                 )
                 out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
-    full = {(r["task"], r["seed"]): r for r in runs if not r["racing"]}
-    for key in dict.fromkeys((r["task"], r["search_docs"], r["racing"]) for r in runs):
-        group = [r for r in runs if (r["task"], r["search_docs"], r["racing"]) == key]
-        to_reach = [
-            reach(r["curve"], full[(r["task"], r["seed"])]["heldout_best"])
-            if (r["task"], r["seed"]) in full
-            else float("nan")
-            for r in group
-        ]
-        rows.append(
-            {
-                "task": key[0],
-                "search_docs": key[1],
-                "mode": "racing" if key[2] else "full",
-                "heldout_best": _med_iqr([r["heldout_best"] for r in group]),
-                "search_best": _med_iqr([r["search_best"] for r in group]),
-                "evaluations": float(np.median([r["evaluations"] for r in group])),
-                "stopped": float(np.median([r["stopped"] for r in group])),
-                "cost": float(np.median([r["cost"] for r in group])),
-                "to_reach_full_final": _med_iqr(to_reach),
-                "reached": f"{sum(np.isfinite(to_reach))}/{len(group)}",
-            }
-        )
+    rows = summarise(runs)
     print()
     print(
         f"budget {args.budget:g} forward passes per run, seeds "
@@ -238,18 +266,7 @@ def main() -> None:
         f"{args.heldout} test documents, racing {args.racing}, overrides {args.overrides}; "
         "median (IQR) across seeds"
     )
-    head = (
-        "| task | search docs | mode | held-out best | search best | evaluations | stopped "
-        "| forward passes spent | forward passes to reach full's final held-out (reached) |"
-    )
-    print(head)
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(
-            f"| {r['task']} | {r['search_docs']} | {r['mode']} | {r['heldout_best']} "
-            f"| {r['search_best']} | {r['evaluations']:.0f} | {r['stopped']:.0f} | {r['cost']:.0f} "
-            f"| {r['to_reach_full_final']} ({r['reached']}) |"
-        )
+    print("\n".join(table(rows)))
     out.write_text(json.dumps({"args": vars(args), "rows": rows, "runs": runs}, indent=1))
     print(f"wrote {args.json}")
 

@@ -60,3 +60,29 @@ def test_a_resumed_bench_keeps_runs_of_the_same_settings_only(bench, tmp_path: P
     assert bench.resumed_runs(path, {**args, "seeds": [0, 1, 2]}) == [run]  # more seeds: fine
     with pytest.raises(SystemExit, match=r"other settings \(budget=1024.0\); use the same"):
         bench.resumed_runs(path, {**args, "budget": 2048.0})
+
+
+def test_the_table_reaches_against_the_full_run_of_the_same_seed(bench) -> None:
+    def run(racing: bool, seed: int, held: float, curve: list, **kw: Any) -> dict[str, Any]:
+        return {"task": "t", "search_docs": 64, "racing": racing, "seed": seed} | {
+            "heldout_best": held, "search_best": held, "evaluations": 16, "stopped": 0,
+            "cost": 1024.0, "curve": curve, **kw,
+        }  # fmt: skip
+
+    runs = [
+        run(False, 0, -0.7, [(512.0, -0.7)]),
+        run(False, 1, -0.5, [(512.0, -0.6), (1024.0, -0.5)]),
+        run(True, 0, -0.7, [(256.0, -0.7)], stopped=9, cut=2),
+        run(True, 1, -0.6, [(300.0, -0.6)], stopped=5),  # never reaches seed 1's -0.5
+    ]
+    full, racing = bench.summarise(runs)
+    assert (full["mode"], full["to_reach_full_final"], full["reached"]) == (
+        "full",
+        "768.000 (256.000)",
+        "2/2",
+    )
+    assert (racing["to_reach_full_final"], racing["reached"]) == ("256.000 (0.000)", "1/2")
+    assert racing["stopped"] == 7 and racing["cut"] == 1 and racing["seeds"] == [0, 1]
+    lines = bench.table([full, racing])
+    assert len(lines) == 4 and all(line.count("|") == 11 for line in lines)
+    assert "| t | 64 | racing | 0 1 | -0.650 (0.050) |" in lines[3] and "| 7 (1) |" in lines[3]
