@@ -41,8 +41,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_soft_prompt.py
-	$(BIN)/python benchmarks/bench_racing.py --tasks bb_sports_understanding bb_navigate \
-		--seeds 0 1 2 --budget 1024 --large 0 --set task.metric=gold_logprob
+	$(BIN)/python benchmarks/bench_racing.py --tasks bb_rotten_tomatoes bb_sports_understanding \
+		bb_navigate --seeds 0 1 2 3 4 --budget 1024 --large 0 --set task.metric=gold_logprob
 
 # GPU throughput (fast path vs seed loop in fp32/bf16; scorer tokens/s on random 1B and 8B
 # Llamas; peak memory) -> runs/bench_gpu.json and a table.  Without CUDA: one line, exit 0.
