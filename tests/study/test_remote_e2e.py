@@ -242,7 +242,7 @@ def test_pso_on_postgres_survives_a_killed_worker_and_a_killed_coordinator(
                 for t in _trials(storage, "remote_pso")
             )
 
-        _wait_for("generation 2 queued", lambda: queued(2) or queued(3), procs)
+        _wait_for("generation 2 queued", lambda: queued(2) or queued(3), procs, timeout=600)
         coord.kill()
         assert coord.wait(timeout=30) == -signal.SIGKILL
         procs.remove(coord)
