@@ -232,6 +232,26 @@ CASES: list[Case] = [
         "(one prompt per line)",
     ),
     (
+        "a cost budget that pays for no candidate",
+        _set("budget={cost: 1}"),
+        "config: budget.cost: 1 forward-pass equivalents pay for no candidate; one costs at "
+        "least 2 on the 2 search documents; allowed: budget.cost >= 2",
+    ),
+    (
+        "a cost budget below one candidate on a prompt set",
+        lambda tmp, a: (
+            {
+                **{k: v for k, v in _config(a).items() if k != "task"},
+                "objective": {"type": "neuron", "layer": 3, "index": 1, "prompts": ["a", "b", "c"]},
+                "budget": {"cost": 2.5},
+            },
+            [],
+            {},
+        ),
+        "config: budget.cost: 2.5 forward-pass equivalents pay for no candidate; one costs 3 on "
+        "the 3 search documents; allowed: budget.cost >= 3",
+    ),
+    (
         "unknown strategy",
         _set("strategy.name=annealing"),
         "config: strategy.name: unknown name 'annealing'; allowed: ['adam', 'epo', 'gcg', 'nevergrad', 'optuna', 'pso', 'random', 'token_ga']",

@@ -35,7 +35,7 @@ from blackbox.study.rundir import (
     save_config,
     seed_everything,
 )
-from blackbox.study.runner import Budget, Runner, RunSummary
+from blackbox.study.runner import Budget, Runner, RunSummary, first_cost
 
 
 @dataclass
@@ -169,6 +169,13 @@ def check_with_task(cfg: StudyConfig, task: Any) -> None:
         except ValueError as exc:
             raise ConfigError(f"config: task.metric: {str(exc).split(': ', 1)[-1]}") from None
         races = metric_per_document(task, metric)
+    if cls.traits.needs_task and task is not None and cfg.task is not None:
+        from blackbox.evals.lm_eval_splits import split_names
+
+        split = split_names(task, cfg.task.search_split, cfg.task.heldout_split)[0]
+        n = min(cfg.task.search_size, len(task.dataset[split]))
+        racing = racing_of(cfg)
+        check_budget(cfg, n if racing is None else racing.stops(n)[0], n, at_least=True)
     if cfg.scoring.racing is not None and not races:
         raise ConfigError(
             f"config: scoring.racing: objective {cfg.objective.type!r} (metric {metric!r}) has "
@@ -176,6 +183,21 @@ def check_with_task(cfg: StudyConfig, task: Any) -> None:
             "documents (lm-eval accuracies and gold_logprob, classification, behaviour, "
             "reference, activation objectives)"
         )
+
+
+def check_budget(cfg: StudyConfig, one: float, n_docs: int, at_least: bool = False) -> None:
+    """Refuse a cost budget that pays for no candidate: a new candidate costs ``one``
+    forward-pass equivalents (``at_least``: a lower bound, known before the model loads) on
+    ``n_docs`` search documents."""
+    cost = cfg.budget.cost
+    if cost is None or cost >= one:
+        return
+    how = f"{one:g}" if not at_least else f"at least {one:g}"
+    first = " (racing's first slice)" if cfg.scoring.racing is not None else ""
+    raise ConfigError(
+        f"config: budget.cost: {cost:g} forward-pass equivalents pay for no candidate; one "
+        f"costs {how}{first} on the {n_docs} search documents; allowed: budget.cost >= {one:g}"
+    )
 
 
 def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prepared:
@@ -226,6 +248,7 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
         t0 = time.perf_counter()
         objective = with_side_effects(cfg, ctx, objective, space, guard_tasks)
         ctx.seconds["side_effects"] = time.perf_counter() - t0
+    check_budget(cfg, first_cost(objective, "search", racing), objective.n_examples("search"))
     problem = Problem(space, objective)
     calibration = None
     o = cfg.objective

@@ -130,6 +130,24 @@ class RunSummary:
         return next(iter(self.heldout_baselines.values()), None)
 
 
+def candidate_cost(objective: Any, split: str = "search") -> float:
+    """What one new candidate costs on the whole of ``split``: one forward-pass equivalent per
+    document (side effects score more documents)."""
+    if hasattr(objective, "cost_per_candidate"):
+        return float(objective.cost_per_candidate(split))
+    return float(getattr(objective, "n_examples", lambda _s: 1)(split))
+
+
+def first_cost(objective: Any, split: str = "search", racing: Racing | None = None) -> float:
+    """What a new candidate costs at the least: :func:`candidate_cost`, or with racing its
+    first slice (the race spends what is left on the survivors)."""
+    per = candidate_cost(objective, split)
+    if racing is not None:
+        n_docs = int(getattr(objective, "n_examples", lambda _s: 1)(split))
+        per *= racing.stops(n_docs)[0] / max(n_docs, 1)
+    return per
+
+
 class Runner:
     """Drives a strategy over a space against an objective, recording into an Optuna study.
 
@@ -207,7 +225,7 @@ class Runner:
             ref,
             first_only=tuple(getattr(self.objective, "extra_names", ()) or ()),
             budget=budget,
-            doc_cost=self._per_candidate() / max(n_docs, 1),
+            doc_cost=candidate_cost(self.objective, split) / max(n_docs, 1),
         )
         stops = [s if raced.stopped(i) else None for i, s in enumerate(raced.seen)]
         total = max(1, sum(raced.seen))
@@ -332,21 +350,10 @@ class Runner:
         else:
             self.strategy.tell(x, values)
 
-    def _per_candidate(self) -> float:
-        """What one new candidate costs on the whole search split (one forward-pass equivalent
-        per document; side effects score more documents)."""
-        if hasattr(self.objective, "cost_per_candidate"):
-            return float(self.objective.cost_per_candidate(self.search_split))
-        return float(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
-
     def _affordable(self, remaining: float) -> int:
-        """How many new candidates ``remaining`` forward-pass equivalents pay for: each costs
-        :meth:`_per_candidate`, or with racing its first slice (the race spends what is left
-        on the survivors); repeats, which cost nothing, are not counted on."""
-        per = self._per_candidate()
-        if self.racing is not None:
-            n_docs = int(getattr(self.objective, "n_examples", lambda _s: 1)(self.search_split))
-            per *= self.racing.stops(n_docs)[0] / max(n_docs, 1)
+        """How many new candidates ``remaining`` forward-pass equivalents pay for (see
+        :func:`first_cost`); repeats, which cost nothing, are not counted on."""
+        per = first_cost(self.objective, self.search_split, self.racing)
         return int(np.floor(remaining / max(per, 1e-9) + 1e-9))
 
     def run(self) -> RunSummary:
