@@ -113,14 +113,21 @@ print(code, ",".join(heavy) or "-")
         (["run", "{bad}"], "2"),  # a config error is told before the heavy libraries load
         (["run", "{bad}", "--set", "budget="], "2"),
         (["worker", "--help"], None),  # a command's help loads only that command
+        (["worker", "{bad}", "--storage", "sqlite:///x.db"], "2"),
+        (["compare", "{bad}"], "2"),
+        (["tune", "{bad}"], "2"),
+        (["report", "{missing}"], "2"),
+        (["export", "{missing}"], "2"),
     ],
+    ids=["run", "run --set", "worker --help", "worker", "compare", "tune", "report", "export"],
 )
 def test_config_errors_and_help_do_not_wait_for_torch(tmp_path, argv, code) -> None:
-    """The parser imports only the command it runs, and ``run`` validates its config before
-    the pipeline (torch, transformers, nevergrad: ~8 s of imports here) is imported."""
+    """The parser imports only the command it runs, and every command validates its input
+    (config, run directory) before torch, transformers or nevergrad (~4-8 s of imports
+    here) are imported."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {name: smollm2}\ntask: {name: bb_rotten_tomatoes}\n")
-    args = [a.format(bad=bad) for a in argv]
+    args = [a.format(bad=bad, missing=tmp_path / "missing") for a in argv]
     out = subprocess.run(
         [sys.executable, "-c", _IMPORTS, *args], capture_output=True, text=True, timeout=120
     )
@@ -128,7 +135,9 @@ def test_config_errors_and_help_do_not_wait_for_torch(tmp_path, argv, code) -> N
         assert out.returncode == 0 and "--storage" in out.stdout
     else:
         assert out.stdout.split() == [code, "-"], out.stdout + out.stderr
-        assert out.stderr.count("\n") == 1 and out.stderr.startswith("blackbox: error: config")
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("blackbox: error: "), (
+            out.stderr
+        )
 
 
 def test_every_extra_command_is_registered_for_the_top_level_help() -> None:

@@ -41,14 +41,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from blackbox.experiments.compare_config import CompareConfig, RunStrategy, load_compare
-from blackbox.strategies import make_strategy
-from blackbox.study.runner import Budget, Progress, Runner
-from blackbox.study.storage import open_study
+
+if TYPE_CHECKING:  # torch, transformers and the strategies load when a comparison runs
+    from blackbox.study.runner import Budget, Progress
 
 STORAGE_FILE = "compare.db"
 
@@ -158,7 +158,7 @@ def run_matrix(
     fingerprint: str,
     progress: bool = False,
     log: Callable[[str], None] = print,
-    make: Callable[..., Any] = make_strategy,
+    make: Callable[..., Any] | None = None,
     attrs: dict[str, Any] | None = None,
     baselines: dict[str, Any] | None = None,
 ) -> dict[str, str]:
@@ -174,11 +174,15 @@ def run_matrix(
         fingerprint: the shared study config's fingerprint.
         progress: show each run's progress bar.
         log: where to print one line per run.
-        make: strategy factory (``make_strategy``'s signature).
+        make: strategy factory (default :func:`~blackbox.strategies.make_strategy`).
         attrs: more study user attributes for every run (for example the report threshold).
         baselines: reference candidates every run scores first (default: the space's).
     """
-    from blackbox.study.storage import make_storage
+    from blackbox.strategies import make_strategy
+    from blackbox.study.runner import Budget, Runner
+    from blackbox.study.storage import make_storage, open_study
+
+    make = make or make_strategy
 
     store = make_storage(storage) if isinstance(storage, str) else storage
     status: dict[str, str] = {}
@@ -237,6 +241,7 @@ def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[st
     from blackbox.report.compare import write_index, write_report
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import lock_dir, seed_everything
+    from blackbox.study.runner import Budget
 
     m = cfg.study.model
     loaded = load_model(m.name, device=m.device, dtype=m.dtype)  # a bad model writes nothing

@@ -129,9 +129,9 @@ def validate_compare(data: dict[str, Any]) -> CompareConfig:
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
     """Read, override (``--set study.task.search_size=16``) and validate a compare config;
     every entry's space, objective and strategy must meet (before any model is loaded)."""
-    from blackbox.study.pipeline import check
-
     cfg = validate_compare(apply_overrides(read_yaml(path), overrides or []))
+    from blackbox.study.pipeline import check  # torch and transformers: after the YAML checks
+
     for s in cfg.strategies:
         try:
             check(cfg.study_for(s))

@@ -33,7 +33,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 import yaml
@@ -51,9 +51,9 @@ from blackbox.config import (
 from blackbox.config.base import StorageURL
 from blackbox.experiments.compare import stop_at_cost
 from blackbox.masking import masked
-from blackbox.strategies import make_strategy
-from blackbox.study.runner import Budget, Progress, Runner
-from blackbox.study.storage import make_storage, open_study
+
+if TYPE_CHECKING:  # torch, transformers and the strategies load when a study runs
+    from blackbox.study.runner import Budget, Progress
 
 POPULATION = "population"  # the one tunable that is not a strategy setting
 
@@ -206,7 +206,7 @@ def tune_runs(
     storage: str | optuna.storages.BaseStorage,
     name: str,
     fingerprint: str = "",
-    make: Callable[..., Any] = make_strategy,
+    make: Callable[..., Any] | None = None,
     progress: bool = False,
     baselines: dict[str, Any] | None = None,
 ) -> optuna.Study:
@@ -224,11 +224,16 @@ def tune_runs(
         storage: storage URL or object for the outer study (and inner runs if recorded).
         name: the outer study's name; inner runs are ``name/trial<k>``.
         fingerprint: the inner study config's fingerprint.
-        make: strategy factory (``make_strategy``'s signature).
+        make: strategy factory (default :func:`~blackbox.strategies.make_strategy`).
         progress: show inner progress bars.
         baselines: reference candidates every inner run scores first (default: the space's).
     """
     from blackbox.experiments.compare import reset_objective
+    from blackbox.strategies import make_strategy
+    from blackbox.study.runner import Budget, Runner
+    from blackbox.study.storage import make_storage, open_study
+
+    make = make or make_strategy
 
     store = make_storage(storage) if isinstance(storage, str) else storage
     study = optuna.create_study(
@@ -325,6 +330,7 @@ def run_tune(cfg: TuneConfig, out: Path, progress: bool = True) -> tuple[optuna.
     """Prepare once, run the outer study into ``out``; write ``tuned.yaml`` and ``tune.md``."""
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import lock_dir, seed_everything
+    from blackbox.study.runner import Budget
 
     prepared = prepare(cfg.study, progress=progress)
     out.mkdir(parents=True, exist_ok=True)

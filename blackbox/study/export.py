@@ -74,14 +74,14 @@ def export_run(
             masked in the saved config).
         fmt: an export format of the run's space, ``all``, or ``None`` (the default format).
     """
+    run_dir = Path(run_dir)
+    cfg = saved_config(run_dir)  # before torch loads: a wrong directory is told at once
     from blackbox.finishing.plots import search_trials
     from blackbox.finishing.registry import FINISHERS
     from blackbox.models import load_model
     from blackbox.search_spaces.registry import SPACES
     from blackbox.study.pipeline import Prepared
 
-    run_dir = Path(run_dir)
-    cfg = saved_config(run_dir)
     finisher = FINISHERS.get(cfg.space.type)
     formats = (
         list(finisher.formats) if fmt == "all" else [finisher.check_format(fmt, cfg.space.type)]

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 import yaml
 
 from blackbox.config.base import ConfigError
@@ -34,6 +33,8 @@ def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch global RNGs (strategies use their own generators)."""
     random.seed(seed)
     np.random.seed(seed)
+    import torch  # here: the CLI checks run directories before torch loads
+
     torch.manual_seed(seed)
 
 

@@ -17,7 +17,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -27,7 +27,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from blackbox.masking import PLACEHOLDER, mask_url
-from blackbox.strategies.base import Box
+
+if TYPE_CHECKING:  # the strategies package imports torch: keep `blackbox report` light
+    from blackbox.strategies.base import Box
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

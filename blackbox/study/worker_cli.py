@@ -89,7 +89,6 @@ def register(subparsers: Any) -> None:
 def _check(args: argparse.Namespace) -> tuple[Any, str]:
     """Validate the config and the options (cheap, before any model load)."""
     from blackbox.config import ConfigError, load_config
-    from blackbox.study.pipeline import check
 
     cfg = load_config(args.config, args.overrides)
     url = args.storage or os.environ.get(STORAGE_ENV) or cfg.storage
@@ -121,6 +120,8 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
         from blackbox.study.storage import checked_option
 
         checked_option(url, "--storage" if args.storage else f"${STORAGE_ENV}")
+    from blackbox.study.pipeline import check  # torch and transformers: after the cheap checks
+
     check(cfg)
     if args.remote:
         return cfg, url
