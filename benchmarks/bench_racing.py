@@ -137,13 +137,14 @@ def reach(curve: list[tuple[float, float]], target: float) -> float:
     return next((c for c, h in curve if h >= target - 1e-12), float("nan"))
 
 
-def _med_iqr(v: list[float]) -> str:
+def _med_iqr(v: list[float], digits: int = 3) -> str:
+    """``median (IQR)`` of the finite values (forward passes: ``digits=0``)."""
     a = np.asarray(v, dtype=float)
     a = a[np.isfinite(a)]
     if not a.size:
         return "-"
     q1, q3 = np.percentile(a, [25, 75])
-    return f"{np.median(a):.3f} ({q3 - q1:.3f})"
+    return f"{np.median(a):.{digits}f} ({q3 - q1:.{digits}f})"
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,7 +173,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 # runs saved before budget cuts were counted apart have none
                 "cut": float(np.median([r.get("cut", 0) for r in group])),
                 "cost": float(np.median([r["cost"] for r in group])),
-                "to_reach_full_final": _med_iqr(to_reach),
+                "to_reach_full_final": _med_iqr(to_reach, digits=0),
                 "reached": f"{sum(np.isfinite(to_reach))}/{len(group)}",
             }
         )

@@ -78,10 +78,10 @@ def test_the_table_reaches_against_the_full_run_of_the_same_seed(bench) -> None:
     full, racing = bench.summarise(runs)
     assert (full["mode"], full["to_reach_full_final"], full["reached"]) == (
         "full",
-        "768.000 (256.000)",
+        "768 (256)",
         "2/2",
     )
-    assert (racing["to_reach_full_final"], racing["reached"]) == ("256.000 (0.000)", "1/2")
+    assert (racing["to_reach_full_final"], racing["reached"]) == ("256 (0)", "1/2")
     assert racing["stopped"] == 7 and racing["cut"] == 1 and racing["seeds"] == [0, 1]
     lines = bench.table([full, racing])
     assert len(lines) == 4 and all(line.count("|") == 11 for line in lines)
