@@ -238,6 +238,11 @@ CASES: list[Case] = [
         "least 2 on the 2 search documents; allowed: budget.cost >= 2",
     ),
     (
+        "an infinite cost budget (a run that never ends)",
+        _set("budget={cost: .inf}"),
+        "config: budget.cost: Input should be a finite number (got inf)",
+    ),
+    (
         "a cost budget below one candidate on a prompt set",
         lambda tmp, a: (
             {

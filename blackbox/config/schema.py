@@ -52,8 +52,10 @@ class StrategyConfig(Strict):
 
 class BudgetConfig(Strict):
     evaluations: int | None = Field(None, ge=1)
-    seconds: float | None = Field(None, gt=0)
-    cost: float | None = Field(None, gt=0, description="forward-pass equivalents")
+    seconds: float | None = Field(None, gt=0, allow_inf_nan=False)
+    cost: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="forward-pass equivalents"
+    )
 
     @model_validator(mode="after")
     def _some(self) -> BudgetConfig:
