@@ -155,7 +155,8 @@ def _baselines(space: Any, objective: Any) -> dict[str, Any]:
 
 def check_with_task(cfg: StudyConfig, task: Any) -> None:
     """What the loaded lm-eval task and the objective's class can refuse before the model
-    loads: a metric the task does not have, racing an objective with no value per document."""
+    loads: a metric the task does not have, a cost budget below one candidate's search
+    documents (:func:`check_budget`), racing an objective with no value per document."""
     from blackbox.evals.registry import OBJECTIVES
 
     cls = OBJECTIVES.get(cfg.objective.type)
