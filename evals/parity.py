@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from blackbox.evals.lm_eval_tasks import quiet_lm_eval, task_manager_for
+from blackbox.evals.lm_eval_tasks import is_offline, quiet_lm_eval, task_manager_for
 
 
 def reference_scores(
@@ -38,7 +38,7 @@ def reference_scores(
     name = task.config.task
     with quiet_lm_eval():
         # Without a task manager simple_evaluate indexes every built-in task (seconds).
-        manager = task_manager_for([name]) if name.startswith("bb_") else None
+        manager = task_manager_for([name]) if is_offline(name) else None
     with quiet_lm_eval(), apply_one() if apply_one else contextlib.nullcontext():
         out = lm_eval.simple_evaluate(
             model=lm,

@@ -33,7 +33,7 @@ class Measure:
     """One side column measured by an objective of its own.
 
     Attributes:
-        column: the column name (``kl``, ``drop:bb_navigate``).
+        column: the column name (``kl``, ``drop:rte``).
         objective: the objective measuring it (``evaluate(iv, split)``); ``None`` for a column
             the primary already reports (``xentropy``).
         points: guard: the column is ``points * (reference - value)`` (a drop); else the value.

@@ -66,7 +66,7 @@ class GuardSideEffectConfig(_Bounded):
     """Another lm-eval task whose score must not drop (drop in points, x100 of the metric)."""
 
     type: Literal["guard"]
-    task: str = Field(min_length=1, description="bundled (bb_navigate, ...) or lm-eval task")
+    task: str = Field(min_length=1, description="offline (rte, arc_easy, ...) or lm-eval task")
     metric: str = "acc"
     search_size: int = Field(32, ge=1)
     heldout_size: int | None = Field(100, ge=1, description="null: the whole held-out split")

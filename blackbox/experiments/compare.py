@@ -21,7 +21,7 @@ Config (YAML)::
                             # is the default space of every entry
     spaces:                 # optional: more spaces by name, for entries that set `space:`
       tokens: {type: tokens, n_tokens: 8, placement: after_input}
-    tasks: [bb_rotten_tomatoes, bb_navigate]   # optional: the whole matrix once per task
+    tasks: [bb_rotten_tomatoes, rte]           # optional: the whole matrix once per task
     strategies:             # one entry per curve
       - {label: pso, name: pso, population: 8, settings: {c1: 0.5}}
       - {label: tokens-epo, space: tokens, name: epo, population: 4}

@@ -41,16 +41,23 @@ def _raw(text: str) -> str:
 def task_yaml_path(name: str) -> Path:
     """The YAML file lm-eval builds task ``name`` from (bundled, a YAML path or built-in)."""
     from blackbox.evals.lm_eval_tasks import BUNDLED_TASKS, materialise_tasks
+    from blackbox.evals.standard_tasks import YAML_SUBDIR, standard_tasks
 
     if name in BUNDLED_TASKS:
         return materialise_tasks() / f"{name}.yaml"
+    if name in standard_tasks():
+        return materialise_tasks() / YAML_SUBDIR / f"{name}.yaml"
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         return Path(name).absolute()
     from lm_eval.tasks import TaskManager
 
-    entry = TaskManager(include_defaults=True).task_index.get(name) or {}
-    path = entry.get("yaml_path", -1)
-    if entry.get("type") != "task" or path in (-1, None):
+    entry = TaskManager(include_defaults=True).task_index.get(name)
+    if isinstance(entry, dict):  # lm-eval < 0.4.10: a dict
+        kind, path = entry.get("type"), entry.get("yaml_path", -1)
+    else:  # an Entry (kind, yaml_path)
+        kind = getattr(getattr(entry, "kind", None), "name", "").lower() or None
+        path = getattr(entry, "yaml_path", None)
+    if kind != "task" or path in (-1, None):
         raise ValueError(
             f"export: task {name!r} is not built from one YAML file, so no variant can include it"
         )

