@@ -1,4 +1,5 @@
-"""Bundled tasks load through lm-eval's own TaskManager, build requests and run simple_evaluate."""
+"""Offline tasks load through lm-eval's own TaskManager, build requests and run simple_evaluate;
+only our folder is indexed unless a name needs lm-eval's built-ins."""
 
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ from blackbox.evals.lm_eval_tasks import (
     BUNDLED_TASKS,
     PLACEHOLDER,
     TEMPLATES,
+    fetch_task_data,
     load_tasks,
     materialise_tasks,
+    offline_names,
     quiet_lm_eval,
     task_manager_for,
 )
+from blackbox.evals.standard_tasks import MMLU_GROUPS
 
 
 def test_materialise_writes_absolute_paths_once(tmp_path: Path) -> None:
     out = materialise_tasks(tmp_path)
     files = sorted(p.name for p in out.glob("*.yaml"))
     assert files == sorted(p.name for p in TEMPLATES.glob("*.yaml"))
+    assert (out / "standard" / "hellaswag.yaml").is_file()  # standard tasks beside them
     text = (out / "bb_rotten_tomatoes.yaml").read_text()
     assert PLACEHOLDER not in text
     assert f"'{tmp_path.as_posix()}/rotten_tomatoes/test.jsonl'" in text
@@ -34,10 +39,12 @@ def test_materialise_writes_absolute_paths_once(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.yaml")} == mtimes  # stale one removed
 
 
-def test_bundled_names_index_only_bundled_yamls(bundled_data_dir: Path) -> None:
-    manager = task_manager_for(["bb_strategyqa", "bb_bigbench"])
-    assert set(manager.task_index) == set(BUNDLED_TASKS) | set(BUNDLED_GROUPS)
-    assert set(manager.all_groups) == set(BUNDLED_GROUPS)
+def test_bundled_names_index_only_offline_yamls(bundled_data_dir: Path) -> None:
+    manager = task_manager_for(["bb_rotten_tomatoes"])
+    assert set(BUNDLED_TASKS) <= set(manager.all_tasks)
+    tasks = set(manager.all_tasks) - set(manager.all_tags)
+    assert tasks <= set(offline_names())  # nothing of lm-eval's ~10k built-ins
+    assert set(manager.all_groups) == set(BUNDLED_GROUPS) | set(MMLU_GROUPS)
 
 
 def test_unknown_bundled_name_fails_fast_on_one_line() -> None:
@@ -50,16 +57,23 @@ def test_unknown_bundled_name_fails_fast_on_one_line() -> None:
 def test_other_names_fall_back_to_lm_eval_builtins(bundled_data_dir: Path) -> None:
     """One built-in index (~8 s): a built-in name passes, an unknown one is named."""
     with pytest.raises(ValueError) as err:
-        task_manager_for(["bb_navigate", "arc_easy", "no_such_task_xyz"])
+        task_manager_for(["bb_rotten_tomatoes", "lambada_openai", "no_such_task_xyz"])
     message = str(err.value)
-    assert "'no_such_task_xyz'" in message and "arc_easy" not in message
-    assert "bb_navigate" in message  # the hint lists the bundled tasks
+    assert "'no_such_task_xyz'" in message and "lambada_openai" not in message
+    assert "bb_rotten_tomatoes" in message and "hellaswag" in message  # the offline tasks
 
 
-def test_group_flattens_to_its_tasks(bundled_data_dir: Path) -> None:
-    with quiet_lm_eval():
-        tasks = load_tasks("bb_bigbench")
-    assert set(tasks) == set(BUNDLED_GROUPS["bb_bigbench"])
+def test_gone_bigbench_names_are_refused_on_one_line() -> None:
+    with pytest.raises(ValueError) as err:
+        task_manager_for(["bb_navigate"])
+    assert "\n" not in str(err.value) and "'bb_navigate'" in str(err.value)
+    assert "social_iqa" in str(err.value)  # the standard tasks are offered instead
+
+
+def test_fetch_task_data_refuses_names_without_offline_data(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no offline data for 'lambada_openai'"):
+        fetch_task_data(["lambada_openai"], tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize("name", list(BUNDLED_TASKS))
@@ -93,7 +107,7 @@ def test_simple_evaluate_on_tiny_llama(
     import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM
 
-    names, limit = ["bb_rotten_tomatoes", "bb_social_iqa"], 6
+    names, limit = ["bb_rotten_tomatoes", "arc_easy"], 6
     real_hash = lm_eval.evaluator.get_git_commit_hash
     level = logging.getLogger("lm_eval").level
     with quiet_lm_eval():
@@ -118,7 +132,7 @@ def test_simple_evaluate_on_tiny_llama(
 
 def test_quiet_lm_eval_silences_progress_bars(bundled_data_dir: Path, capfd: Any) -> None:
     with quiet_lm_eval():
-        task = load_tasks("bb_navigate")["bb_navigate"]
+        task = load_tasks("bb_rotten_tomatoes")["bb_rotten_tomatoes"]
         task.build_all_requests(limit=20, rank=0, world_size=1)
     assert "it/s" not in capfd.readouterr().err
 
@@ -133,3 +147,25 @@ def test_a_task_yaml_path_is_a_task(bundled_data_dir: Path, tmp_path: Path) -> N
     path.write_text(src.replace("task: bb_rotten_tomatoes", "task: my_task"))
     task = load_task(str(path))
     assert task.config.task == "my_task" and len(task.dataset["test"]) > 100
+
+
+def test_a_task_yaml_path_loads_without_the_builtin_index(
+    bundled_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's YAML that needs nothing of lm-eval's built-ins never indexes them (that cost
+    ~30 s of set-up per run)."""
+    import lm_eval.tasks
+
+    real = lm_eval.tasks.TaskManager
+
+    def no_defaults(*args: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("include_defaults") is False, "lm-eval's built-in index was built"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", no_defaults)
+    src = (materialise_tasks() / "bb_rotten_tomatoes.yaml").read_text()
+    path = tmp_path / "fast_task.yaml"
+    path.write_text(src.replace("task: bb_rotten_tomatoes", "task: fast_task"))
+    with quiet_lm_eval():
+        tasks = load_tasks([str(path)])
+    assert list(tasks) == ["fast_task"]
