@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import atomic_write, blackbox_data_dir, fetch_all
+from .data import DataError, atomic_write, blackbox_data_dir, fetch_all
 from .standard_tasks import (
     YAML_SUBDIR,
     fetch_standard,
@@ -118,7 +118,10 @@ def task_manager_for(names: str | Sequence[str], data_dir: Path | None = None) -
     if datasets:
         fetch_all(datasets, root)
     if standard:
-        fetch_standard(root)
+        try:
+            fetch_standard(root)
+        except DataError as err:
+            raise DataError(f"task {', '.join(map(repr, standard))}: {err}") from None
     path = str(materialise_tasks(root))
     if all(_is_yaml(n) for n in others):  # a task YAML path loads without lm-eval's index
         manager = TaskManager(include_defaults=False, include_path=path)

@@ -124,7 +124,7 @@ def fetch_members(
             blobs = _read_members(archive, missing, progress)
         except DataError as err:
             tried.append(f"{archive.filename} ({err})")
-            log.warning("%s: %s failed: %s", source.name, archive.filename, err)
+            log.info("%s: %s failed: %s", source.name, archive.filename, err)
             continue
         for member in missing:
             atomic_write(dest / member.path, blobs[member.path])

