@@ -37,12 +37,12 @@ lint: setup
 bench: setup
 	$(BIN)/python -c "import nanogcg" 2>/dev/null || $(BIN)/python -m pip install -q --no-deps nanogcg==0.3.0
 	$(BIN)/python benchmarks/bench_fitness.py
-	$(BIN)/python benchmarks/bench_fitness.py --task bb_social_iqa --skip-load-times
+	$(BIN)/python benchmarks/bench_fitness.py --task social_iqa --skip-load-times
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_soft_prompt.py
-	$(BIN)/python benchmarks/bench_racing.py --tasks bb_rotten_tomatoes bb_sports_understanding \
-		bb_navigate --seeds 0 1 2 3 4 --budget 1024 --large 0 --set task.metric=gold_logprob
+	$(BIN)/python benchmarks/bench_racing.py --tasks bb_rotten_tomatoes rte boolq \
+		--seeds 0 1 2 3 4 --budget 1024 --large 0 --set task.metric=gold_logprob
 
 # GPU throughput (fast path vs seed loop in fp32/bf16; scorer tokens/s on random 1B and 8B
 # Llamas; peak memory) -> runs/bench_gpu.json and a table.  Without CUDA: one line, exit 0.

@@ -1,7 +1,7 @@
 """Candidate-evaluation throughput: lm-eval's simple_evaluate per candidate vs the fast path.
 
-Run on demand (``make bench`` or ``python benchmarks/bench_fitness.py [--task bb_social_iqa]``).
-In one process, on the embedded model, one bundled task and one fixed list of candidates:
+Run on demand (``make bench`` or ``python benchmarks/bench_fitness.py [--task social_iqa]``).
+In one process, on the embedded model, one offline task and one fixed list of candidates:
 
   (a) the seed loop: steering hooks + ``lm_eval.simple_evaluate`` once per candidate;
   (b) the fast path in fp32 (requests once, population batching, branching at the lowest
@@ -88,6 +88,8 @@ def main() -> None:
 
     base = yaml.safe_load(open("studies/steer_rotten_tomatoes.yaml"))
     over = [f"task.name={args.task}", f"task.search_size={args.docs}", "task.heldout_size=8"]
+    if args.task != base["task"]["name"]:  # the task's own splits, not the demo's train/test
+        over += ["task.search_split=null", "task.heldout_split=null"]
     rows = {}
     prepared = {}
     for dtype in ("float32", "bfloat16"):

@@ -1,17 +1,19 @@
 """Racing vs full scoring at one forward-pass budget, on the embedded model.
 
 The demo's search (``studies/steer_rotten_tomatoes.yaml``: two steering vectors, PSO with 8
-particles) on the demo task and two BIG-bench tasks; per task, ``--seeds`` strategy seeds (the
-data subsample is the demo's, seed 0, for every run; on a BIG-bench task the demo's second
-vector, the logit-lens answer direction, is the task's answers' instead of " positive" minus
-" negative": see ``ANSWERS``) and two modes at the same budget of
-``--budget`` forward-pass equivalents:
+particles) on the demo task and two standard lm-eval tasks with fixed answers (rte: True/False,
+boolq: yes/no); per task, ``--seeds`` strategy seeds (the data subsample is the demo's, seed 0,
+for every run; on another task the demo's second vector, the logit-lens answer direction, is the
+task's answers' instead of " positive" minus " negative": see ``ANSWERS``) and two modes at the
+same budget of ``--budget`` forward-pass equivalents:
 
 - ``full``: every candidate on every search document (today's default);
 - ``racing``: ``scoring.racing: true`` (16, 32, then all 64 documents; confidence 0.95).
 
 and, on the first task, ``racing`` with ``--large`` search documents (a larger search set at
-the same budget: does it overfit less?).  Held-out scores are on ``--heldout`` test documents.
+the same budget: does it overfit less?).  Held-out scores are on ``--heldout`` documents: the
+demo's test split; a standard task has only a validation split, so its search and held-out
+documents both come from it (disjoint).
 
 Per run: the held-out score of the best found (a full-fidelity number: racing scores survivors
 on every document), and the held-out score of the incumbent at every generation (not charged to
@@ -43,17 +45,21 @@ from blackbox.study.storage import open_study
 
 # The logit-lens answer direction of each task (first tokens where the two answers differ).
 ANSWERS: dict[str, list[str]] = {
-    "bb_sports_understanding": [" plausible", " impl"],  # " implausible": " impl" "aus" "ible"
-    "bb_navigate": [" True", " False"],
+    "rte": [" True", " False"],
+    "boolq": [" yes", " no"],
 }
 
 
 def task_study(base: dict[str, Any], task: str) -> dict[str, Any]:
-    """The demo's study with ``task``'s answer direction as its second steering vector."""
+    """The demo's study with ``task``'s answer direction as its second steering vector and, off
+    the demo's task, the task's own splits (``null``: train and test where it has them, else
+    its validation split for both, held-out documents never searched)."""
     study = copy.deepcopy(base)
     if task in ANSWERS:
         vec = next(v for v in study["space"]["vectors"] if v["name"] == "answer_bias")
         vec["unembed"] = ANSWERS[task]
+    if task != base["task"]["name"]:
+        study["task"] |= {"search_split": None, "heldout_split": None}
     return study
 
 
@@ -205,7 +211,7 @@ def main() -> None:
     ap.add_argument(
         "--tasks",
         nargs="+",
-        default=["bb_rotten_tomatoes", "bb_sports_understanding", "bb_navigate"],
+        default=["bb_rotten_tomatoes", "rte", "boolq"],
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget", type=float, default=2048.0)
@@ -237,7 +243,6 @@ def main() -> None:
                 f"task.name={task}",
                 f"task.search_size={size}",
                 f"task.heldout_size={args.heldout}",
-                "task.heldout_split=test",
                 *args.overrides,
             ]
             modes = [False, True] if size == args.search else [True]
@@ -264,7 +269,7 @@ def main() -> None:
     print(
         f"budget {args.budget:g} forward passes per run, seeds "
         f"{sorted({r['seed'] for r in runs})} (runs per row: 'reached' below), PSO x 8, held-out "
-        f"{args.heldout} test documents, racing {args.racing}, overrides {args.overrides}; "
+        f"{args.heldout} documents, racing {args.racing}, overrides {args.overrides}; "
         "median (IQR) across seeds"
     )
     print("\n".join(table(rows)))

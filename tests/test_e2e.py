@@ -78,7 +78,8 @@ def test_packed_choices_equal_simple_evaluate_on_real_model() -> None:
     """Multi-token choices: each question's context runs once (a packed tree row), exactly."""
     from blackbox.study.pipeline import prepare
 
-    over = [*SMALL, "task.name=bb_social_iqa", "task.search_size=12"]
+    over = [*SMALL, "task.name=social_iqa", "task.search_size=12"]
+    over += ["task.search_split=validation", "task.heldout_split=validation"]  # its only split
     p = prepare(validate(apply_overrides(yaml.safe_load(DEMO.read_text()), over)), progress=False)
     search = p.objective.prepared("search")
     assert p.objective.scorer.packing is True and search.rows.parents is not None

@@ -17,7 +17,7 @@ SPEC = ObjectiveSpec(
     "acc",
     (
         SideColumn("kl", 0, bound=0.2, select_bound=0.1),
-        SideColumn("drop:bb_navigate", 1, bound=1.0),
+        SideColumn("drop:rte", 1, bound=1.0),
     ),
 )
 

@@ -58,7 +58,7 @@ CELLS = {
             "budget.evaluations=8",
             "strategy.population=4",
             "side_effects=[{type: kl, max: 0.1, size: 4, heldout_size: 4, max_tokens: 16}, "
-            "{type: guard, task: bb_navigate, search_size: 8, heldout_size: 8, max_drop: 5}]",
+            "{type: guard, task: rte, search_size: 8, heldout_size: 8, max_drop: 5}]",
         ],
         ["steered.pt"],
     ),

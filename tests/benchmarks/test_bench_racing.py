@@ -38,9 +38,12 @@ def test_each_task_gets_its_own_answer_direction_of_one_token_words(bench, token
         vec = {v["name"]: v for v in study["space"]["vectors"]}
         assert vec["answer_bias"]["unembed"] == words
         assert vec["sentiment"] == {v["name"]: v for v in base["space"]["vectors"]}["sentiment"]
+        # the task's own splits (a standard task has validation only), not the demo's train/test
+        assert study["task"]["search_split"] is study["task"]["heldout_split"] is None
         ids = [first_token_id(tokenizer, w) for w in words]  # refuses words of several tokens
         assert ids[0] != ids[1]
     assert base["space"]["vectors"][1]["unembed"] == [" positive", " negative"]  # not mutated
+    assert base["task"]["search_split"] == "train"
 
 
 def test_forward_passes_to_reach_a_held_out_score(bench) -> None:
@@ -52,10 +55,10 @@ def test_forward_passes_to_reach_a_held_out_score(bench) -> None:
 
 def test_a_resumed_bench_keeps_runs_of_the_same_settings_only(bench, tmp_path: Path) -> None:
     args = {"budget": 1024.0, "search": 64, "large": 0, "heldout": 100, "racing": "true"}
-    args |= {"overrides": ["task.metric=gold_logprob"], "tasks": ["bb_navigate"], "seeds": [0]}
+    args |= {"overrides": ["task.metric=gold_logprob"], "tasks": ["rte"], "seeds": [0]}
     path = tmp_path / "bench.json"
     assert bench.resumed_runs(path, args) == []  # nothing saved yet
-    run = {"task": "bb_navigate", "search_docs": 64, "racing": False, "seed": 0}
+    run = {"task": "rte", "search_docs": 64, "racing": False, "seed": 0}
     path.write_text(json.dumps({"args": args, "runs": [run]}))
     assert bench.resumed_runs(path, {**args, "seeds": [0, 1, 2]}) == [run]  # more seeds: fine
     with pytest.raises(SystemExit, match=r"other settings \(budget=1024.0\); use the same"):
