@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_soft_prompt.py
+	$(BIN)/python benchmarks/bench_baselines.py --docs 200 --mmlu-docs 5 --json runs/bench_baselines.json
 	$(BIN)/python benchmarks/bench_racing.py --tasks bb_rotten_tomatoes rte boolq \
 		--seeds 0 1 2 3 4 --budget 1024 --large 0 --set task.metric=gold_logprob
 

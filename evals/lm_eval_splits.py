@@ -57,7 +57,7 @@ def split_names(task: Any, search: str | None, heldout: str | None) -> tuple[str
     (``test``, else ``validation``).
     """
     c = task.config
-    named = (c.training_split, c.validation_split, c.test_split, c.fewshot_split)
+    named = (c.training_split, c.validation_split, c.test_split, getattr(c, "fewshot_split", None))
     available = list(dict.fromkeys(s for s in named if s))
     search = search or c.training_split or (c.validation_split if c.test_split else None)
     search = search or c.test_split or c.validation_split
