@@ -115,9 +115,9 @@ def fetch_members(
     for path in wanted:
         source.member(path)  # KeyError for a path the source does not declare
     out = {p: dest / p for p in wanted}
-    missing = [m for m in source.members if not (dest / m.path).is_file()]
-    if not any(not out[p].is_file() for p in wanted):
+    if all(path.is_file() for path in out.values()):
         return out
+    missing = [m for m in source.members if not (dest / m.path).is_file()]
     tried: list[str] = []
     for archive in source.archives:
         try:
