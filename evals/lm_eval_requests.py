@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.evals.lm_eval_generate import GenRequest, encode_generation
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.rows import Rows, bin_pack
 
@@ -36,6 +37,11 @@ class PreparedSplit:
         requests_of_doc: per document, its request indices in ``Instance.idx`` order.
         query_of_request: per request, its query indices (one per continuation token).
         rows: the merged rows and queries.
+        pairs: the ``(context ids, continuation ids)`` scored: one per request, or for
+            ``loglikelihood_rolling`` one per window (``requests_of_doc`` then lists the
+            document's windows, summed into its one log-likelihood).
+        kind: the task's request type: ``loglikelihood``, ``loglikelihood_rolling`` or
+            ``generate_until`` (then ``gen`` holds the requests and ``pairs`` is empty).
     """
 
     name: str
@@ -47,6 +53,8 @@ class PreparedSplit:
     pairs: list[tuple[list[int], list[int]]]
     max_length: int
     pack: bool = True
+    kind: str = "loglikelihood"
+    gen: list[GenRequest] = dataclasses.field(default_factory=list)
 
     @property
     def n_docs(self) -> int:
@@ -62,7 +70,7 @@ class PreparedSplit:
             return self
         reqs = self.requests_of_doc[start:stop]
         flat = [r for rs in reqs for r in rs]
-        pairs = [self.pairs[r] for r in flat]
+        pairs = [self.pairs[r] for r in flat] if self.pairs else []
         rows, per_request = merge_rows(pairs, self.max_length, self.pack)
         renum, i = [], 0
         for rs in reqs:
@@ -78,6 +86,8 @@ class PreparedSplit:
             pairs,
             self.max_length,
             self.pack,
+            self.kind,
+            [self.gen[r] for r in flat] if self.gen else [],
         )
 
     def repacked(self, pack: bool) -> PreparedSplit:
@@ -120,6 +130,9 @@ def merge_rows(
     Returns:
         the rows (with one query per continuation token) and, per request, its query indices.
     """
+    if not pairs:
+        empty = np.zeros(0, dtype=np.int64)
+        return Rows([], empty, empty.copy(), empty.copy(), None), []
     row_of: dict[tuple[str, tuple[int, ...]], int] = {}
     tokens: list[list[int]] = []
     parents: list[list[int] | None] = []
@@ -168,6 +181,9 @@ def merge_rows(
     )
     return (bin_pack(rows) if pack else rows), per_request
 
+
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+"""The lm-eval request types scored (``multiple_choice`` tasks make ``loglikelihood``)."""
 
 _PACKING_VERDICTS: dict[tuple[str, str | None], bool] = {}
 """Packing verdicts by (model class, attention implementation): checked once per process."""
@@ -251,21 +267,38 @@ def prepare_split(
     task.config.test_split = split
     task.build_all_requests(samples=list(samples) if samples else None, rank=0, world_size=1)
     by_doc: dict[int, list[Any]] = defaultdict(list)
+    kinds = {inst.request_type for inst in task.instances}
+    if len(kinds) != 1 or not kinds <= set(REQUEST_TYPES):
+        raise ValueError(
+            f"task {task.config.task!r}: request type {', '.join(sorted(map(str, kinds)))} is "
+            f"not supported (allowed: {', '.join(REQUEST_TYPES)})"
+        )
+    kind = kinds.pop()
     for inst in task.instances:
-        if inst.request_type != "loglikelihood":
-            raise ValueError(
-                f"task {task.config.task!r}: request type {inst.request_type!r} is not supported "
-                "(only loglikelihood tasks: multiple_choice, loglikelihood)"
-            )
         by_doc[inst.doc_id].append(inst)
     doc_ids = sorted(by_doc)
     flat: list[Any] = []
-    requests_of_doc: list[list[int]] = []
     for d in doc_ids:
-        insts = sorted(by_doc[d], key=lambda i: i.idx)
-        requests_of_doc.append(list(range(len(flat), len(flat) + len(insts))))
-        flat.extend(insts)
-    pairs = encode_requests(lm, [inst.args for inst in flat])
+        flat.extend(sorted(by_doc[d], key=lambda i: i.idx))
+    gen: list[GenRequest] = []
+    if kind == "loglikelihood":
+        pairs = encode_requests(lm, [inst.args for inst in flat])
+        units = [[i] for i in range(len(flat))]
+    elif kind == "loglikelihood_rolling":
+        pairs, units = [], []
+        for inst in flat:
+            windows = rolling_windows(lm, inst.args[0])
+            units.append(list(range(len(pairs), len(pairs) + len(windows))))
+            pairs.extend(windows)
+    else:
+        pairs, units = [], [[i] for i in range(len(flat))]
+        gen = [encode_generation(lm, task.config.task, *inst.args) for inst in flat]
+    requests_of_doc: list[list[int]] = []
+    at = 0
+    for d in doc_ids:
+        n = len(by_doc[d])
+        requests_of_doc.append([u for us in units[at : at + n] for u in us])
+        at += n
     rows, per_request = merge_rows(pairs, lm.max_length, pack)
     return PreparedSplit(
         name=split,
@@ -277,7 +310,29 @@ def prepare_split(
         pairs=pairs,
         max_length=lm.max_length,
         pack=pack,
+        kind=kind,
+        gen=gen,
     )
+
+
+def rolling_windows(lm: Any, text: str) -> list[tuple[list[int], list[int]]]:
+    """A ``loglikelihood_rolling`` request's disjoint windows, as ``HFLM`` builds them
+    (lm-eval's ``get_rolling_token_windows`` with the prefix token, ``max_length`` and a
+    context of 1, then ``make_disjoint_window``)."""
+    from lm_eval import utils
+
+    return [
+        (list(c), list(x))
+        for c, x in map(
+            utils.make_disjoint_window,
+            utils.get_rolling_token_windows(
+                token_list=lm.tok_encode(text),
+                prefix_token=lm.prefix_token_id,
+                max_seq_len=lm.max_length,
+                context_len=1,
+            ),
+        )
+    ]
 
 
 @dataclass
@@ -301,7 +356,11 @@ def aggregate(
 
     per_metric: dict[str, list[Any]] = defaultdict(list)
     for d in range(prep.n_docs):
-        results = [(float(ll[r]), bool(greedy[r])) for r in prep.requests_of_doc[d]]
+        reqs = prep.requests_of_doc[d]
+        if prep.kind == "loglikelihood_rolling":  # one request per document: its windows' sum
+            results: list[Any] = [float(sum(ll[r] for r in reqs))]
+        else:
+            results = [(float(ll[r]), bool(greedy[r])) for r in reqs]
         for metric, value in task.process_results(prep.docs[d], results).items():
             per_metric[metric].append(value)
     agg = task.aggregation()

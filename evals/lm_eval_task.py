@@ -1,22 +1,29 @@
 """Benchmark fitness: a candidate's score on an lm-eval task, for every intervention.
 
 Requests come from lm-eval's own machinery (:mod:`~blackbox.evals.lm_eval_requests`), so
-contexts and continuations are token for token those lm-eval scores, and per-request
-``(loglikelihood, is_greedy)`` pairs go back through ``task.process_results`` and the task's
-aggregations, so the metrics are lm-eval's.  Two engines, one per intervention kind:
+contexts, continuations and generation arguments are token for token those lm-eval uses, and
+results go back through the task's filters, ``process_results`` and aggregations, so the
+metrics are lm-eval's.  Three request types, each with its engine:
 
-- hooks (steering): :class:`~blackbox.forward.loglik.LoglikScorer` on packed rows (each
+- ``loglikelihood`` (multiple choice): per-request ``(loglikelihood, is_greedy)`` pairs.
+  Hooks (steering): :class:`~blackbox.forward.loglik.LoglikScorer` on packed rows (each
   question's context once, its choices as a prefix tree, rows packed without padding), many
-  candidates per forward pass, the unsteered trunk below the lowest steered layer run once;
-- prompts (token and soft): :class:`~blackbox.forward.splice.Splice` with the prompt before the
-  whole context (``before_input``: ``[prompt | context | continuation]``) or right before the
-  continuation (``after_input``: ``[context | prompt | continuation]``, the context's
-  key/values cached per request).
+  candidates per forward pass, the unsteered trunk below the lowest steered layer run once.
+  Prompts (token and soft): :class:`~blackbox.forward.splice.Splice` with the prompt before the
+  whole context (``before_input``) or right before the continuation (``after_input``, the
+  context's key/values cached per request);
+- ``loglikelihood_rolling`` (perplexity): each text's disjoint windows, built as lm-eval's HF
+  model builds them, scored as loglikelihood requests and summed per text;
+- ``generate_until``: greedy decoding of every candidate x request row in one batched loop
+  with a key/value cache (:mod:`~blackbox.forward.generate`), stop strings and lengths as
+  lm-eval's HF model applies them (:mod:`~blackbox.evals.lm_eval_generate`).
 
 For gradient-guided search on prompts, :meth:`LMEvalTask.stats` gives a differentiable value:
 per document, the log-probability of the gold choice among the document's choices (softmax
-over their summed log-likelihoods), averaged.  Cost: one forward-pass equivalent per document
-and candidate, whatever the engine.
+over their summed log-likelihoods), averaged (multiple-choice tasks only).  Cost: one
+forward-pass equivalent per document and candidate for loglikelihood requests (per window for
+perplexity); for generation, one per model call a row takes (one per generated token: the
+prefill yields the first).
 """
 
 from __future__ import annotations
@@ -30,6 +37,12 @@ import torch
 from blackbox.api import Evaluation, HookIntervention, Intervention, ObjectiveTraits
 from blackbox.evals.base import Differentiable, Docs, doc_range
 from blackbox.evals.document_objective import run_documents
+from blackbox.evals.lm_eval_generate import (
+    StopCheck,
+    finish_text,
+    generated_metrics,
+    generation_rows,
+)
 from blackbox.evals.lm_eval_prompts import PROMPT_PLACEMENTS, continuation_scores, request_items
 from blackbox.evals.lm_eval_requests import (
     PreparedSplit,
@@ -38,13 +51,28 @@ from blackbox.evals.lm_eval_requests import (
     check_packing,
     prepare_split,
 )
+from blackbox.forward.generate import GenStats, eos_ids, greedy_generate
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items, Splice
 
 
+def task_metrics(task: Any) -> list[str]:
+    """The metrics an objective can maximise on ``task``: its metrics (and, for a generative
+    task, ``metric,filter`` for each filter ensemble), or ``gold_logprob`` for a
+    loglikelihood task."""
+    from blackbox.evals.lm_eval_generate import filter_keys
+
+    names = list(task.aggregation())
+    if task.config.output_type == "generate_until":
+        return names + [f"{m},{k}" for k in filter_keys(task) for m in names]
+    if task.config.output_type == "loglikelihood_rolling":
+        return names
+    return [*names, "gold_logprob"]
+
+
 def check_metric(task: Any, metric: str) -> None:
-    """Raise ``ValueError`` unless ``metric`` is one of ``task``'s metrics or ``gold_logprob``."""
-    metrics = [*task.aggregation(), "gold_logprob"]
+    """Raise ``ValueError`` unless ``metric`` is one of :func:`task_metrics`."""
+    metrics = task_metrics(task)
     if metric not in metrics:
         raise ValueError(
             f"metric: {metric!r} is not a metric of task {task.config.task!r}; allowed: {metrics}"
@@ -56,18 +84,22 @@ def metric_per_document(task: Any, metric: str) -> bool:
     metrics), or ``gold_logprob`` (the mean of the gold choice's log-probability)."""
     from lm_eval.api.metrics import mean
 
-    return metric == "gold_logprob" or task.aggregation().get(metric) is mean
+    return metric == "gold_logprob" or task.aggregation().get(metric.split(",")[0]) is mean
 
 
 class LMEvalTask(Differentiable):
-    """An lm-eval (loglikelihood / multiple-choice) task under any intervention.
+    """An lm-eval task under any intervention: loglikelihood (multiple choice), perplexity
+    (``loglikelihood_rolling``) and generative (``generate_until``) requests.
 
     Args:
         task: an lm-eval ``Task``.
         lm: an ``HFLM`` wrapping the model (its tokenisation and ``max_length`` only).
         splits: objective split name -> task split and document indices.
-        metric: the task metric maximised (``acc``, ``acc_norm``, ...), or ``gold_logprob``:
-            the mean log-probability of the gold choice among the choices (smooth).
+        metric: the task metric maximised (``acc``, ``acc_norm``, ``exact_match``, ...; for a
+            generative task also ``metric,filter``), or ``gold_logprob``: the mean
+            log-probability of the gold choice among the choices (smooth).  A metric lm-eval
+            marks lower-is-better (perplexities, bits per byte) is maximised negated: the
+            evaluation's value is ``-metric`` (``metrics`` keep lm-eval's number).
         placement: where a prompt goes (``before_input`` or ``after_input``).
         max_batch_tokens: steering engine: tokens per forward pass (halved on OOM).
         branch: steering engine: run the unsteered trunk once, branch at the lowest layer.
@@ -76,6 +108,7 @@ class LMEvalTask(Differentiable):
             model against plain rows; off for a split longer than a sliding attention window).
         max_rows: prompt engine: rows (candidates x requests) per forward call.
         cache_mb: prompt engine: memory for cached context key/values.
+        gen_rows: generative tasks: rows (candidates x requests) decoded together.
     """
 
     traits = ObjectiveTraits(needs_task=True)
@@ -93,9 +126,12 @@ class LMEvalTask(Differentiable):
         pack: bool = True,
         max_rows: int = 32,
         cache_mb: int = 512,
+        gen_rows: int = 64,
     ) -> None:
         super().__init__()
         check_metric(task, metric)
+        better = task.higher_is_better().get(metric.split(",")[0], True)
+        self.sign = 1.0 if better or metric == "gold_logprob" else -1.0
         if placement not in PROMPT_PLACEMENTS:
             raise ValueError(
                 f"placement: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}, "
@@ -115,6 +151,9 @@ class LMEvalTask(Differentiable):
             trunk_cache_mb=trunk_cache_mb,
         )
         self.splice = Splice(lm.model, cache_mb=cache_mb)
+        self.gen_rows = int(gen_rows)
+        self.gen_stats = GenStats()
+        self._eos = eos_ids(lm.model, tok)
         self._prepared: dict[str, PreparedSplit] = {}
         self._heads: dict[tuple[str, int, int], PreparedSplit] = {}
         self._items: dict[tuple[str, Any], Any] = {}
@@ -200,6 +239,31 @@ class LMEvalTask(Differentiable):
     def n_examples(self, split: str = "search") -> int:
         return self.prepared(split).n_docs
 
+    def cost_per_candidate(self, split: str = "search") -> float:
+        """What one new candidate costs on ``split``: one forward-pass equivalent per document
+        (per window for perplexity); for generation, the documents times the mean tokens a row
+        has generated so far (at least one: known only after decoding, so a cost budget's last
+        batch is planned on this estimate)."""
+        prep = self.prepared(split)
+        if prep.kind == "loglikelihood_rolling":
+            return float(len(prep.pairs))
+        if prep.kind == "generate_until":
+            rows = max(self.gen_stats.rows, 1)
+            return float(prep.n_docs * max(1.0, self.gen_stats.generated_tokens / rows))
+        return float(prep.n_docs)
+
+    @property
+    def gradients_ok(self) -> bool:
+        """Gradients exist: a loglikelihood task whose targets are choice indices (not a
+        generative or perplexity task: nothing to follow)."""
+        if self.prepared("search").kind != "loglikelihood":
+            return False
+        try:
+            self.gold("search")
+        except ValueError:
+            return False
+        return True
+
     def gold(self, split: str) -> list[int]:
         """Gold choice index of every document of ``split``."""
         if split not in self._gold:
@@ -224,6 +288,8 @@ class LMEvalTask(Differentiable):
         n = len(iv)
         metrics: list[dict[str, Any]] = [{} for _ in range(n)]
         per_doc: list[np.ndarray | None] = [None] * n
+        if prep.kind == "generate_until":
+            return self._generate(iv, prep, split, start)
         if isinstance(iv, HookIntervention):
             lls, greedy = self._hook_scores(iv, prep)
             for i in range(n):
@@ -241,14 +307,68 @@ class LMEvalTask(Differentiable):
                     if "xentropy" in means:
                         m["xentropy"] = float(means["xentropy"][j])
                     metrics[i] = m
-        values = np.array([m[self.metric] for m in metrics], dtype=float)
+        values = self.sign * np.array([m[self.metric] for m in metrics], dtype=float)
+        per_doc = [None if p is None else self.sign * p for p in per_doc]
         xent = np.array([m.get("xentropy", np.nan) for m in metrics], dtype=float)
         if not isinstance(iv, HookIntervention) and iv.is_tokens:
             self._remember([iv.ids[i] for i in range(n)], xent)  # type: ignore[misc]
         extra = xent[:, None] if self.extra_names else None
-        return Evaluation(
-            values, metrics, extra=extra, cost=float(n * prep.n_docs), per_doc=per_doc
+        units = len(prep.pairs) if prep.kind == "loglikelihood_rolling" else prep.n_docs
+        return Evaluation(values, metrics, extra=extra, cost=float(n * units), per_doc=per_doc)
+
+    def _generate(
+        self, iv: Intervention, prep: PreparedSplit, split: str, start: int
+    ) -> Evaluation:
+        """Generative requests: every candidate x request decoded in one batched loop, the
+        strings through the task's filters and metrics.  Cost: one forward-pass equivalent per
+        model call of a row (one per generated token)."""
+        texts, calls = self.generate(iv, prep)
+        n = len(iv)
+        metrics: list[dict[str, Any]] = []
+        per_doc: list[np.ndarray | None] = []
+        for c in range(n):
+            of_doc = [[texts[c][r] for r in reqs] for reqs in prep.requests_of_doc]
+            m, docs = generated_metrics(self.task, prep.docs, of_doc)
+            m["generated_tokens"] = float(calls[c] / max(prep.n_docs, 1))
+            metrics.append(m)
+            per_doc.append(docs.get(self.metric))
+        values = self.sign * np.array([m[self.metric] for m in metrics], dtype=float)
+        per_doc = [None if p is None else self.sign * p for p in per_doc]
+        extra = np.full((n, 1), np.nan) if self.extra_names else None
+        return Evaluation(values, metrics, extra=extra, cost=float(sum(calls)), per_doc=per_doc)
+
+    def generate(self, iv: Intervention, prep: PreparedSplit) -> tuple[list[list[str]], list[int]]:
+        """Per candidate, the string lm-eval returns for each request of ``prep``, and the
+        model calls (generated tokens) the candidate's rows took."""
+        n, r = len(iv), len(prep.gen)
+        hooks, lowest = None, None
+        prompts: list[Any] | None = None
+        if isinstance(iv, HookIntervention):
+            hooks, lowest = iv.apply, (iv.lowest_layer if self.scorer.branch else None)
+        else:
+            prompts = [
+                list(iv.ids[c]) if iv.ids[c] is not None else iv.embeds[c].float()  # type: ignore[union-attr]
+                for c in range(n)
+            ]
+        rows = generation_rows(prep.gen, n, prompts, self.placement)
+        stop = StopCheck(self.lm, [g.until for _ in range(n) for g in prep.gen])
+        ids, stats = greedy_generate(
+            self.model,
+            rows,
+            stop,
+            self._eos,
+            self.scorer.pad_id,
+            hooks=hooks,
+            max_rows=self.gen_rows,
+            lowest=lowest,
         )
+        self.gen_stats.add(stats)
+        texts = [
+            [finish_text(self.lm, ids[c * r + j], prep.gen[j].until) for j in range(r)]
+            for c in range(n)
+        ]
+        calls = [sum(len(ids[c * r + j]) for j in range(r)) for c in range(n)]
+        return texts, calls
 
     def _metrics(
         self,
@@ -373,6 +493,11 @@ class LMEvalTask(Differentiable):
         if hooks is not None or prompt is None:
             raise ValueError("lm_eval_task: gradients exist for prompt interventions only")
         prep = self.prepared(split)
+        if prep.kind != "loglikelihood":
+            raise ValueError(
+                f"lm_eval_task: task {self.task.config.task!r} ({prep.kind}) has no choices "
+                "whose log-probability a gradient could follow"
+            )
         docs = list(range(prep.n_docs)) if idx is None else list(idx)
         ll, _, means = self.request_scores(split, docs, prompt, tokens, next_logits)
         gold, terms, at = self.gold(split), [], 0

@@ -51,7 +51,10 @@ TEMPLATES = Path(__file__).parent / "tasks"
 PLACEHOLDER = "{data_dir}"
 TASKS_SUBDIR = "lm_eval_tasks"
 
-BUNDLED_TASKS: dict[str, str] = {"bb_rotten_tomatoes": "rotten_tomatoes"}
+BUNDLED_TASKS: dict[str, str] = {
+    "bb_rotten_tomatoes": "rotten_tomatoes",
+    "bb_rotten_tomatoes_ppl": "rotten_tomatoes",
+}
 """lm-eval task name -> dataset name in :mod:`blackbox.evals.data`."""
 
 BUNDLED_GROUPS: dict[str, tuple[str, ...]] = {}

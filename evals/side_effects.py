@@ -85,10 +85,10 @@ class SideEffects:
 
     def cost_per_candidate(self, split: str = "search") -> float:
         """Forward-pass equivalents of one new candidate on ``split`` (all measures)."""
-        n = float(self.primary.n_examples(split))
+        n = float(_cost_of(self.primary, split))
         for m in self.measures:
             if m.objective is not None:
-                n += float(m.objective.n_examples(m.split(split)))
+                n += float(_cost_of(m.objective, m.split(split)))
         return n
 
     def reset_cache(self, keep: Any = ()) -> None:
@@ -133,6 +133,11 @@ class SideEffects:
             for i in range(n):
                 metrics[i][m.column] = float(col[i])
         return Evaluation(ev.values, metrics, extra=extra, cost=cost, per_doc=ev.per_doc)
+
+
+def _cost_of(objective: Any, split: str) -> float:
+    own = getattr(objective, "cost_per_candidate", None)
+    return float(own(split)) if own is not None else float(objective.n_examples(split))
 
 
 def spec_of(cfg_items: list[Any], extra_names: tuple[str, ...], primary: str) -> ObjectiveSpec:

@@ -100,6 +100,8 @@ _TASKS = (
     StandardTask("rte", "glue/rte/default.yaml", "glue/rte"),
     StandardTask("cb", "super_glue/cb/default.yaml", "super_glue/cb"),
     StandardTask("sciq", "sciq/sciq.yaml", "sciq/none"),
+    StandardTask("triviaqa", "triviaqa/default.yaml", "trivia_qa/rc.wikipedia.nocontext"),
+    StandardTask("nq_open", "nq_open/nq_open.yaml", "nq_open/none"),
 )
 
 

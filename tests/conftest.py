@@ -143,3 +143,22 @@ def tiny_neox() -> nn.Module:
 def tiny_model(request: pytest.FixtureRequest) -> nn.Module:
     """Each tiny architecture in turn (ids: llama, gpt2, qwen2, gemma)."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def bundled_data_dir() -> Path:
+    """The data cache with every bundled dataset on disk (fetched if missing)."""
+    from blackbox.evals.data import blackbox_data_dir, fetch_all
+
+    fetch_all()
+    return blackbox_data_dir()
+
+
+@pytest.fixture(scope="session")
+def standard_data_dir() -> Path:
+    """The data cache with the standard tasks' Arrow files on disk (fetched if missing)."""
+    from blackbox.evals.data import blackbox_data_dir
+    from blackbox.evals.standard_tasks import fetch_standard
+
+    fetch_standard(blackbox_data_dir(), progress=False)
+    return blackbox_data_dir()

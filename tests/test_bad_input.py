@@ -161,7 +161,34 @@ def _racing_fluency(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]
     return cfg, [], {}
 
 
+def _adam_perplexity(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    cfg = _config(a)
+    cfg["task"] = {"name": "bb_rotten_tomatoes_ppl", "metric": "bits_per_byte", "search_size": 2}
+    cfg["space"] = {"type": "soft_prompt", "n_tokens": 2}
+    cfg["strategy"] = {"name": "adam"}
+    return cfg, [], {}
+
+
 CASES: list[Case] = [
+    (
+        "a metric a perplexity task does not have (before the model loads)",
+        _broken_weights(_set("task.name=bb_rotten_tomatoes_ppl")),
+        "config: task.metric: 'acc' is not a metric of task 'bb_rotten_tomatoes_ppl'; allowed: "
+        "['word_perplexity', 'byte_perplexity', 'bits_per_byte']",
+    ),
+    (
+        "max_gen_toks on a task that does not generate (before the model loads)",
+        _broken_weights(_set("task.max_gen_toks=8")),
+        "config: task.max_gen_toks: task 'bb_rotten_tomatoes' does not generate "
+        "(multiple_choice); allowed: null, or a generative (generate_until) task",
+    ),
+    (
+        "a gradient strategy on a task without choices (before the model loads)",
+        _broken_weights(_adam_perplexity),
+        "config: strategy.name: 'adam' follows the gold choice's gradient, and task "
+        "'bb_rotten_tomatoes_ppl' has no choices (loglikelihood_rolling); allowed: a "
+        "gradient-free strategy (pso, nevergrad, optuna, random, token_ga)",
+    ),
     (
         "a metric the task does not have (before the model loads)",
         _broken_weights(_set("task.metric=f1")),

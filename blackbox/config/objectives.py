@@ -44,7 +44,8 @@ class Standardise(Strict):
 
 
 class LmEvalTaskObjectiveConfig(Strict):
-    """The study's ``task:`` (any lm-eval loglikelihood / multiple-choice task)."""
+    """The study's ``task:`` (any lm-eval task: multiple choice, loglikelihood, perplexity
+    (``loglikelihood_rolling``) or generative (``generate_until``))."""
 
     type: Literal["lm_eval_task"]
 

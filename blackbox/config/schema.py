@@ -42,6 +42,13 @@ class TaskConfig(Strict):
     heldout_split: str | None = Field(None, description="default: test, else validation")
     heldout_size: int | None = Field(None, ge=1, description="documents for held-out; all if null")
     stratify: bool = Field(True, description="search subsample with equal numbers per gold answer")
+    max_gen_toks: int | None = Field(
+        None,
+        ge=1,
+        le=8192,
+        description="generative tasks: cap the tokens generated per answer (lm-eval's "
+        "max_gen_toks, as `lm_eval --gen_kwargs max_gen_toks=N`); null: the task's own",
+    )
 
 
 class StrategyConfig(Strict):

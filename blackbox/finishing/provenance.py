@@ -97,6 +97,8 @@ def provenance(
     folder = Path(run_dir) / "lm_eval"
     folder.mkdir(parents=True, exist_ok=True)
     variant = {"include": str(base), "task": name, "test_split": splits["heldout"]["split"]}
+    if cfg.task.max_gen_toks is not None:  # the run capped generation: so does the variant
+        variant["generation_kwargs"] = dict(obj.task.config.generation_kwargs)
     (folder / f"{name}.yaml").write_text(
         f"# blackbox run {cfg.name!r}: {cfg.task.name} on the run's held-out split\n"
         + yaml.safe_dump(variant, sort_keys=False)

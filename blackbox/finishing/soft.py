@@ -67,7 +67,6 @@ def token_stages(p: Any, best: Any, progress: bool = True) -> list[Any]:
     reference = getattr(p.objective, "reference_text", "")
     banned |= set(ids(reference))  # behaviour matching: never the reference prompt's own tokens
     banned_l = sorted(banned)
-    loss_of_ids, grad_of_ids = objective_fns(p.objective, "search")
 
     def cand(ids_t: torch.Tensor, label: str, **extra: Any) -> Any:
         ids_t = ids_t.cpu().long()
@@ -77,6 +76,11 @@ def token_stages(p: Any, best: Any, progress: bool = True) -> list[Any]:
 
     top, _ = nearest_tokens(best.embeddings, emb.embedding, k=pc.beam_k, banned=banned_l)
     out = [cand(top[:, 0], "projected")]
+    if not getattr(p.objective, "gradients_ok", True):  # generative / perplexity task
+        if progress:
+            print("projection: nearest tokens only (no smooth loss for beam or repair)")
+        return out
+    loss_of_ids, grad_of_ids = objective_fns(p.objective, "search")
     beam_ids, _, scored = beam_projection(top, loss_of_ids, pc.beam_max, seed=p.config.seed)
     out.append(cand(beam_ids, "beam", scored=scored))
     if progress:

@@ -79,7 +79,9 @@ class TokensFinisher(Finisher):
             tok = p.loaded.tokenizer
             allowed = p.space.allowed_ids
             section: dict[str, Any] = {"text": best.candidate.text, "ids": list(best.candidate.ids)}
-            if hasattr(p.objective, "token_gradients"):
+            if hasattr(p.objective, "token_gradients") and getattr(
+                p.objective, "gradients_ok", True
+            ):
                 rows, cost = token_attribution(p.problem, best.x.astype(np.int64), k=16)
                 section["attribution"] = [
                     {

@@ -62,6 +62,9 @@ class BuildContext:
 
             assert self.cfg.task is not None
             self._task = load_task(self.cfg.task.name)
+            from blackbox.evals.lm_eval_generate import cap_generation
+
+            cap_generation(self._task, self.cfg.task.max_gen_toks)
         return self._task
 
     def lm(self) -> Any:

@@ -170,6 +170,29 @@ def check_with_task(cfg: StudyConfig, task: Any) -> None:
         except ValueError as exc:
             raise ConfigError(f"config: task.metric: {str(exc).split(': ', 1)[-1]}") from None
         races = metric_per_document(task, metric)
+        kind = task.config.output_type
+        if cfg.task.max_gen_toks is not None and kind != "generate_until":
+            raise ConfigError(
+                f"config: task.max_gen_toks: task {cfg.task.name!r} does not generate "
+                f"({kind}); allowed: null, or a generative (generate_until) task"
+            )
+        gen_kwargs = task.config.generation_kwargs or {}
+        if kind == "generate_until" and gen_kwargs.get("do_sample"):
+            raise ConfigError(
+                f"config: task.name: task {cfg.task.name!r} samples its generations "
+                "(do_sample: true), so its scores are not reproducible; allowed: tasks with "
+                "greedy generation"
+            )
+        if kind in ("generate_until", "loglikelihood_rolling"):
+            from blackbox.strategies import STRATEGIES
+
+            needs = STRATEGIES.get(cfg.strategy.name).traits.needs_gradients
+            if needs:
+                raise ConfigError(
+                    f"config: strategy.name: {cfg.strategy.name!r} follows the gold choice's "
+                    f"gradient, and task {cfg.task.name!r} has no choices ({kind}); allowed: "
+                    "a gradient-free strategy (pso, nevergrad, optuna, random, token_ga)"
+                )
     if cls.traits.needs_task and task is not None and cfg.task is not None:
         from blackbox.evals.lm_eval_splits import split_names
 
@@ -215,9 +238,11 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     task = None
     t0 = time.perf_counter()
     if cfg.task is not None:  # a bad task name or data must not cost a model load
+        from blackbox.evals.lm_eval_generate import cap_generation
         from blackbox.evals.lm_eval_splits import load_task
 
         task = load_task(cfg.task.name)
+        cap_generation(task, cfg.task.max_gen_toks)
     from blackbox.study.side_effects import load_guard_tasks
 
     guard_tasks = load_guard_tasks(cfg)  # before the model, as the task
@@ -324,7 +349,20 @@ def scoring_status(objective: Any) -> dict[str, Any]:
     scorer = getattr(objective, "scorer", None)
     if scorer is None:
         return {}
-    return {"packed_rows": scorer.packing, "trunk_resume": scorer.resume_ok}
+    out = {"packed_rows": scorer.packing, "trunk_resume": scorer.resume_ok}
+    gen = getattr(objective, "gen_stats", None)
+    if gen is not None and gen.rows:  # a generative task: what decoding did
+        out["generation"] = {
+            "shared_prefill": gen.shared,
+            "rows": gen.rows,
+            "generated_tokens": gen.generated_tokens,
+            "prefill_tokens": gen.prefill_tokens,
+            "padded_prefill_tokens": gen.padded_prefill_tokens,
+            "model_calls": gen.calls,
+            "prefill_seconds": round(gen.prefill_s, 3),
+            "decode_seconds": round(gen.decode_s, 3),
+        }
+    return out
 
 
 def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:

