@@ -43,6 +43,7 @@ from blackbox.evals.lm_eval_generate import (
     generated_metrics,
     generation_rows,
 )
+from blackbox.evals.lm_eval_metrics import check_metric, metric_per_document
 from blackbox.evals.lm_eval_prompts import PROMPT_PLACEMENTS, continuation_scores, request_items
 from blackbox.evals.lm_eval_requests import (
     PreparedSplit,
@@ -54,37 +55,6 @@ from blackbox.evals.lm_eval_requests import (
 from blackbox.forward.generate import GenStats, eos_ids, greedy_generate
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items, Splice
-
-
-def task_metrics(task: Any) -> list[str]:
-    """The metrics an objective can maximise on ``task``: its metrics (and, for a generative
-    task, ``metric,filter`` for each filter ensemble), or ``gold_logprob`` for a
-    loglikelihood task."""
-    from blackbox.evals.lm_eval_generate import filter_keys
-
-    names = list(task.aggregation())
-    if task.config.output_type == "generate_until":
-        return names + [f"{m},{k}" for k in filter_keys(task) for m in names]
-    if task.config.output_type == "loglikelihood_rolling":
-        return names
-    return [*names, "gold_logprob"]
-
-
-def check_metric(task: Any, metric: str) -> None:
-    """Raise ``ValueError`` unless ``metric`` is one of :func:`task_metrics`."""
-    metrics = task_metrics(task)
-    if metric not in metrics:
-        raise ValueError(
-            f"metric: {metric!r} is not a metric of task {task.config.task!r}; allowed: {metrics}"
-        )
-
-
-def metric_per_document(task: Any, metric: str) -> bool:
-    """``metric`` is a mean over documents: aggregated by lm-eval's ``mean`` (accuracy-type
-    metrics), or ``gold_logprob`` (the mean of the gold choice's log-probability)."""
-    from lm_eval.api.metrics import mean
-
-    return metric == "gold_logprob" or task.aggregation().get(metric.split(",")[0]) is mean
 
 
 class LMEvalTask(Differentiable):

@@ -32,6 +32,11 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "float32"
 
 
+UNSET_NOT_FINGERPRINTED: tuple[tuple[str, str], ...] = (("task", "max_gen_toks"),)
+"""Fields added after studies were stored: left out of the fingerprint while unset, so that
+those studies still resume."""
+
+
 class TaskConfig(Strict):
     name: str = Field(
         min_length=1, description="bundled task (bb_rotten_tomatoes, ...), lm-eval task or YAML"
@@ -231,4 +236,7 @@ class StudyConfig(Strict):
         other ones.
         """
         data = {k: v for k, v in self.resolved().items() if k not in ignore and v is not None}
+        for section, key in UNSET_NOT_FINGERPRINTED:  # stores made before the field existed
+            if isinstance(data.get(section), dict) and data[section].get(key) is None:
+                data[section].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -162,7 +162,7 @@ def check_with_task(cfg: StudyConfig, task: Any) -> None:
     cls = OBJECTIVES.get(cfg.objective.type)
     races, metric = cls.traits.per_document, cls.metric
     if cls.traits.needs_task and task is not None:
-        from blackbox.evals.lm_eval_task import check_metric, metric_per_document
+        from blackbox.evals.lm_eval_metrics import check_metric, metric_per_document
 
         metric = cfg.task.metric
         try:

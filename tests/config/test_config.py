@@ -19,8 +19,10 @@ def _demo() -> dict:
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("steer_*.yaml")), ids=lambda p: p.name)
 def test_bundled_studies_validate(path: Path) -> None:
+    from blackbox.evals.lm_eval_tasks import is_offline
+
     cfg = load_config(path)
-    assert cfg.space.vectors and (cfg.task is None or cfg.task.name.startswith("bb_"))
+    assert cfg.space.vectors and (cfg.task is None or is_offline(cfg.task.name))
 
 
 def test_unknown_key_names_field_and_allowed() -> None:
@@ -286,3 +288,19 @@ def test_a_directory_or_non_utf8_config_is_named(tmp_path) -> None:
     bad.write_bytes(b"name: x\n\xff\xfe: 1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml line 2: not UTF-8 text \(byte 0xff\)"):
         read_yaml(bad)
+
+
+def test_max_gen_toks_enters_the_fingerprint_only_when_set() -> None:
+    """Studies stored before ``task.max_gen_toks`` existed keep their fingerprint (and resume);
+    setting it changes what is scored, so it changes the fingerprint."""
+    import hashlib
+    import json
+
+    a = validate(_demo())
+    data = {k: v for k, v in a.resolved().items() if k not in ("budget", "storage", "scoring")}
+    data = {k: v for k, v in data.items() if v is not None}
+    del data["task"]["max_gen_toks"]  # the config as it was before the field existed
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert a.fingerprint() == before
+    capped = validate(apply_overrides(_demo(), ["task.max_gen_toks=32"]))
+    assert capped.fingerprint() != a.fingerprint()

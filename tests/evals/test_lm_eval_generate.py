@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from blackbox.evals.lm_eval_generate import StopCheck, finish_text, generated_metrics
+from blackbox.evals.lm_eval_metrics import task_metrics
 from blackbox.evals.lm_eval_requests import TaskSplitSpec
-from blackbox.evals.lm_eval_task import LMEvalTask, task_metrics
+from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval, task_manager_for
 from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace

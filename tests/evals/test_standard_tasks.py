@@ -60,7 +60,7 @@ DATA_KEYS = {
 def test_every_task_has_pinned_data_and_an_lm_eval_yaml() -> None:
     pinned = pinned_members()
     tasks = standard_tasks()
-    assert len(mmlu_subjects()) == 57 and len(tasks) == 13 + 57
+    assert len(mmlu_subjects()) == 57 and len(tasks) == 13 + 2 + 57  # + triviaqa, nq_open
     for task in tasks.values():
         assert (lm_eval_tasks_dir() / task.yaml).is_file(), task.yaml
         for split in task.splits:
@@ -107,6 +107,25 @@ def test_each_task_loads_offline_with_lm_evals_definition(
     else:  # more than one answer position among a spread of documents: labels read correctly
         assert len({str(t) for t in targets}) > 1
     assert task.OUTPUT_TYPE == "multiple_choice"
+
+
+@pytest.mark.parametrize(("name", "n_docs"), [("triviaqa", 7993), ("nq_open", 3610)])
+def test_generative_tasks_load_offline_with_lm_evals_definition(
+    name: str, n_docs: int, standard_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-eval's own triviaqa (on TriviaQA's rc.wikipedia.nocontext validation questions, the
+    wheels' copy) and nq_open: their prompt, stop strings, filters and exact_match."""
+    monkeypatch.setenv(sources.INDEX_ENV, "http://127.0.0.1:9/simple")  # no network
+    with quiet_lm_eval():
+        task = load_tasks(name)[name]
+    docs = task.eval_docs
+    assert len(docs) == n_docs and task.OUTPUT_TYPE == "generate_until"
+    assert task.doc_to_text(docs[0]).startswith(("Question: ", "Q: "))
+    assert task.config.generation_kwargs["until"] == ["\n", ".", ","]
+    assert [f.name for f in task._filters] == ["remove_whitespace"]
+    assert list(task.aggregation()) == ["exact_match"]
+    target = task.doc_to_target(docs[0])
+    assert isinstance(target, list | str) and len(target) > 0
 
 
 def test_boolq_gets_super_glue_columns(standard_data_dir: Path) -> None:
