@@ -30,6 +30,20 @@ def reference_scores(
         aggregated metrics (``{"acc": ..., ...}``) and, per document (in ``samples`` order),
         the log-likelihood of each choice.
     """
+    out = evaluate_samples(lm, task, split, samples, apply_one)
+    name = task.config.task
+    res = out["results"][name]
+    metrics = {k.split(",")[0]: float(v) for k, v in res.items() if "," in k and "stderr" not in k}
+    per_doc = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in per_doc]
+    return metrics, lls
+
+
+def evaluate_samples(
+    lm: Any, task: Any, split: str, samples: Sequence[int], apply_one: Any
+) -> dict[str, Any]:
+    """``simple_evaluate``'s whole output for documents ``samples`` of ``split`` (samples
+    logged), with ``apply_one()`` installed (``None``: unintervened)."""
     import contextlib
 
     import lm_eval
@@ -49,8 +63,4 @@ def reference_scores(
             verbosity="ERROR",
             task_manager=manager,
         )
-    res = out["results"][name]
-    metrics = {k.split(",")[0]: float(v) for k, v in res.items() if "," in k and "stderr" not in k}
-    per_doc = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in per_doc]
-    return metrics, lls
+    return out

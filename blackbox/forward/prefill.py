@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from blackbox.forward.trunk import final_norm
+from blackbox.forward.trunk import final_norm, record_layer_inputs
 from blackbox.models.compat import cache_kwargs
 from blackbox.models.layers import decoder_layers, layer_output_hidden
 
@@ -197,24 +197,9 @@ def shared_prefill(
     contexts = [GenRow(list(k), 1) for k in ctx_of]
     e = len(contexts)
     inputs, mask = prefill_inputs(model, contexts, pad_id, device)
-    recorded: list[tuple[tuple[Any, ...], dict[str, Any]] | None] = [None] * n_layers
-
-    def record(i: int):
-        def hook(_m: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-            recorded[i] = (tuple(args), dict(kwargs))
-
-        return hook
-
-    handles = [
-        layer.register_forward_pre_hook(record(i), with_kwargs=True)
-        for i, layer in enumerate(layers)
-    ]
     base = DynamicCache()
-    try:
+    with record_layer_inputs(model) as recorded:
         base_logits = call_model(model, inputs, base, None, torch.zeros(0, dtype=torch.long))
-    finally:
-        for h in handles:
-            h.remove()
     norm, head = final_norm(model), model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     start_of = [

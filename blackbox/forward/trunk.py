@@ -14,6 +14,8 @@ plain forward (:meth:`Resumer.verify`) guards each model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,12 +62,10 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-@torch.no_grad()
-def capture(model: torch.nn.Module, input_ids: torch.Tensor, **model_inputs: Any) -> Trunk:
-    """Run the base model on ``input_ids`` ``(E, T)`` and record every layer's inputs.
-
-    ``model_inputs`` go to the model too (e.g. a 4-D ``attention_mask`` and ``position_ids``).
-    """
+@contextmanager
+def record_layer_inputs(model: torch.nn.Module) -> Iterator[list[Any]]:
+    """While the block runs, record per decoder layer the ``(args, kwargs)`` it received
+    (``None`` for a layer not called); the hooks are always removed."""
     layers = decoder_layers(model)
     inputs: list[tuple[tuple[Any, ...], dict[str, Any]] | None] = [None] * len(layers)
 
@@ -80,10 +80,20 @@ def capture(model: torch.nn.Module, input_ids: torch.Tensor, **model_inputs: Any
         for i, layer in enumerate(layers)
     ]
     try:
-        out = model.base_model(input_ids=input_ids, use_cache=False, **model_inputs)
+        yield inputs
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def capture(model: torch.nn.Module, input_ids: torch.Tensor, **model_inputs: Any) -> Trunk:
+    """Run the base model on ``input_ids`` ``(E, T)`` and record every layer's inputs.
+
+    ``model_inputs`` go to the model too (e.g. a 4-D ``attention_mask`` and ``position_ids``).
+    """
+    with record_layer_inputs(model) as inputs:
+        out = model.base_model(input_ids=input_ids, use_cache=False, **model_inputs)
     final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     if any(x is None for x in inputs):
         raise RuntimeError("trunk capture: some decoder layers were not called")

@@ -4,8 +4,6 @@ lm-eval's own ``triviaqa`` and ``nq_open`` (offline) and a bundled perplexity ta
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,8 @@ from blackbox.evals.lm_eval_generate import StopCheck, finish_text, generated_me
 from blackbox.evals.lm_eval_metrics import task_metrics
 from blackbox.evals.lm_eval_requests import TaskSplitSpec
 from blackbox.evals.lm_eval_task import LMEvalTask
-from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval, task_manager_for
+from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+from blackbox.evals.parity import evaluate_samples
 from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
@@ -39,22 +38,10 @@ def _space(model) -> SteeringSpace:
 
 
 def _simple_evaluate(lm, task, split, samples, apply=None):
-    import lm_eval
-
-    task.config.test_split = split
+    """lm-eval's results for the task and its logged samples in document order."""
+    out = evaluate_samples(lm, task, split, samples, apply)
     name = task.config.task
-    with quiet_lm_eval(), apply() if apply else contextlib.nullcontext():
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[task],
-            samples={name: list(samples)},
-            log_samples=True,
-            bootstrap_iters=0,
-            verbosity="ERROR",
-            task_manager=task_manager_for([name]),
-        )
-    per_doc = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-    return out["results"][name], per_doc
+    return out["results"][name], sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
 @pytest.mark.parametrize(("name", "extra_stop"), [("triviaqa", "e"), ("nq_open", ":::")])
