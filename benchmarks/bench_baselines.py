@@ -1,5 +1,5 @@
-"""The README's baseline table: the embedded model's unsteered score on the standard lm-eval
-tasks, scored twice on the same documents.
+"""The baseline table of docs/standard-benchmarks.md: the embedded model's unsteered score on
+the standard lm-eval tasks, scored twice on the same documents.
 
 Run on demand (``python benchmarks/bench_baselines.py [--tasks copa rte] [--docs 500]``).  For
 each task, on a seeded random sample of its evaluation split (``test_split`` or else

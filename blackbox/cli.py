@@ -5,8 +5,10 @@
     blackbox export RUN_DIR [--format F] [--out FILE]
     blackbox data [TASK ...] [--all]
 
-Bad input (config, model, task, data, storage) prints one line ``blackbox: error: ...`` and
-exits with code 2, writing nothing.  Ctrl-C keeps every finished batch; the same command resumes.
+Bad input (config, model, task, data, storage: a :class:`blackbox.errors.UserError`) prints
+one line ``blackbox: error: ...`` and exits with code 2, writing nothing.  Any other exception is
+a bug: one line ``blackbox: unexpected error: ...``, exit code 1, the traceback in a log file
+(``--debug`` prints it).  Ctrl-C keeps every finished batch; the same command resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from blackbox.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -213,9 +217,23 @@ def _print_summary(result: dict[str, Any]) -> None:
     prompt = result.get("prompt")
     if prompt:
         print(f"best prompt: {prompt['text']!r}")
+        if prompt.get("attribution_cost"):
+            better = sum(1 for a in prompt.get("attribution") or [] if a["drop"] < 0)
+            print(
+                f"per-token attribution: {prompt['attribution_cost']:.0f} forward-pass "
+                f"equivalents after the search, outside its budget; {better} position(s) have "
+                "a single-token swap that scores higher (result.json: prompt.attribution)"
+            )
     if result.get("pareto_front"):
         print(f"Pareto front: {len(result['pareto_front'])} prompts (pareto.png)")
     print(f"best candidate: {result['best']['candidate']}")
+    chosen = (result.get("side_effects") or {}).get("chosen")
+    if chosen and chosen.get("candidate") != result["best"]["candidate"]:
+        print(
+            f"exported candidate (trial {chosen['trial']}, the side-effects rule's choice: search "
+            f"{_cell(chosen['search'])}, held-out {_cell(chosen.get('heldout'))}): "
+            f"{chosen['candidate']}"
+        )
     racing = result.get("racing")
     if racing:
         print(
@@ -265,12 +283,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blackbox.study.export import export_run
+    from blackbox.finishing.provenance import export_command
+    from blackbox.study.export import export_run, read_result
 
-    paths, best = export_run(
-        Path(args.run_dir), Path(args.out) if args.out else None, args.storage, args.fmt
-    )
-    print(f"wrote {', '.join(str(p) for p in paths)} (score {best:.4f})")
+    run_dir = Path(args.run_dir)
+    done = export_run(run_dir, Path(args.out) if args.out else None, args.storage, args.fmt)
+    print(f"wrote {', '.join(str(p) for p in done.paths)}")
+    heldout = "not re-scored" if done.heldout is None else f"{done.heldout:.4f}"
+    print(f"score: search {done.search:.4f}, held-out {heldout}")
+    result = read_result(run_dir)
+    fmts = [args.fmt] if args.fmt not in (None, "all") else ["steered", "lm_eval", "peft"]
+    for fmt in fmts:
+        command = export_command(result, fmt, done.paths, done.model)
+        if command:
+            print(f"score it with lm-eval on the held-out documents: {command}")
     return 0
 
 
@@ -333,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.handler(args)
-    except ValueError as exc:
-        # ConfigError, ModelLoadError, DataError and StorageError are ValueErrors (imported
-        # here they would pull in torch and nevergrad before a config error could be told),
-        # as are strategy names/settings and other validated arguments
+    except UserError as exc:
+        # ConfigError, ModelLoadError, DataError, StorageError and every other validated
+        # argument: one line, exit 2.  Any other exception (a ValueError from a library
+        # included) is a bug: exit 1 and a traceback log
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KeyboardInterrupt:
         print("\nblackbox: interrupted", file=sys.stderr)

@@ -14,6 +14,8 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from blackbox.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -55,7 +57,7 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):
             close = difflib.get_close_matches(str(name), list(self._classes), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ValueError(
+            raise UserError(
                 f"{self.kind}: unknown name {name!r}{hint}; allowed: {sorted(self._classes)}"
             ) from None
 

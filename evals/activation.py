@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.errors import UserError
 from blackbox.evals.document_objective import Standardised, at_last
 from blackbox.evals.sae import load_sae_decoder, sae_layer
 from blackbox.forward.splice import Capture, Items, SpliceOut
@@ -61,7 +62,7 @@ def load_direction(
                     break
             else:
                 if len(obj) != 1:
-                    raise ValueError(f"{source}: a dict with keys {sorted(obj)}; name one tensor")
+                    raise UserError(f"{source}: a dict with keys {sorted(obj)}; name one tensor")
                 obj = next(iter(obj.values()))
         source = obj
     t = torch.as_tensor(source).float()
@@ -228,7 +229,7 @@ class LpFeaturesObjective(_Residual):
         k = self.directions.shape[0]
         self.offsets = torch.as_tensor(np.broadcast_to(offsets, (k,)).copy(), dtype=torch.float32)
         if not p > 0:
-            raise ValueError(f"p: must be > 0, got {p}")
+            raise UserError(f"p: must be > 0, got {p}")
         self.p = float(p)
 
     def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from blackbox.api import (
     PromptIntervention,
     TokenGradients,
 )
+from blackbox.errors import UserError
 
 BACKWARD_COST = 2.0
 """A backward pass costs two forward-pass equivalents."""
@@ -77,7 +78,7 @@ class Objective(ABC):
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ValueError(f"split {split!r} is not one of {sorted(self.splits)}")
+            raise UserError(f"split {split!r} is not one of {sorted(self.splits)}")
 
     def reset_cache(self, keep: Sequence[Hashable] = ()) -> None:
         """Forget repeats (a new run pays for its own evaluations), except keys in ``keep``."""

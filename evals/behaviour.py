@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from blackbox.api import ObjectiveTraits
+from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, states_before
 from blackbox.evals.documents import ids_of, layout
 from blackbox.forward.splice import Items, SpliceOut
@@ -59,7 +60,7 @@ class TargetObjective(DocumentObjective):
         super().__init__(model, splits, **kw)
         for name, items in splits.items():
             if not items.targets or any(not t for _, t in items.targets):
-                raise ValueError(f"objective: split {name!r}: every document needs a target")
+                raise UserError(f"objective: split {name!r}: every document needs a target")
         self.k, self.weight = int(k), float(weight)
 
     def row_stats(self, out: SpliceOut, items: Items, c: int) -> dict[str, torch.Tensor]:
@@ -121,7 +122,7 @@ class ReferenceObjective(TargetObjective):
         followed by ``target``."""
         target_ids = ids_of(tokenizer, target)
         if not target_ids:
-            raise ValueError("reference: empty target")
+            raise UserError("reference: empty target")
         splits = {}
         for split, docs in documents.items():
             items, _ = layout(tokenizer, docs, **layout_kw)
@@ -235,7 +236,7 @@ class BehaviourMatching(TargetObjective):
                 if tokenizer.eos_token_id in comp:
                     comp = comp[: comp.index(tokenizer.eos_token_id) + 1]
                 if not comp:
-                    raise ValueError(f"behaviour: the reference completion of {docs[0]!r} is empty")
+                    raise UserError(f"behaviour: the reference completion of {docs[0]!r} is empty")
                 comps.append(comp)
                 outs.append(tokenizer.decode(comp, skip_special_tokens=True))
             splits[split] = with_targets(items, comps)

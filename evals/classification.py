@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, at_last
 from blackbox.evals.documents import ids_of, layout
 from blackbox.forward.splice import Items, SpliceOut
@@ -38,11 +39,11 @@ class Classification(DocumentObjective):
         **kw: Any,
     ) -> None:
         if len(set(label_ids)) != len(label_ids):
-            raise ValueError(f"labels must start with distinct tokens, got ids {list(label_ids)}")
+            raise UserError(f"labels must start with distinct tokens, got ids {list(label_ids)}")
         super().__init__(model, splits, **kw)
         for name, items in splits.items():
             if items.gold is None:
-                raise ValueError(f"objective: split {name!r} has no gold labels")
+                raise UserError(f"objective: split {name!r} has no gold labels")
         self.label_ids = torch.tensor(list(label_ids), dtype=torch.long)
 
     @classmethod

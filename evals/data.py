@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox.errors import UserError
 from blackbox.evals.sources import (
     INDEX_ENV,
     SOURCES_ENV,
@@ -148,7 +149,7 @@ def is_ready(name: str, data_dir: Path | None = None, seed: int = DEFAULT_SEED) 
 def read_split(name: str, split: str, data_dir: Path | None = None) -> list[dict[str, Any]]:
     """Records of one split, fetching the dataset first if needed."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     path = fetch(name, data_dir)[split]
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -156,7 +157,7 @@ def read_split(name: str, split: str, data_dir: Path | None = None) -> list[dict
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; bundled datasets: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; bundled datasets: {', '.join(DATASETS)}")
 
 
 # ----------------------------------------------------------------------------- public fetch

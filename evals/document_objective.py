@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from blackbox.api import PER_DOC, HookIntervention, ObjectiveTraits
+from blackbox.errors import UserError
 from blackbox.evals.base import Differentiable, prompt_xentropy
 from blackbox.forward.splice import Capture, Items, Splice, SpliceOut, prompt_next_logits
 
@@ -119,7 +120,7 @@ class DocumentObjective(Differentiable):
     ) -> None:
         super().__init__()
         if not splits or any(len(v) == 0 for v in splits.values()):
-            raise ValueError("objective: every split needs at least one document")
+            raise UserError("objective: every split needs at least one document")
         self.model = model
         self.splice = Splice(model, cache_mb=cache_mb)
         self._splits = dict(splits)
@@ -221,10 +222,10 @@ class Standardised(DocumentObjective):
         vals = np.asarray(raw_values, dtype=float)
         vals = vals[np.isfinite(vals)]
         if vals.size < 2:
-            raise ValueError("calibration: fewer than 2 finite values from random candidates")
+            raise UserError("calibration: fewer than 2 finite values from random candidates")
         self.mu, self.sigma = float(vals.mean()), float(vals.std(ddof=1))
         if not self.sigma > 0:
-            raise ValueError("calibration: random candidates all give the same value")
+            raise UserError("calibration: random candidates all give the same value")
         if self.standardise:
             self.metric = "z"
         self.reset_cache()

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox.errors import UserError
 from blackbox.forward.splice import Items
 
 PROMPT = "{prompt}"
@@ -55,18 +56,18 @@ def place(template: str, placement: str, document: str = "x") -> tuple[str, str 
     """
     template = normalise_marker(template)
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement {placement!r}: allowed {', '.join(PLACEMENTS)}")
+        raise UserError(f"placement {placement!r}: allowed {', '.join(PLACEMENTS)}")
     if placement == "template":
         if template.count(PROMPT) != 1:
-            raise ValueError("placement 'template' needs exactly one {prompt} in the template")
+            raise UserError("placement 'template' needs exactly one {prompt} in the template")
         return template, None
     if PROMPT in template:
-        raise ValueError(f"placement {placement!r}: the template must not hold {{prompt}} then")
+        raise UserError(f"placement {placement!r}: the template must not hold {{prompt}} then")
     if placement == "before_input":
         return PROMPT + template, None
     if placement == "after_input":
         if QUERY not in template:
-            raise ValueError("placement 'after_input' needs {query} in the template")
+            raise UserError("placement 'after_input' needs {query} in the template")
         return template.replace(QUERY, QUERY + ("\n" if document else "") + PROMPT, 1), None
     return template, PROMPT
 
@@ -89,7 +90,7 @@ def render(
         system = normalise_marker(system).replace(PROMPT, _MARK)
     where = [t for t in (user, system) if _MARK in t]
     if len(where) != 1 or where[0].count(_MARK) != 1:
-        raise ValueError("the prompt must hold exactly one {prompt} marker (template or system)")
+        raise UserError("the prompt must hold exactly one {prompt} marker (template or system)")
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}
@@ -98,7 +99,7 @@ def render(
         text += completion_prefix
     else:
         if system:
-            raise ValueError("a system turn needs chat: true")
+            raise UserError("a system turn needs chat: true")
         text = user + completion_prefix
     before, after = text.split(_MARK)
     return before, after
@@ -135,7 +136,7 @@ def layout(
         user_t, system_t = place(template, placement, doc)
         if system is not None:
             if system_t is not None:
-                raise ValueError("placement 'system' fills the system turn; drop objective.system")
+                raise UserError("placement 'system' fills the system turn; drop objective.system")
             system_t = system
         # the marker first, then the document: a document may hold any text
         user = user_t.replace(PROMPT, prefix + _MARK + suffix).replace(QUERY, doc)
@@ -159,11 +160,11 @@ def read_prompts(prompts: Sequence[str] | None, path: str | None, what: str) -> 
     if path:
         file = Path(path)
         if not file.is_file():
-            raise ValueError(f"{what}_file: {path!r} does not exist")
+            raise UserError(f"{what}_file: {path!r} does not exist")
         out += [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
         out = [p for p in out if p]
         if not out:
-            raise ValueError(f"{what}_file: {path!r} holds no prompt")
+            raise UserError(f"{what}_file: {path!r} holds no prompt")
     if any(not p.strip() for p in out):
-        raise ValueError(f"{what}: every prompt must be a non-empty string")
+        raise UserError(f"{what}: every prompt must be a non-empty string")
     return out

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from blackbox.api import HOOKS, PROMPT, ObjectiveTraits
+from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective
 from blackbox.forward.splice import Items, SpliceOut
 
@@ -46,7 +47,7 @@ class KLDivergence(DocumentObjective):
         super().__init__(model, splits, **kw)
         for name, items in splits.items():
             if any(p for p in items.pre) or any(len(q) < 2 for q in items.post):
-                raise ValueError(f"kl: split {name!r}: texts need >= 2 tokens and no pre")
+                raise UserError(f"kl: split {name!r}: texts need >= 2 tokens and no pre")
         self._base: dict[tuple[int, ...], torch.Tensor] = {}
 
     @classmethod
@@ -66,7 +67,7 @@ class KLDivergence(DocumentObjective):
             if ids:
                 splits[split] = Items([[] for _ in ids], ids)
         if "search" not in splits:
-            raise ValueError("kl: no text of two tokens or more")
+            raise UserError("kl: no text of two tokens or more")
         return cls(model, splits, **kw)
 
     # -- the base model -----------------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from blackbox.errors import UserError
+
 
 @dataclass(frozen=True)
 class GenRequest:
@@ -47,7 +49,7 @@ def encode_generation(lm: Any, task_name: str, context: str, gen_kwargs: dict) -
 
     kwargs = normalize_gen_kwargs(dict(gen_kwargs), lm.max_gen_toks)
     if kwargs.get("do_sample"):
-        raise ValueError(
+        raise UserError(
             f"task {task_name!r}: its generation samples (do_sample: true); only greedy "
             "generation is supported (scores reproducible by lm-eval's HF model)"
         )
@@ -56,7 +58,7 @@ def encode_generation(lm: Any, task_name: str, context: str, gen_kwargs: dict) -
     max_new = int(kwargs.pop("max_gen_toks"))
     max_ctx = lm.max_length - max_new
     if max_ctx <= 0:
-        raise ValueError(
+        raise UserError(
             f"task {task_name!r}: max_gen_toks {max_new} leaves no room for a context in the "
             f"model's max_length {lm.max_length}"
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from blackbox.errors import UserError
+
 __all__ = ["check_metric", "metric_per_document", "task_metrics"]
 
 
@@ -25,7 +27,7 @@ def check_metric(task: Any, metric: str) -> None:
     """Raise ``ValueError`` unless ``metric`` is one of :func:`task_metrics`."""
     metrics = task_metrics(task)
     if metric not in metrics:
-        raise ValueError(
+        raise UserError(
             f"metric: {metric!r} is not a metric of task {task.config.task!r}; allowed: {metrics}"
         )
 

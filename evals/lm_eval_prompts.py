@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from blackbox.errors import UserError
 from blackbox.evals.document_objective import states_before
 from blackbox.evals.lm_eval_requests import PreparedSplit
 from blackbox.forward.splice import Items, Splice, SpliceOut
@@ -56,7 +57,7 @@ def request_items(prep: PreparedSplit, placement: str) -> ChoiceItems:
     continuation appended (teacher forcing).
     """
     if placement not in PROMPT_PLACEMENTS:
-        raise ValueError(
+        raise UserError(
             f"placement {placement!r}: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}"
         )
     out = ChoiceItems([], [])

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from blackbox.api import Evaluation, HookIntervention, Intervention, ObjectiveTraits
+from blackbox.errors import UserError
 from blackbox.evals.base import Differentiable, Docs, doc_range
 from blackbox.evals.document_objective import run_documents
 from blackbox.evals.lm_eval_generate import (
@@ -103,7 +104,7 @@ class LMEvalTask(Differentiable):
         better = task.higher_is_better().get(metric.split(",")[0], True)
         self.sign = 1.0 if better or metric == "gold_logprob" else -1.0
         if placement not in PROMPT_PLACEMENTS:
-            raise ValueError(
+            raise UserError(
                 f"placement: an lm-eval task takes {', '.join(PROMPT_PLACEMENTS)}, "
                 f"not {placement!r}"
             )
@@ -239,7 +240,7 @@ class LMEvalTask(Differentiable):
         if split not in self._gold:
             gold = [self.task.doc_to_target(d) for d in self.prepared(split).docs]
             if not all(isinstance(g, int | np.integer) for g in gold):
-                raise ValueError(
+                raise UserError(
                     f"objective: task {self.task.config.task!r}: its targets are not choice "
                     "indices, so gradient-guided search cannot follow the gold choice"
                 )
@@ -464,7 +465,7 @@ class LMEvalTask(Differentiable):
             raise ValueError("lm_eval_task: gradients exist for prompt interventions only")
         prep = self.prepared(split)
         if prep.kind != "loglikelihood":
-            raise ValueError(
+            raise UserError(
                 f"lm_eval_task: task {self.task.config.task!r} ({prep.kind}) has no choices "
                 "whose log-probability a gradient could follow"
             )

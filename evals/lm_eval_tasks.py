@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blackbox.errors import UserError
+
 from .data import DataError, atomic_write, blackbox_data_dir, fetch_all
 from .standard_tasks import (
     YAML_SUBDIR,
@@ -109,11 +111,11 @@ def task_manager_for(names: str | Sequence[str], data_dir: Path | None = None) -
 
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError(_unknown_message("no task names given"))
+        raise UserError(_unknown_message("no task names given"))
     datasets, standard, others = _partition(names)
     lacking = missing_yamls(standard)
     if lacking:
-        raise ValueError(
+        raise UserError(
             f"task {', '.join(map(repr, standard))}: the installed lm-eval lacks "
             f"{', '.join(lacking)} (blackbox serves these from lm-eval 0.4.13's task YAMLs)"
         )
@@ -140,7 +142,7 @@ def _full_manager(path: str, others: Sequence[str]) -> TaskManager:
     manager = TaskManager(include_defaults=True, include_path=path)
     unknown = [n for n in others if n not in manager.task_index and not _is_yaml(n)]
     if unknown:
-        raise ValueError(_unknown_message(f"unknown task {', '.join(map(repr, unknown))}"))
+        raise UserError(_unknown_message(f"unknown task {', '.join(map(repr, unknown))}"))
     return manager
 
 
@@ -175,7 +177,7 @@ def load_tasks(
         if not files:
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(
+        raise UserError(
             f"task {files[0]!r}: not a task lm-eval can build ({type(exc).__name__}: {first}); "
             "an lm-eval task YAML needs at least task:, dataset_path: and output_type:"
         ) from None
@@ -195,7 +197,7 @@ def fetch_task_data(names: Sequence[str], data_dir: Path | None = None) -> dict[
     """
     unknown = [n for n in names if not is_offline(n)]
     if unknown:
-        raise ValueError(_unknown_message(f"no offline data for {', '.join(map(repr, unknown))}"))
+        raise UserError(_unknown_message(f"no offline data for {', '.join(map(repr, unknown))}"))
     datasets, standard, _ = _partition(names)
     root = Path(data_dir).absolute() if data_dir is not None else blackbox_data_dir()
     out: dict[str, Path] = {}
@@ -277,7 +279,7 @@ def _partition(names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
         elif is_standard(name):
             standard.append(name)
         elif name.startswith("bb_"):  # our prefix: never an lm-eval name, fail fast
-            raise ValueError(_unknown_message(f"unknown bundled task {name!r}"))
+            raise UserError(_unknown_message(f"unknown bundled task {name!r}"))
         else:
             others.append(name)
     return datasets, standard, others

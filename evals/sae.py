@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from blackbox.errors import UserError
+
 SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
 
@@ -45,27 +47,27 @@ def load_sae_decoder(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     where = f"SAE directory {str(path)!r}"
     missing = [f for f in (SAE_CONFIG, SAE_WEIGHTS) if not (path / f).is_file()]
     if missing:
-        raise ValueError(f"{where}: no {' or '.join(missing)} (a sae-lens SAE directory)")
+        raise UserError(f"{where}: no {' or '.join(missing)} (a sae-lens SAE directory)")
     try:
         cfg = json.loads((path / SAE_CONFIG).read_text(encoding="utf-8"))
     except ValueError:
-        raise ValueError(f"{where}: {SAE_CONFIG} is not JSON") from None
+        raise UserError(f"{where}: {SAE_CONFIG} is not JSON") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{where}: {SAE_CONFIG} is not a JSON object")
+        raise UserError(f"{where}: {SAE_CONFIG} is not a JSON object")
     try:
         with safe_open(str(path / SAE_WEIGHTS), framework="pt") as f:
             if "W_dec" not in f.keys():
-                raise ValueError(f"{where}: {SAE_WEIGHTS} has no W_dec")
+                raise UserError(f"{where}: {SAE_WEIGHTS} has no W_dec")
             w = f.get_tensor("W_dec")
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(f"{where}: {SAE_WEIGHTS} cannot be read ({type(exc).__name__})") from None
+        raise UserError(f"{where}: {SAE_WEIGHTS} cannot be read ({type(exc).__name__})") from None
     if not w.is_floating_point():
-        raise ValueError(f"{where}: W_dec has dtype {w.dtype}; expected a float tensor")
+        raise UserError(f"{where}: W_dec has dtype {w.dtype}; expected a float tensor")
     want = (cfg.get("d_sae"), cfg.get("d_in"))
     if w.dim() != 2 or (None not in want and tuple(w.shape) != want):
-        raise ValueError(
+        raise UserError(
             f"{where}: W_dec has shape {tuple(w.shape)}; cfg.json says (d_sae, d_in) = {want}"
         )
     return w.float(), cfg

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from blackbox.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SOURCES_ENV = "BLACKBOX_SOURCES"
@@ -44,7 +46,7 @@ _TIMEOUT = 60.0
 _CHUNK = 1 << 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset could not be fetched or converted; the message (one line) says what to do."""
 
 

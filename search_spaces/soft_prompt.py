@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from blackbox.api import PromptIntervention, SpaceTraits
+from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
 
@@ -69,13 +70,13 @@ def init_embeddings(
     """
     if init == "text":
         if not text_ids:
-            raise ValueError("init 'text' needs a non-empty init_text")
+            raise UserError("init 'text' needs a non-empty init_text")
         ids = tuple(int(text_ids[i % len(text_ids)]) for i in range(n))
     elif init == "random":
         pool = np.arange(embedding.shape[0]) if allowed is None else np.asarray(allowed)
         ids = tuple(int(i) for i in np.random.default_rng(seed).choice(pool, n, replace=False))
     else:
-        raise ValueError(f"init {init!r}: allowed 'random' or 'text'")
+        raise UserError(f"init {init!r}: allowed 'random' or 'text'")
     rows = embedding.detach()[torch.tensor(ids)].float().cpu().clone()
     return rows, ids
 
@@ -117,7 +118,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         if p0.ndim != 2:
             raise ValueError(f"p0 must be (n, d), got {tuple(p0.shape)}")
         if subspace_dim is not None and subspace_dim < 1:
-            raise ValueError(f"subspace_dim must be >= 1 or null, got {subspace_dim}")
+            raise UserError(f"subspace_dim must be >= 1 or null, got {subspace_dim}")
         self.p0 = p0.detach().float().cpu()
         self.n, self.d = (int(s) for s in p0.shape)
         self.sigma = float(sigma)

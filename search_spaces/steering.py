@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from blackbox.api import HookIntervention, SpaceTraits
+from blackbox.errors import UserError
 from blackbox.forward.hooks import add_per_row
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
@@ -56,22 +57,22 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
         fixed_layers: dict[str, int] | None = None,
     ) -> None:
         if not vectors:
-            raise ValueError("steering: need at least one steering vector")
+            raise UserError("steering: need at least one steering vector")
         names = [v.name for v in vectors]
         if len(set(names)) != len(names):
-            raise ValueError(f"steering: vector names must be unique, got {names}")
+            raise UserError(f"steering: vector names must be unique, got {names}")
         n_layers = vectors[0].num_layers
         lo, hi = int(layer_range[0]), int(layer_range[1])
         if not 0 <= lo <= hi < n_layers:
-            raise ValueError(
+            raise UserError(
                 f"steering.layers: [{lo}, {hi}] is outside the model's layers [0, {n_layers - 1}]"
             )
         fixed = dict(fixed_layers or {})
         for key, layer in fixed.items():
             if key not in names:
-                raise ValueError(f"steering.fixed_layers: unknown vector {key!r}; vectors: {names}")
+                raise UserError(f"steering.fixed_layers: unknown vector {key!r}; vectors: {names}")
             if not 0 <= layer < n_layers:
-                raise ValueError(
+                raise UserError(
                     f"steering.fixed_layers.{key}: layer {layer} is outside [0, {n_layers - 1}]"
                 )
         self.vectors = list(vectors)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from blackbox.errors import UserError
 from blackbox.models.layers import decoder_layers, layer_output_hidden
 
 READ_MODES = ("last", "mean")
@@ -80,9 +81,9 @@ def residual_stats(
         ``(L, d)`` mean activation over prompts, and ``(L, P)`` last-token norms.
     """
     if read not in READ_MODES:
-        raise ValueError(f"read: {read!r} is not one of {READ_MODES}")
+        raise UserError(f"read: {read!r} is not one of {READ_MODES}")
     if not prompts:
-        raise ValueError("prompts: need at least one prompt")
+        raise UserError("prompts: need at least one prompt")
     layers = decoder_layers(model)
     device = next(model.parameters()).device
     captured: dict[int, torch.Tensor] = {}
@@ -207,7 +208,7 @@ def load_vector_file(
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"vector file {str(path)!r}: no such file")
+        raise UserError(f"vector file {str(path)!r}: no such file")
     if path.suffix == ".gguf" or is_gguf(path):
         layered: dict[int, torch.Tensor] | None = read_control_vector(path)
         data: object = None
@@ -218,7 +219,7 @@ def load_vector_file(
             else:
                 data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt or not a tensor file
-            raise ValueError(
+            raise UserError(
                 f"vector file {str(path)!r}: cannot be read as a tensor file ({type(exc).__name__})"
             ) from None
         layered = read_layer_directions(data, path, hookpoints)
@@ -233,29 +234,29 @@ def load_vector_file(
     scales = None
     if isinstance(data, dict):
         if "vectors" not in data:
-            raise ValueError(
+            raise UserError(
                 f"vector file {str(path)!r}: a dict needs a 'vectors' entry, layer-number keys "
                 "or lm-eval steered entries"
             )
         scales = data.get("scales")
         data = data["vectors"]
     if not torch.is_tensor(data):
-        raise ValueError(f"vector file {str(path)!r}: expected a tensor, got {type(data).__name__}")
+        raise UserError(f"vector file {str(path)!r}: expected a tensor, got {type(data).__name__}")
     if not data.is_floating_point():
-        raise ValueError(f"vector file {str(path)!r}: dtype {data.dtype}; expected a float tensor")
+        raise UserError(f"vector file {str(path)!r}: dtype {data.dtype}; expected a float tensor")
     t = data.float()
     if t.dim() == 1:
         t = t[None].expand(num_layers, -1).clone()
     if t.shape != (num_layers, hidden):
-        raise ValueError(
+        raise UserError(
             f"vector file {str(path)!r}: shape {tuple(data.shape)}; expected ({num_layers}, "
             f"{hidden}) or ({hidden},) for this model"
         )
     if not torch.isfinite(t).all():
-        raise ValueError(f"vector file {str(path)!r}: contains NaN or inf")
+        raise UserError(f"vector file {str(path)!r}: contains NaN or inf")
     s = torch.ones(num_layers) if scales is None else torch.as_tensor(scales).float()
     if s.shape != (num_layers,):
-        raise ValueError(
+        raise UserError(
             f"vector file {str(path)!r}: scales shape {tuple(s.shape)}, expected ({num_layers},)"
         )
     return SteeringVector(name=name, vectors=t, scales=s)
@@ -282,10 +283,10 @@ def first_token_id(tokenizer, text: str) -> int:
     """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"unembed: {text!r} encodes to no token")
+        raise UserError(f"unembed: {text!r} encodes to no token")
     if len(ids) > 1:
         pieces = [tokenizer.decode([i]) for i in ids]
-        raise ValueError(
+        raise UserError(
             f"unembed: {text!r} is {len(ids)} tokens {pieces}; give a word that is one token "
             "(often with a leading space)"
         )

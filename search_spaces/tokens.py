@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from blackbox.api import PromptIntervention, SpaceTraits
+from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
 
@@ -119,7 +120,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         check_retokenisation: bool = True,
     ) -> None:
         if n_tokens < 1:
-            raise ValueError(f"n_tokens: must be >= 1, got {n_tokens}")
+            raise UserError(f"n_tokens: must be >= 1, got {n_tokens}")
         self.tokenizer = tokenizer
         self.n_tokens = int(n_tokens)
         self.vocab_size = int(vocab_size or len(tokenizer))
@@ -131,7 +132,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         self.mask = allowed_vocabulary(texts, tokenizer.all_special_ids, ascii_only, self.banned)
         self.allowed_ids = np.flatnonzero(self.mask)  # (A,)
         if self.allowed_ids.size == 0:
-            raise ValueError("tokens: the allowed vocabulary is empty")
+            raise UserError("tokens: the allowed vocabulary is empty")
         self._index = np.full(self.vocab_size, -1, dtype=np.int64)
         self._index[self.allowed_ids] = np.arange(self.allowed_ids.size)
         self._box = Box(
@@ -188,7 +189,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         """The candidate whose ids are ``text``'s tokens (must be ``n_tokens`` long)."""
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != self.n_tokens:
-            raise ValueError(f"tokens: {text!r} is {len(ids)} tokens, need {self.n_tokens}")
+            raise UserError(f"tokens: {text!r} is {len(ids)} tokens, need {self.n_tokens}")
         return self.decode(self.indices_of(np.array([ids])))[0]
 
     @classmethod

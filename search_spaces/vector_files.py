@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.errors import UserError
+
 GGUF_ARCH = "controlvector"
 _HOOKPOINT = re.compile(r"^(?:model\.)?(?:layers|h|blocks|decoder\.layers|transformer\.h)\.(\d+)$")
 
@@ -68,9 +70,9 @@ def write_control_vector(
 
     layers = sorted(int(k) for k in directions)
     if not layers:
-        raise ValueError("control vector: no layer is steered (every coefficient is 0)")
+        raise UserError("control vector: no layer is steered (every coefficient is 0)")
     if layers[0] < 1:
-        raise ValueError(
+        raise UserError(
             "control vector: llama.cpp cannot steer layer 0 (it adds direction.k after block k, "
             "k >= 1); use steered.pt for lm-eval instead"
         )
@@ -79,7 +81,7 @@ def write_control_vector(
     }
     widths = {a.shape for a in arrays.values()}
     if len(widths) != 1 or len(next(iter(widths))) != 1:
-        raise ValueError(f"control vector: directions must be (d,) of one width, got {widths}")
+        raise UserError(f"control vector: directions must be (d,) of one width, got {widths}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -105,14 +107,14 @@ def read_control_vector(path: Path) -> dict[int, torch.Tensor]:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:
-        raise ValueError(
+        raise UserError(
             f"{_where(path)}: not a readable GGUF file ({type(exc).__name__})"
         ) from None
     field = reader.get_field("general.architecture")
     if field is not None:
         arch = bytes(field.parts[-1]).decode("utf-8", "replace")
         if arch != GGUF_ARCH:
-            raise ValueError(
+            raise UserError(
                 f"{_where(path)}: a GGUF {arch!r} model, not a control vector (architecture "
                 f"{GGUF_ARCH!r})"
             )
@@ -120,28 +122,28 @@ def read_control_vector(path: Path) -> dict[int, torch.Tensor]:
     for t in reader.tensors:
         m = re.fullmatch(r"direction\.(\d+)", t.name)
         if m is None:
-            raise ValueError(f"{_where(path)}: tensor {t.name!r} is not direction.<layer>")
+            raise UserError(f"{_where(path)}: tensor {t.name!r} is not direction.<layer>")
         k = int(m.group(1))
         if k == 0:
-            raise ValueError(f"{_where(path)}: direction.0 (llama.cpp layers start at 1)")
+            raise UserError(f"{_where(path)}: direction.0 (llama.cpp layers start at 1)")
         if t.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise ValueError(
+            raise UserError(
                 f"{_where(path)}: direction.{k} has dtype {t.tensor_type.name}; expected F32"
             )
         v = torch.from_numpy(np.array(t.data, dtype=np.float32).reshape(-1))
         if len(t.shape) != 1 and int(np.prod(t.shape)) != v.numel():
-            raise ValueError(f"{_where(path)}: direction.{k} is not 1-D")
+            raise UserError(f"{_where(path)}: direction.{k} is not 1-D")
         out[k] = out[k] + v if k in out else v
     if not out:
-        raise ValueError(f"{_where(path)}: holds no direction tensor")
+        raise UserError(f"{_where(path)}: holds no direction tensor")
     return out
 
 
 def _float(t: Any, path: Path, what: str) -> torch.Tensor:
     if not torch.is_tensor(t):
-        raise ValueError(f"{_where(path)}: {what} is a {type(t).__name__}, expected a tensor")
+        raise UserError(f"{_where(path)}: {what} is a {type(t).__name__}, expected a tensor")
     if not t.is_floating_point():
-        raise ValueError(f"{_where(path)}: {what} has dtype {t.dtype}; expected a float tensor")
+        raise UserError(f"{_where(path)}: {what} has dtype {t.dtype}; expected a float tensor")
     return t.detach().float().cpu()
 
 
@@ -163,14 +165,14 @@ def steered_layers(
             m = _HOOKPOINT.match(hook)
             layer = int(m.group(1)) if m else None
         if layer is None:
-            raise ValueError(
+            raise UserError(
                 f"{_where(path)}: hookpoint {hook!r} is not a decoder layer of this model "
                 "(blackbox steers decoder-layer outputs)"
             )
         if entry.get("action", "add") != "add":
-            raise ValueError(f"{_where(path)}: {hook}: action {entry.get('action')!r}; only 'add'")
+            raise UserError(f"{_where(path)}: {hook}: action {entry.get('action')!r}; only 'add'")
         if entry.get("head_index") is not None or entry.get("bias") is not None:
-            raise ValueError(f"{_where(path)}: {hook}: head_index and bias are not supported")
+            raise UserError(f"{_where(path)}: {hook}: head_index and bias are not supported")
         v = _float(entry.get("steering_vector"), path, f"{hook}.steering_vector").reshape(-1)
         coeff = float(entry.get("steering_coefficient", 1.0))
         out[layer] = out.get(layer, 0) + coeff * v
@@ -206,13 +208,13 @@ def check_layers(
     """One line on a layer outside the model, a width other than ``hidden`` or NaN/inf."""
     for layer, v in sorted(directions.items()):
         if not 0 <= layer < num_layers:
-            raise ValueError(
+            raise UserError(
                 f"{_where(path)}: layer {layer} but the model has {num_layers} layers "
                 f"(0..{num_layers - 1})"
             )
         if v.numel() != hidden:
-            raise ValueError(
+            raise UserError(
                 f"{_where(path)}: layer {layer} has width {v.numel()}; the model's is {hidden}"
             )
         if not torch.isfinite(v).all():
-            raise ValueError(f"{_where(path)}: layer {layer} contains NaN or inf")
+            raise UserError(f"{_where(path)}: layer {layer} contains NaN or inf")

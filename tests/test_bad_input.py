@@ -6,6 +6,7 @@ model, and checks the exact last line of stderr, the exit code and that no file 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -488,6 +489,124 @@ CASES: list[Case] = [
 ]
 
 
+def _duplicate_key(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    """A key given twice in a nested mapping (YAML would keep the last one silently)."""
+    rest = {k: v for k, v in _config(a).items() if k not in ("name", "budget")}
+    text = "name: bad\nbudget:\n  evaluations: 2\n  evaluations: 40\n" + yaml.safe_dump(rest)
+    return text, [], {}
+
+
+def _bad_name_text(tmp: Path, a: Path) -> tuple[Any, list[str], dict[str, str]]:
+    return yaml.safe_dump(_config(a, name="abc\n")), [], {}
+
+
+NO_MYSQL_DRIVER = all(importlib.util.find_spec(m) is None for m in ("MySQLdb", "pymysql"))
+# Rows of #27: each caught before the model loads (the broken-weights copy shows it)
+CASES += [
+    (
+        "storage without a scheme: user:password@host (password masked)",
+        _set("storage=bb:hunter2@127.0.0.1:9/db"),
+        "config: storage: a storage URL starts with a scheme (SCHEME://); allowed: "
+        "sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., journal:///FILE "
+        "(got 'bb:***@127.0.0.1:9/db')",
+    ),
+    (
+        "storage as libpq keywords: password=... (masked)",
+        _set("storage='password=hunter2 host=127.0.0.1'"),
+        "config: storage: a storage URL starts with a scheme (SCHEME://); allowed: "
+        "sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., journal:///FILE "
+        "(got 'password=*** host=127.0.0.1')",
+    ),
+    (
+        "a name with a final newline",
+        _bad_name_text,
+        "config: name: 'abc\\n' (4 characters) is not a safe name; allowed: 1-100 of letters, "
+        "digits, '_', '.', '-', not starting with '.' or '-'",
+    ),
+    (
+        "coefficient bounds of 1e308 (before the model loads)",
+        _broken_weights(_set("space.coeff=[-1.0e+308, 1.0e+308]")),
+        "config: space.coeff: [-1e+308, 1e+308] is out of range; allowed: bounds within "
+        "[-1000, 1000] (relative to the layer's residual norm)",
+    ),
+    (
+        "pso c1: 1e400 (YAML text, not a number)",
+        _broken_weights(_set("strategy.name=pso", "strategy.settings={c1: 1e400}")),
+        "config: strategy.settings.c1: '1e400' is text, not a number (YAML reads a float only "
+        "with a '.': write 1.0e+5, not 1e5); allowed: a finite number (strategy 'pso')",
+    ),
+    (
+        "pso w: .nan",
+        _broken_weights(_set("strategy.name=pso", "strategy.settings={w: .nan}")),
+        "config: strategy.settings.w: nan is not a finite number; allowed: a finite number "
+        "(strategy 'pso')",
+    ),
+    (
+        "a YAML key given twice (nested)",
+        _duplicate_key,
+        "config: {tmp}/study.yaml line 4: duplicate key 'evaluations' (first on line 3); give "
+        "each key once",
+    ),
+    (
+        "seed: true (a boolean is not an integer)",
+        _set("seed=true"),
+        "config: seed: a boolean (true/false) is not a number; allowed: an integer (got True)",
+    ),
+    (
+        "fixed_layers naming a vector that does not exist",
+        _broken_weights(_set("space.fixed_layers={nope: 1}")),
+        "config: space.fixed_layers: 'nope' is not a vector of this space; allowed: ['v']",
+    ),
+    (
+        "fixed_layers at layer 999 (before the model loads)",
+        _broken_weights(_set("space.fixed_layers={v: 999}")),
+        "config: space.fixed_layers.v: 999 is outside 0..3",
+    ),
+    (
+        "layers beyond the model's (before the model loads)",
+        _broken_weights(_set("space.layers=[0, 9]")),
+        "config: space.layers: [0, 9] is outside the model's layers; allowed 0..3",
+    ),
+    (
+        "--set a list item past the end (a.99.b)",
+        _set("space.vectors.99.name=x"),
+        "--set space.vectors.99.name: space.vectors: index 99 is out of range (1 item; "
+        "allowed: 0..0)",
+    ),
+    (
+        "--set a list item past the end (a[1].b)",
+        lambda tmp, a: (
+            _config(a, side_effects=[{"type": "kl"}]),
+            ["--set=side_effects[1].size=16"],
+            {},
+        ),
+        "--set side_effects[1].size: side_effects: index 1 is out of range (1 item; allowed: 0..0)",
+    ),
+    (
+        "--set a list item in range (a[0].b): its own check runs",
+        lambda tmp, a: (
+            _config(a, side_effects=[{"type": "kl"}]),
+            ["--set=side_effects[0].size=0"],
+            {},
+        ),
+        "config: side_effects.0.size: Input should be greater than or equal to 1 (got 0)",
+    ),
+    *(
+        [
+            (
+                "mysql:// storage without a MySQL driver",
+                _broken_weights(_set("storage=mysql://bb:hunter2@127.0.0.1:9/db")),
+                "storage 'mysql://bb:***@127.0.0.1:9/db': its mysql driver is not installed (No "
+                "module named 'MySQLdb'); install it: pip install mysqlclient (or pymysql, with "
+                "mysql+pymysql://)",
+            )
+        ]
+        if NO_MYSQL_DRIVER
+        else []
+    ),
+]
+
+
 def _files(root: Path) -> dict[str, float]:
     """Files under ``root`` with their mtimes (the data cache of the empty-split case aside:
     lm-eval task YAMLs are materialised there, as in any data cache)."""
@@ -546,8 +665,22 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
             "worker: no storage; pass --storage URL (or set $BLACKBOX_STORAGE or storage: in "
             "the config)",
         ),
+        (
+            ["--storage=sqlite:///x.db", "--set=strategy.name=optuna", "--max-retry=-1"],
+            "worker: --max-retry must be >= 0, got -1",
+        ),
+        (  # told before the storage is made: no x.db
+            ["--storage=sqlite:///x.db", "--set=strategy.name=optuna"]
+            + ["--set=model.name=/nonexistent/model"],
+            "model '/nonexistent/model': no such local directory",
+        ),
+        (  # spawning workers makes the storage first: the model is checked before that too
+            ["--storage=sqlite:///x.db", "--set=strategy.name=pso", "--workers=2"]
+            + ["--set=model.name=/nonexistent/model"],
+            "model '/nonexistent/model': no such local directory",
+        ),
     ],
-    ids=["devices per worker", "no storage"],
+    ids=["devices per worker", "no storage", "negative retries", "no model", "no model, 2"],
 )
 def test_worker_bad_input(args: list[str], expected: str, assets: Path, tmp_path: Path) -> None:
     config = tmp_path / "study.yaml"

@@ -147,7 +147,7 @@ CASES: list[tuple[str, Prep, str]] = [
     (
         "run: a NaN coefficient bound",
         cfg("run", study(space={**study()["space"], "coeff": [float("nan"), 0.1]})),
-        "config: space.coeff: bounds must be finite numbers, got [nan, 0.1]",
+        "config: space.coeff.0: Input should be a finite number (got nan)",
     ),
     (
         "run: model name empty",

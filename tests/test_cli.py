@@ -38,6 +38,33 @@ def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path
         cli.main(["--debug", "data"])
 
 
+@pytest.mark.parametrize(
+    ("exc", "code", "start"),
+    [
+        (ValueError("too many values to unpack (expected 2)"), 1, "blackbox: unexpected error: "),
+        (IndexError("shape mismatch"), 1, "blackbox: unexpected error: "),
+        (ConfigError("config: seed: bad"), 2, "blackbox: error: config: seed: bad"),
+    ],
+    ids=["a library's ValueError is a bug", "IndexError", "a UserError is bad input"],
+)
+def test_only_user_errors_are_exit_2(monkeypatch, capsys, tmp_path, exc, code, start) -> None:
+    """A ValueError from inside a library (BLOOM's alibi unpacking) is an internal error:
+    exit 1 and a log, not "bad input"; only the UserError types are exit 2."""
+
+    def boom(_args):
+        raise exc
+
+    monkeypatch.setattr(cli, "cmd_data", boom)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert cli.main(["data"]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(start)
+    assert len(list(tmp_path.glob("blackbox-error-*.log"))) == (code == 1)
+
+
 def _hold_lock(path: Path) -> subprocess.Popen:
     code = (
         "import sys, time; from pathlib import Path; from blackbox.study.rundir import lock_dir;"
@@ -144,3 +171,77 @@ def test_every_extra_command_is_registered_for_the_top_level_help() -> None:
     parser = cli._parser([])
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(cli.EXTRA_COMMAND_MODULES) | set(cli.BUILTIN_COMMANDS) == set(sub.choices)
+
+
+def test_the_summary_names_the_exported_side_effects_choice(capsys) -> None:
+    """Search scores tie: the best found (trial 1) is not the side-effects rule's choice
+    (trial 8, the one steered.pt holds); the summary prints both, the exported one named."""
+    from blackbox.cli import _print_summary
+
+    result = {
+        "splits": {"search": 4, "heldout": 4},
+        "task": "t",
+        "metric": "acc",
+        "space": "steering",
+        "strategy": "random",
+        "seed": 0,
+        "baselines": {},
+        "best": {
+            "search": {"score": 0.5},
+            "heldout": {"score": 0.25},
+            "candidate": {"v.layer": 1, "v.coeff": 0.3},
+        },
+        "side_effects": {
+            "chosen": {
+                "trial": 8,
+                "candidate": {"v.layer": 2, "v.coeff": 0.1},
+                "search": {"score": 0.5, "kl": 0.01},
+                "heldout": {"score": 0.75, "kl": 0.02},
+            }
+        },
+        "evaluations": 9,
+        "resumed_evaluations": 0,
+        "cache_hits": 0,
+        "cost_forward_passes": 36,
+        "wall_seconds": 1.0,
+    }
+    _print_summary(result)
+    out = capsys.readouterr().out
+    assert "best candidate: {'v.layer': 1, 'v.coeff': 0.3}" in out
+    assert (
+        "exported candidate (trial 8, the side-effects rule's choice: search 0.5000, held-out "
+        "0.7500): {'v.layer': 2, 'v.coeff': 0.1}"
+    ) in out
+    result["side_effects"]["chosen"]["candidate"] = result["best"]["candidate"]
+    _print_summary(result)
+    assert "exported candidate" not in capsys.readouterr().out  # the same: said once
+
+
+def test_the_summary_reports_the_attribution_cost_on_its_own_line(capsys) -> None:
+    from blackbox.cli import _print_summary
+
+    result = {
+        "splits": {"search": 4},
+        "objective": "neuron",
+        "metric": "z",
+        "space": "tokens",
+        "strategy": "epo",
+        "seed": 0,
+        "baselines": {},
+        "best": {"search": {"score": 5.0}, "heldout": None, "candidate": {"text": "a b"}},
+        "prompt": {
+            "text": "a b",
+            "attribution": [{"drop": 0.5}, {"drop": -0.25}],
+            "attribution_cost": 123.0,
+        },
+        "evaluations": 9,
+        "resumed_evaluations": 0,
+        "cache_hits": 0,
+        "cost_forward_passes": 600,
+        "wall_seconds": 1.0,
+    }
+    _print_summary(result)
+    assert (
+        "per-token attribution: 123 forward-pass equivalents after the search, outside its "
+        "budget; 1 position(s) have a single-token swap that scores higher"
+    ) in capsys.readouterr().out

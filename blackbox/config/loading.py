@@ -1,9 +1,11 @@
 """Reading a config: YAML (safe-loaded), ``--set a.b=c`` overrides, one-line errors.
 
-``load_config(path, overrides)`` reads a YAML file, applies the overrides (values parsed as
-YAML scalars), validates the result into a :class:`~blackbox.config.schema.StudyConfig` and
-checks that its space, objective and strategy can meet (:mod:`blackbox.config.rules`).  Every
-problem is a :class:`~blackbox.config.base.ConfigError` with one line naming the field and what
+``load_config(path, overrides)`` reads a YAML file (safe-loaded; a key given twice in one
+mapping is an error, not "the last one wins"), applies the overrides (values parsed as YAML
+scalars; list items addressed as ``a.1.b`` or ``a[1].b``), validates the result into a
+:class:`~blackbox.config.schema.StudyConfig` and checks that its space, objective and strategy
+can meet (:mod:`blackbox.config.rules`).  Every problem is a
+:class:`~blackbox.config.base.ConfigError` with one line naming the field and what
 is allowed.  No ``exec``, no pickle.
 """
 
@@ -85,8 +87,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _shown(value: Any, msg: str) -> str:
     """`` (got VALUE)``: passwords masked, at most 60 characters, nothing when the message
     already quotes the value."""
-    text = mask_url(short_repr(value, 80))
-    if text[:20] in msg:
+    raw = short_repr(value, 80)
+    text = mask_url(raw)
+    if text[:20] in msg or raw[:20] in msg:
         return ""
     return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
 
@@ -102,7 +105,15 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Study
         return f"config: unknown key {where!r}; allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"config: {where}: required field is missing"
-    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    if err["type"] == "union_tag_invalid":  # pydantic quotes the tag raw (a newline and all)
+        ctx = err.get("ctx", {})
+        field = str(ctx.get("discriminator", "type")).strip("'")
+        return (
+            f"config: {where}.{field}: {short_repr(ctx.get('tag'))} is not a known {field}; "
+            f"allowed: {ctx.get('expected_tags', '')}"
+        )
+    # one line: a value pydantic quotes in its message may hold a newline
+    msg = err.get("msg", "invalid").removeprefix("Value error, ").replace("\n", "\\n")
     got = err.get("input")
     shown = "" if isinstance(got, dict | list) else _shown(got, msg)
     named = re.match(r"^([a-z_]+): ", msg)
@@ -113,44 +124,130 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Study
     return f"config: {where}: {msg}{shown}"
 
 
-def _parse_scalar(text: str) -> Any:
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any depth; keys a
+    merge ``<<: *anchor`` brings in may still be overridden, as YAML intends)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    f"duplicate key {short_repr(key)} (first on line {seen[key]}); give each "
+                    "key once",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _parse_scalar(text: str, item: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--set {item!r}: {exc.problem}") from None
     except yaml.YAMLError:
         return text
 
 
+INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _key_parts(key: str, item: str) -> list[str]:
+    """``a.b[1].c`` -> ``["a", "b", "1", "c"]`` (``a.b.1.c`` gives the same)."""
+    parts: list[str] = []
+    for segment in key.strip().split("."):
+        head = INDEX.split(segment)  # "b[1][2]" -> ["b", "1", "", "2", ""]
+        name, indices = head[0], head[1::2]
+        if INDEX.sub("", segment) != name or (not name and not indices):
+            raise ConfigError(f"--set {item!r}: empty or malformed key segment {segment!r}")
+        parts += ([name] if name else []) + indices
+    return parts
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
+def _child(node: Any, part: str, where: str, key: str) -> tuple[Any, Any]:
+    """The container and the key (a str or a list index) that ``part`` addresses in ``node``."""
+    if isinstance(node, dict):
+        return node, part
+    if isinstance(node, list):
+        if not part.isdigit():
+            raise ConfigError(
+                f"--set {key}: {where} is a list of {_items(len(node))}; address an item by its "
+                f"index (0..{len(node) - 1}), not {part!r}"
+            )
+        index = int(part)
+        if index >= len(node):
+            span = f"0..{len(node) - 1}" if node else "none"
+            raise ConfigError(
+                f"--set {key}: {where}: index {index} is out of range ({_items(len(node))}; "
+                f"allowed: {span})"
+            )
+        return node, index
+    raise ConfigError(
+        f"--set {key}: {where} is {short_repr(node)}, not a mapping or a list, so it has no "
+        f"{'item' if part.isdigit() else 'key'} {part!r}"
+    )
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides (``c`` parsed as YAML) to a nested dict (copied)."""
+    """Apply ``a.b=c`` overrides (``c`` parsed as YAML) to a nested dict (copied).  List items
+    are addressed by index: ``space.vectors.1.name=x`` or ``side_effects[0].size=8``."""
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty key segment")
-        node = data
-        for p in parts[:-1]:
-            nxt = node.get(p)
+        parts = _key_parts(key, item)
+        key = key.strip()
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            container, k = _child(node, p, ".".join(parts[:i]) or "the config", key)
+            nxt = container[k] if isinstance(container, list) else container.get(k)
             if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+                if parts[i + 1].isdigit():
+                    raise ConfigError(
+                        f"--set {key}: {where} is not set, so it has no item {parts[i + 1]}"
+                    )
+                nxt = container[k] = {}
             node = nxt
-        node[parts[-1]] = _parse_scalar(value)
+        container, k = _child(node, parts[-1], ".".join(parts[:-1]) or "the config", key)
+        container[k] = _parse_scalar(value, item)
     return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Safe-load a YAML mapping from ``path``."""
+    """Safe-load a YAML mapping from ``path`` (a regular file; duplicate keys refused)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config: {str(path)!r} is a directory; give a YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config: file {str(path)!r} does not exist")
+    if not path.is_file():  # /dev/zero, a FIFO, a socket: reading could never end
+        raise ConfigError(f"config: {str(path)!r} is not a regular file; give a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise ConfigError(
@@ -159,6 +256,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config: {path}: cannot be read ({exc.strerror or exc})") from None
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise ConfigError(f"config: {path} line {line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -166,7 +266,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"config: {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {path}: top level must be a mapping of keys to values")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(
+            f"config: {path}: not a YAML mapping (got {got}); the top level must be a mapping "
+            "of keys to values"
+        )
     return data
 
 

@@ -73,13 +73,39 @@ def allowed_cells() -> list[tuple[str, str, str]]:
     ]
 
 
-def _check_settings(name: str, strat_cls: Any, settings: dict[str, Any]) -> None:
-    """Unknown settings and values of the wrong type, before any model loads."""
+def settings_field(strategy: str, message: str) -> str:
+    """A strategy's one-line settings error with the config path of the setting it names
+    (``nevergrad.optimizer: ...`` -> ``strategy.settings.optimizer: ...``)."""
+    if message.startswith("strategy.settings"):  # names its setting already
+        return message
+    head, sep, rest = message.partition(": ")
+    prefix = f"{strategy}."
+    if sep and head.startswith(prefix) and head[len(prefix) :].isidentifier():
+        return f"strategy.settings.{head[len(prefix) :]}: {rest}"
+    return f"strategy.settings: {message}"
+
+
+def traits(name: str, strat_cls: Any, settings: dict[str, Any]) -> Any:
+    """``strat_cls.traits_for(settings)``; a setting it cannot read is a one-line
+    :class:`ConfigError` naming the setting."""
+    try:
+        return strat_cls.traits_for(settings)
+    except ValueError as exc:
+        raise ConfigError(f"config: {settings_field(name, str(exc))}") from None
+
+
+def _check_settings(
+    name: str, strat_cls: Any, settings: dict[str, Any], known_only: bool = False
+) -> None:
+    """Unknown settings (unless ``known_only``) and values of the wrong type, before any model
+    loads."""
     from blackbox.strategies import check_settings, settings_fields
 
     allowed = settings_fields(strat_cls)
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
+    unknown = sorted(set(settings) - set(allowed), key=str)
+    if known_only:
+        settings = {k: v for k, v in settings.items() if k in allowed}
+    elif unknown:
         raise ConfigError(
             f"config: strategy.settings: unknown setting(s) {unknown} for {name!r}; "
             f"allowed: {sorted(allowed) or 'none'}"
@@ -100,6 +126,9 @@ def check_study(cfg: Any) -> None:
         strat_cls = strategies.get(cfg.strategy.name)
     except ValueError as exc:
         raise ConfigError(f"config: strategy.name: {str(exc).removeprefix('strategy: ')}") from None
+    # the known settings' types first: traits_for reads them (token_ga's mutation, nevergrad's
+    # optimizer); unknown settings are reported last, after what the combination says
+    _check_settings(cfg.strategy.name, strat_cls, dict(cfg.strategy.settings), known_only=True)
     why = objective_reason(space_cls.traits, obj_cls.traits)
     if why:
         ok = [s for s, c in spaces.items() if objective_reason(c.traits, obj_cls.traits) is None]
@@ -118,7 +147,9 @@ def check_study(cfg: Any) -> None:
             "objective.prompts_file (one prompt per line)"
         )
     settings = dict(cfg.strategy.settings)
-    why = strategy_reason(space_cls.traits, obj_cls.traits, strat_cls.traits_for(settings))
+    why = strategy_reason(
+        space_cls.traits, obj_cls.traits, traits(cfg.strategy.name, strat_cls, settings)
+    )
     default_ok = strategy_reason(space_cls.traits, obj_cls.traits, strat_cls.traits_for({})) is None
     if why and default_ok:  # the settings are the problem (nevergrad's CMA on token ids, ...)
         hint = getattr(strat_cls, "discrete_hint", "its default settings")
@@ -137,7 +168,7 @@ def check_study(cfg: Any) -> None:
             s
             for s, c in spaces.items()
             if objective_reason(c.traits, obj_cls.traits) is None
-            and strategy_reason(c.traits, obj_cls.traits, strat_cls.traits_for(settings)) is None
+            and strategy_reason(c.traits, obj_cls.traits, traits(name, strat_cls, settings)) is None
         ]
         on = f"; {name!r} works on: {', '.join(works)}" if works else ""
         raise ConfigError(

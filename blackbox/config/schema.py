@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from blackbox.config.base import ConfigError, Strict, check_name, check_storage_url
+from blackbox.config.base import ConfigError, Population, Strict, check_name, check_storage_url
 from blackbox.config.objectives import ObjectiveConfig
 from blackbox.config.side_effects import SideEffectConfig, duplicate_column
 from blackbox.config.spaces import SoftPromptSpaceConfig, SteeringSpaceConfig, TokenSpaceConfig
@@ -58,7 +58,7 @@ class TaskConfig(Strict):
 
 class StrategyConfig(Strict):
     name: str = "pso"
-    population: int = Field(8, ge=1)
+    population: Population = 8
     settings: dict[str, Any] = Field(default_factory=dict)
 
 

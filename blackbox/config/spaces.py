@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from blackbox.config.base import Strict
 
 Placement = Literal["before_input", "after_input", "system", "template"]
+
+COEFF_LIMIT = 1000.0
+"""The largest ``|coeff|`` bound: a coefficient is relative to the layer's typical residual norm,
+so 1000 is already far past any useful steering (and the box's width stays finite)."""
+BOUND_LIMIT = 1000.0
+"""The largest soft-prompt ``bound``, in embedding spreads."""
 
 
 class VectorConfig(Strict):
@@ -41,19 +46,27 @@ class VectorConfig(Strict):
 
 
 class SteeringSpaceConfig(Strict):
-    """Per steering vector a layer and a relative coefficient."""
+    """Per steering vector a layer and a relative coefficient (finite bounds: every float of a
+    :class:`Strict` section is)."""
 
     type: Literal["steering"] = "steering"
     vectors: list[VectorConfig] = Field(min_length=1)
     layers: tuple[int, int] = Field(description="inclusive layer range searched")
     coeff: tuple[float, float] = Field((-1.0, 1.0), description="relative coefficient range")
-    fixed_layers: dict[str, int] = Field(default_factory=dict)
+    fixed_layers: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="vector name -> its layer (not searched)"
+    )
     read: Literal["last", "mean"] = "last"
 
     @model_validator(mode="after")
     def _ranges(self) -> SteeringSpaceConfig:
-        if not all(math.isfinite(c) for c in self.coeff):
-            raise ValueError(f"coeff: bounds must be finite numbers, got {list(self.coeff)}")
+        if max(abs(c) for c in self.coeff) > COEFF_LIMIT:
+            raise ValueError(
+                f"coeff: {list(self.coeff)} is out of range; allowed: bounds within "
+                f"[-{COEFF_LIMIT:g}, {COEFF_LIMIT:g}] (relative to the layer's residual norm)"
+            )
+        if self.layers[0] < 0:
+            raise ValueError(f"layers: lower bound {self.layers[0]} is negative; allowed: >= 0")
         if self.layers[0] > self.layers[1]:
             raise ValueError(f"layers: lower bound {self.layers[0]} > upper {self.layers[1]}")
         if self.coeff[0] > self.coeff[1]:
@@ -61,6 +74,11 @@ class SteeringSpaceConfig(Strict):
         names = [v.name for v in self.vectors]
         if len(set(names)) != len(names):
             raise ValueError(f"vectors: names must be unique, got {names}")
+        unknown = [k for k in self.fixed_layers if k not in names]
+        if unknown:
+            raise ValueError(
+                f"fixed_layers: {unknown[0]!r} is not a vector of this space; allowed: {names}"
+            )
         return self
 
 
@@ -107,7 +125,9 @@ class SoftPromptSpaceConfig(Strict):
     subspace_dim: int | None = Field(
         None, ge=1, description="k of the random subspace z (Black-Box Tuning); null: full n*d"
     )
-    bound: float = Field(5.0, gt=0, description="box half-width of z, in embedding spreads")
+    bound: float = Field(
+        5.0, gt=0, le=BOUND_LIMIT, description="box half-width of z, in embedding spreads"
+    )
     baseline: str | None = Field(
         None, description="hand-written text in the soft prompt's place, scored as a baseline"
     )
@@ -117,8 +137,6 @@ class SoftPromptSpaceConfig(Strict):
     def _init_text(self) -> SoftPromptSpaceConfig:
         if self.init == "text" and not self.init_text:
             raise ValueError("init_text: init 'text' needs a non-empty init_text")
-        if not math.isfinite(self.bound):
-            raise ValueError(f"bound: must be a finite number, got {self.bound}")
         return self
 
 

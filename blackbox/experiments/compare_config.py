@@ -7,10 +7,11 @@ Validated before any model loads: every entry's space, objective and strategy mu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from blackbox.config import (
     BudgetConfig,
@@ -21,20 +22,30 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
-from blackbox.config.base import NAME_PATTERN, Seed, StorageURL
+from blackbox.config.base import NAME_PATTERN, Population, Seed, StorageURL
 from blackbox.config.schema import SpaceSection
+from blackbox.masking import short_repr
+
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 class RunStrategy(Strict):
     """One entry of the matrix (a curve in the report): a strategy on a space."""
 
     name: str = Field(description="registered strategy name (pso, nevergrad, optuna, random, ...)")
-    label: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.+-]+$", description="curve name; default the strategy name"
-    )
-    population: int = Field(8, ge=1)
+    label: str | None = Field(None, description="curve name; default the strategy name")
+    population: Population = 8
     settings: dict[str, Any] = Field(default_factory=dict)
     space: str | None = Field(None, description="a key of `spaces`; default the study's space")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_PATTERN.fullmatch(v):  # fullmatch: no final newline
+            raise ValueError(
+                f"{short_repr(v)} is not a curve name; allowed: letters, digits, '_', '.', '+', '-'"
+            )
+        return v
 
     @property
     def key(self) -> str:
@@ -77,7 +88,7 @@ class CompareConfig(Strict):
         if self.tasks and len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: must be unique, got {self.tasks}")
         for task in self.tasks or []:
-            if not NAME_PATTERN.match(task):
+            if not NAME_PATTERN.fullmatch(task):
                 raise ValueError(
                     f"tasks: {task!r}: each task names its report's directory, so it must be a "
                     "task name (letters, digits, '_', '.', '-'), not a path; a task YAML goes "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from blackbox.errors import UserError
+
 
 class Finisher:
     """What a run of one space writes after the search.
@@ -13,8 +15,9 @@ class Finisher:
     :meth:`export` (the best candidate's files, also from ``blackbox export``).
 
     Attributes:
-        formats: export format name -> what it writes (the first is the default, the one
-            :meth:`finish` writes).
+        formats: export format name -> what it writes, starting with the file (or ``dir/``)
+            it writes by default (the first format is the default, the one :meth:`finish`
+            writes).
     """
 
     name: ClassVar[str] = ""
@@ -38,13 +41,19 @@ class Finisher:
         raise NotImplementedError
 
     @classmethod
+    def default_name(cls, fmt: str) -> str:
+        """The file (or ``directory/``) that format ``fmt`` writes by default: the first word
+        of its description in :attr:`formats`."""
+        return cls.formats[fmt].split()[0].rstrip(":")
+
+    @classmethod
     def check_format(cls, fmt: str | None, space: str) -> str:
         """``fmt`` or the default; one-line :class:`ValueError` for a format of another space."""
         names = list(cls.formats)
         if fmt is None:
             return names[0]
         if fmt not in cls.formats:
-            raise ValueError(
+            raise UserError(
                 f"export: --format {fmt}: a {space} run exports {', '.join(names)} (or all)"
             )
         return fmt

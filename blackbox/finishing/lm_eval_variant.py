@@ -17,8 +17,8 @@ is the run's held-out split and ``samples.json`` holds its held-out documents, s
         --samples "$(cat DIR/samples.json)"
 
 scores the documents the run held out.  lm-eval tokenises the text, the search scored the ids:
-the two agree wherever the prompt's edges do not merge with the text around them (see the
-README for the measured agreement).
+the two agree wherever the prompt's edges do not merge with the text around them (see
+docs/exports.md for the measured agreement).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from typing import Any
 
 import yaml
 
+from blackbox.errors import UserError
+
 RAW = "{{% raw %}}{}{{% endraw %}}"
 
 
 def _raw(text: str) -> str:
     if "endraw" in text:
-        raise ValueError("export: the prompt's text holds 'endraw'; it cannot be put in Jinja")
+        raise UserError("export: the prompt's text holds 'endraw'; it cannot be put in Jinja")
     return RAW.format(text) if text else ""
 
 
@@ -58,7 +60,7 @@ def task_yaml_path(name: str) -> Path:
         kind = getattr(getattr(entry, "kind", None), "name", "").lower() or None
         path = getattr(entry, "yaml_path", None)
     if kind != "task" or path in (-1, None):
-        raise ValueError(
+        raise UserError(
             f"export: task {name!r} is not built from one YAML file, so no variant can include it"
         )
     return Path(path)
@@ -70,7 +72,7 @@ def variant_config(
     """The variant's YAML content (a dict): ``include`` the task's YAML and override the field
     that puts ``text`` where ``placement`` says."""
     if getattr(task, "multiple_input", False):
-        raise ValueError("export: a multiple-input task (one context per choice) has no variant")
+        raise UserError("export: a multiple-input task (one context per choice) has no variant")
     cfg: dict[str, Any] = {"include": str(base), "task": name, "test_split": split}
     c = task.config
     if placement == "before_input":
@@ -78,7 +80,7 @@ def variant_config(
     elif placement == "after_input":
         doc_to_text = c.doc_to_text
         if not isinstance(doc_to_text, str):
-            raise ValueError(
+            raise UserError(
                 f"export: task {c.task!r}'s doc_to_text is a Python function; a YAML variant "
                 "cannot append the prompt to it"
             )
@@ -86,7 +88,7 @@ def variant_config(
             doc_to_text = "{{" + doc_to_text + "}}"  # a column name: as a template
         cfg["doc_to_text"] = doc_to_text + _raw(text)
     else:
-        raise ValueError(f"export: placement {placement!r} has no lm-eval task variant")
+        raise UserError(f"export: placement {placement!r} has no lm-eval task variant")
     return cfg
 
 
@@ -149,7 +151,7 @@ def write_task_variant(
             checked token for token (:func:`exact_requests`) and a mismatch is one note line.
     """
     if cfg.task is None or cfg.objective.type != "lm_eval_task":
-        raise ValueError(
+        raise UserError(
             f"export: --format lm_eval needs a run whose objective is an lm-eval task (this "
             f"run's is {cfg.objective.type!r})"
         )
@@ -162,10 +164,10 @@ def write_task_variant(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.yaml", out_dir / "samples.json", out_dir / "prompt.txt"]
-    header = (
+    header = (  # DIR, not this path: the export writes under a temporary name, then moves
         f"# blackbox run {cfg.name!r}: the searched prompt {cfg.space.placement.replace('_', ' ')}"
         f" of {base_name}.\n# lm_eval --model hf --model_args pretrained=MODEL --include_path "
-        f'{out_dir} --tasks {name} --samples "$(cat {paths[1]})"\n'
+        f'DIR --tasks {name} --samples "$(cat DIR/samples.json)"  # DIR: this directory\n'
     )
     paths[0].write_text(header + yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
     paths[1].write_text(json.dumps({name: docs}))

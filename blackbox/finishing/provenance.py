@@ -55,9 +55,17 @@ def statistics(summary: Any, seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def _command(model: str, task: str, include: Path, samples: Path, steer: Path | None) -> str:
+def _command(
+    model: str,
+    task: str,
+    include: Path,
+    samples: Path,
+    steer: Path | None,
+    peft: Path | None = None,
+) -> str:
     kind = "steered" if steer is not None else "hf"
     args = f"pretrained={model}" + (f",steer_path={steer}" if steer is not None else "")
+    args += f",peft={peft}" if peft is not None else ""
     return (
         f"lm_eval --model {kind} --model_args {shlex.quote(args)} --include_path "
         f"{shlex.quote(str(include))} --tasks {task} --samples "
@@ -124,3 +132,38 @@ def provenance(
         "commands": commands,
     }
     return out
+
+
+def export_command(
+    result: dict[str, Any] | None, fmt: str, paths: list[Path], model: Path
+) -> str | None:
+    """The ``lm_eval`` command that scores the exported files on the run's held-out
+    documents (``None`` for a format lm-eval does not read, or a run without an lm-eval
+    task's provenance).
+
+    Args:
+        result: the run's ``result.json``.
+        fmt: the export format written.
+        paths: the files it wrote.
+        model: the model directory.
+    """
+    model_s = str(Path(model).resolve())
+    if fmt == "lm_eval":  # a task variant: its own include path and samples
+        yaml_file = next((p for p in paths if p.suffix == ".yaml"), None)
+        if yaml_file is None:
+            return None
+        folder = yaml_file.parent.resolve()
+        return _command(model_s, yaml_file.stem, folder, folder / "samples.json", None)
+    lm = ((result or {}).get("provenance") or {}).get("lm_eval") or {}
+    if not {"include_path", "task", "samples"} <= set(lm):
+        return None
+    include, samples = Path(lm["include_path"]).resolve(), Path(lm["samples"]).resolve()
+    if fmt == "steered":
+        steer = next((p for p in paths if p.suffix == ".pt"), None)
+        return None if steer is None else _command(model_s, lm["task"], include, samples, steer)
+    if fmt == "peft":
+        adapter = next((p.parent for p in paths if p.name == "adapter_config.json"), None)
+        if adapter is None:  # embeddings + template: PEFT cannot express the placement
+            return None
+        return _command(model_s, lm["task"], include, samples, None, peft=adapter.resolve())
+    return None

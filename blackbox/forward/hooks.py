@@ -72,11 +72,11 @@ def add_per_row(
         big = hidden.shape[0]
         small = big // repeat
 
-        def widen(value: Any) -> Any:
-            return value if small == big else repeat_batch(value, small, repeat)
+        def widen(value: Any, name: str | None = None) -> Any:
+            return value if small == big else repeat_batch(value, small, repeat, name)
 
         args = tuple(a if i == 0 else widen(a) for i, a in enumerate(args))
-        kwargs = {k: (v if k == "hidden_states" else widen(v)) for k, v in kwargs.items()}
+        kwargs = {k: (v if k == "hidden_states" else widen(v, k)) for k, v in kwargs.items()}
         return args, kwargs
 
     try:
@@ -106,6 +106,10 @@ class Capture:
 def capture(model: torch.nn.Module, wanted: Sequence[Capture]) -> Iterator[dict[Capture, Any]]:
     """Record the activations ``wanted`` while the block runs (hooks always removed).
 
+    Every capture is ``(B, T, width)``.  Architectures that flatten the MLP input to
+    ``(B*T, f)`` (OPT runs ``fc1``/``fc2`` on 2-D hidden states) are reshaped back, with
+    ``(B, T)`` read from the block's own input.
+
     Register after any steering hooks: forward hooks run in registration order, so a residual
     capture at a steered layer sees the steered output.
     """
@@ -118,9 +122,35 @@ def capture(model: torch.nn.Module, wanted: Sequence[Capture]) -> Iterator[dict[
                     lambda _m, _a, out, c=cap: store.__setitem__(c, layer_output_hidden(out))
                 )
             else:
+                shape: list[torch.Size] = []  # (B, T, d) of the block's input, last call
+                block = layers[cap.layer]  # type: ignore[index]
+                pre = block.register_forward_pre_hook(_block_input_shape(shape), with_kwargs=True)
+                stack.callback(pre.remove)
                 proj = mlp_output_projection(model, cap.layer)
                 handle = proj.register_forward_pre_hook(
-                    lambda _m, args, c=cap: store.__setitem__(c, args[0])
+                    lambda _m, args, c=cap, s=shape: store.__setitem__(c, _unflatten(args[0], s))
                 )
             stack.callback(handle.remove)
         yield store
+
+
+def _block_input_shape(shape: list[torch.Size]) -> Any:
+    """A forward pre-hook keeping the shape of a block's hidden-states input in ``shape``."""
+
+    def hook(_m: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if torch.is_tensor(hidden):
+            shape[:] = [hidden.shape]
+
+    return hook
+
+
+def _unflatten(x: torch.Tensor, shape: list[torch.Size]) -> torch.Tensor:
+    """``(B, T, f)`` from an MLP input that is ``(B, T, f)`` already or flattened ``(B*T, f)``
+    (``shape`` holds the block input's ``(B', T, d)``)."""
+    if x.dim() != 2 or not shape or len(shape[0]) != 3:
+        return x
+    t = int(shape[0][1])  # rows may have been widened since (branching): trust T only
+    if t == 0 or x.shape[0] % t:
+        raise RuntimeError(f"MLP input of shape {tuple(x.shape)} does not flatten {t} positions")
+    return x.reshape(-1, t, x.shape[-1])

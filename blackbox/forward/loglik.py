@@ -79,6 +79,10 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+class _ResumeRefused(Exception):
+    """Trunk resume raised and was switched off: score the block again with full forwards."""
+
+
 class LoglikScorer:
     """Scores queries on fixed rows under many candidates.
 
@@ -116,6 +120,12 @@ class LoglikScorer:
         self._trunk_rows: dict[int, Rows] = {}  # keeps cached Rows alive (ids stay unique)
         self._cached_bytes = 0
         self.resume_ok: bool | None = None if (branch and final_norm(model) is not None) else False
+        # Branching inside one forward when resume is off; ``None`` until checked.
+        self.branch_ok: bool | None = None if branch else False
+        # Why a fast path was switched off ("trunk_resume", "branch", "packed_rows": one line).
+        self.fallbacks: dict[str, str] = {}
+        if branch and self.resume_ok is False:
+            self.fallbacks["trunk_resume"] = f"{type(model).__name__}: no final norm found"
         attn = getattr(model.config, "_attn_implementation", None)
         # Packed tree rows need an attention that takes a custom 4-D additive mask; ``None``
         # until checked (:func:`blackbox.evals.lm_eval_task.check_packing`).
@@ -173,7 +183,13 @@ class LoglikScorer:
             c_count = max(1, min(n_cand, budget_rows // e_count))
             block_rows = order_r[r0 : r0 + e_count]
             try:
-                trunk = self._trunk_for(rows, block_rows) if self._can_resume(lowest) else None
+                trunk = None
+                if self._can_resume(lowest):
+                    try:
+                        trunk = self._trunk_for(rows, block_rows)
+                    except Exception as exc:  # fall back, or re-raise
+                        self._refuse_resume(exc)
+                        raise _ResumeRefused from exc
                 for c0 in range(0, n_cand, c_count):
                     block_c = order_c[c0 : c0 + c_count]
                     self._run_block(
@@ -190,6 +206,8 @@ class LoglikScorer:
                     )
                     if progress is not None:
                         progress(len(block_c) * len(block_rows))
+            except _ResumeRefused:
+                continue  # this block of rows again, sized for full forwards
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc) or (e_count == 1 and c_count == 1):
                     raise  # not memory, or even one candidate on one row does not fit
@@ -204,6 +222,22 @@ class LoglikScorer:
 
     def _can_resume(self, lowest: list[int | None]) -> bool:
         return bool(self.resume_ok is not False and -1 not in lowest)
+
+    def _refuse_resume(self, exc: Exception) -> None:
+        """Switch trunk resume off after it raised ``exc``, loudly (reported in ``result.json``:
+        ``scoring``); re-raise an out-of-memory error, or any error once resume has passed its
+        self-check on this model (then it is a real error, not an architecture's)."""
+        if _is_oom(exc) or self.resume_ok:
+            raise exc
+        import warnings
+
+        self.resume_ok = False
+        reason = f"{type(self.model).__name__}: {type(exc).__name__}: {exc}".splitlines()[0]
+        self.fallbacks["trunk_resume"] = reason
+        warnings.warn(
+            f"resuming from a captured trunk failed ({reason}); falling back to full forwards",
+            stacklevel=3,
+        )
 
     def _batch(self, rows: Rows, block_rows: np.ndarray) -> Batch:
         """The right-padded inputs of a block of rows (with a tree mask if any row is packed)."""
@@ -267,8 +301,12 @@ class LoglikScorer:
                 hidden = trunk.final.repeat(n, 1, 1)  # nothing steers: the trunk is the answer
             else:
                 start = min(x for x in lowest if x is not None)
-                with apply(self.model, cands, row_cand, 1):
-                    hidden = resume(self.model, trunk, start, n)  # (n*e, T, d)
+                try:
+                    with apply(self.model, cands, row_cand, 1):
+                        hidden = resume(self.model, trunk, start, n)  # (n*e, T, d)
+                except Exception as exc:  # any failure: fall back, or re-raise
+                    self._refuse_resume(exc)
+                    raise _ResumeRefused from exc
                 if self.resume_ok is None:
                     hidden = self._verify(
                         self._batch(rows, block_rows), cands, row_cand, hidden, apply
@@ -276,12 +314,10 @@ class LoglikScorer:
         elif all_none:
             hidden = self._trunk(self._batch(rows, block_rows))  # (e, T, d): nothing steers
             hidden = hidden.repeat(n, 1, 1)
-        elif self.branch and -1 not in lowest:
-            with apply(self.model, cands, row_cand, n):
-                hidden = self._trunk(self._batch(rows, block_rows))  # (n*e, T, d), branched
+        elif self.branch and self.branch_ok is not False and -1 not in lowest:
+            hidden = self._branched(self._batch(rows, block_rows), cands, row_cand, apply)
         else:
-            with apply(self.model, cands, row_cand, 1):
-                hidden = self._trunk(self._batch(rows, block_rows).repeat(n))  # (n*e, T, d)
+            hidden = self._plain(self._batch(rows, block_rows), cands, row_cand, apply)
         # Gather the queried positions of every (candidate, row) pair.
         q_idx = [queries_of_row[r] for r in block_rows]
         local_row = np.concatenate([np.full(len(q), i) for i, q in enumerate(q_idx)])
@@ -302,26 +338,81 @@ class LoglikScorer:
             logprob[cand_index[c], q_flat] = lp.double().cpu().numpy()
             greedy[cand_index[c], q_flat] = gr.cpu().numpy()
 
+    def _plain(self, batch: Batch, cands, row_cand, apply) -> torch.Tensor:
+        """The plain steered forward: every candidate runs the whole model on its own rows
+        (``(n*e, T, d)``); what every fast path is checked against."""
+        with apply(self.model, cands, row_cand, 1):
+            return self._trunk(batch.repeat(len(cands)))
+
+    def _mismatch(self, hidden: torch.Tensor, ref: torch.Tensor) -> str | None:
+        """``None`` when ``hidden`` equals ``ref`` (the plain forward) to rounding, else how
+        far apart they are (one line)."""
+        scale = ref.float().abs().max().clamp_min(1.0)
+        # fp32 must agree to rounding; half precision differs with batch composition anyway.
+        tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
+        error = float((hidden - ref).float().abs().max() / scale)
+        if error < tol:
+            return None
+        return (
+            f"{type(self.model).__name__}: differs from the plain forward by {error:.2g} of "
+            f"its scale (tolerance {tol:g})"
+        )
+
     def _verify(self, batch: Batch, cands, row_cand, hidden: torch.Tensor, apply) -> torch.Tensor:
         """Once per model: the resumed pass must equal a plain steered forward.
 
         Returns the hidden states to use (the plain ones if the check failed).
         """
-        with apply(self.model, cands, row_cand, 1):
-            ref = self._trunk(batch.repeat(len(cands)))  # (n*e, T, d)
-        scale = ref.float().abs().max().clamp_min(1.0)
-        # fp32 must agree to rounding; half precision differs with batch composition anyway.
-        tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
-        self.resume_ok = bool(((hidden - ref).float().abs().max() / scale) < tol)
-        if not self.resume_ok:
+        ref = self._plain(batch, cands, row_cand, apply)  # (n*e, T, d)
+        why = self._mismatch(hidden, ref)
+        self.resume_ok = why is None
+        if why is not None:
             import warnings
 
+            self.fallbacks["trunk_resume"] = f"resumed hidden states: {why}"
             warnings.warn(
                 f"{type(self.model).__name__}: resuming from a captured trunk does not match the "
                 "plain forward; falling back to full forwards",
                 stacklevel=2,
             )
             return ref
+        return hidden
+
+    def _branched(self, batch: Batch, cands, row_cand, apply) -> torch.Tensor:
+        """Steered rows branching inside one forward (the layers below the lowest steered one
+        run on ``e`` rows, the hooks repeat the batch there): ``(n*e, T, d)``.
+
+        Once per model this is checked against the plain forward; a mismatch, or an error
+        before the check passed (an architecture whose layer inputs cannot be widened), turns
+        branching off, loudly (``fallbacks["branch"]``), and the plain forward is used.
+        """
+        import warnings
+
+        try:
+            with apply(self.model, cands, row_cand, len(cands)):
+                hidden = self._trunk(batch)
+        except Exception as exc:  # any failure: fall back, or re-raise
+            if _is_oom(exc) or self.branch_ok:
+                raise
+            self.branch_ok = False
+            why = f"{type(self.model).__name__}: {type(exc).__name__}: {exc}".splitlines()[0]
+            self.fallbacks["branch"] = why
+            warnings.warn(
+                f"branching steered rows inside one forward failed ({why}); "
+                "falling back to full forwards",
+                stacklevel=3,
+            )
+            return self._plain(batch, cands, row_cand, apply)
+        if self.branch_ok is None:
+            ref = self._plain(batch, cands, row_cand, apply)
+            why = self._mismatch(hidden, ref)
+            self.branch_ok = why is None
+            if why is not None:
+                self.fallbacks["branch"] = f"branched hidden states: {why}"
+                warnings.warn(
+                    f"branched steered rows: {why}; falling back to full forwards", stacklevel=3
+                )
+                return ref
         return hidden
 
     def _trunk(self, batch: Batch) -> torch.Tensor:

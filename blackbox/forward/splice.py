@@ -13,6 +13,11 @@ An objective's documents are :class:`Items`: per document the token ids before t
 - a *hook* intervention (steering) runs ``pre + post`` whole (the hooks change every
   position) with candidate ``c``'s hooks on its rows.
 
+The ``pre`` cache is a fast path: on the first call with a ``pre`` its results are compared
+with ``[pre | prompt | post]`` run whole (right padded, no cache); a mismatch or an error
+(recurrent state caches, decoders that place positions by cache length) switches it off,
+loudly (a warning, ``Splice.fallbacks``), and every later call runs rows whole.
+
 Requested activations (:class:`Capture`: a decoder layer's output, or the input of its MLP
 output projection) are recorded over the positions that ran.  The LM head is not applied here:
 objectives read final hidden states at the positions they need (:meth:`Splice.logits`).
@@ -146,6 +151,11 @@ class Splice:
         self._bytes = 0
         self.pad_id = 0
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        # Whether cached ``pre`` key/values give the plain forward's results: ``None`` until
+        # checked (on the first call with a ``pre``), ``False`` after a mismatch or an error
+        # (recurrent caches, decoders that ignore ``position_ids``): then every row runs whole.
+        self.cache_ok: bool | None = None
+        self.fallbacks: dict[str, str] = {}  # "pre_cache" -> why it was switched off
 
     @property
     def device(self) -> torch.device:
@@ -283,7 +293,6 @@ class Splice:
     ) -> SpliceOut:
         dev = self.device
         c, n, _ = prompt.shape
-        d_items = len(items)
         if n == 0 and any(not q for q in items.post):
             # no prompt and nothing after it: the last pre token runs instead of being cached,
             # so every row has a position of its own (the sequence is unchanged)
@@ -298,6 +307,103 @@ class Splice:
             out = self._run_prompt(items, prompt, keys, captures)
             out.post_start = out.post_start + torch.tensor(shift, device=dev).repeat(c).long()
             return out
+        has_pre = any(len(p) for p in items.pre)
+        if not has_pre or self.cache_ok is not False:
+            try:
+                out = self._run_cached(items, prompt, keys, captures)
+            except Exception as exc:  # any failure: fall back, or re-raise
+                if not has_pre or self.cache_ok or _is_oom(exc):
+                    raise
+                self._refuse_cache(f"{type(exc).__name__}: {exc}")
+            else:
+                if not has_pre or self.cache_ok:
+                    return out
+                with torch.no_grad():  # checked on the first candidate's rows only
+                    ref = self._run_whole(items, prompt[:1].detach(), captures)
+                why = _mismatch(out, ref)
+                self.cache_ok = why is None
+                if why is None:
+                    return out
+                self._refuse_cache(why)
+        return self._run_whole(items, prompt, captures)
+
+    def _refuse_cache(self, why: str) -> None:
+        """Switch the ``pre`` cache off, loudly (``fallbacks["pre_cache"]``)."""
+        import warnings
+
+        self.cache_ok = False
+        why = f"{type(self.model).__name__}: {why}".splitlines()[0]
+        self.fallbacks["pre_cache"] = why
+        warnings.warn(
+            f"cached document prefixes do not give the plain forward's results ({why}); "
+            "every row runs whole",
+            stacklevel=4,
+        )
+
+    def _run_whole(
+        self, items: Items, prompt: torch.Tensor, captures: Sequence[Capture]
+    ) -> SpliceOut:
+        """``[pre | prompt | post]`` run whole per row (right padded, no cache), read back in
+        the cached path's layout: the plain forward the cache is checked against."""
+        dev = self.device
+        c, n, _ = prompt.shape
+        d_items = len(items)
+        post_ids, post_mask = self._right_padded(items.post)  # (D, L)
+        width_l = post_ids.shape[1]
+        pre_len = [len(p) for p in items.pre]
+        width = max(pre_len) + n + width_l
+        post_emb = self.embed(post_ids)  # (D, L, d)
+        prompt = prompt.to(device=dev, dtype=post_emb.dtype)
+        pad = self.embed(torch.tensor([self.pad_id], device=dev))  # (1, d)
+        rows = []
+        for i in range(d_items):
+            pre_emb = self.embed(torch.tensor(items.pre[i], dtype=torch.long, device=dev))
+            n_post = len(items.post[i])
+            parts = [
+                pre_emb[None].expand(c, -1, -1),
+                prompt,
+                post_emb[i, :n_post][None].expand(c, -1, -1),
+                pad[None].expand(c, width - pre_len[i] - n - n_post, -1),
+            ]
+            rows.append(torch.cat(parts, dim=1))  # (C, W, d)
+        embeds = torch.stack(rows, dim=1).reshape(c * d_items, width, -1)  # (C*D, W, d)
+        lengths = torch.tensor(pre_len, device=dev) + n + post_mask.sum(1)  # (D,)
+        full_mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).long()
+        with capture(self.model, captures) as store:
+            out = self.decoder(
+                inputs_embeds=embeds, attention_mask=full_mask.repeat(c, 1), use_cache=False
+            )
+        start = torch.tensor(pre_len, device=dev).repeat(c)  # (R,) where the prompt starts
+        at = (start[:, None] + torch.arange(n + width_l, device=dev)[None]).clamp_max(width - 1)
+        mask = torch.cat(
+            [torch.ones(d_items, n, dtype=torch.long, device=dev), post_mask], dim=1
+        ).repeat(c, 1)
+        hidden = out.last_hidden_state
+        rows_idx = torch.arange(c * d_items, device=dev)
+        has_pre = start > 0
+        pre_last = hidden[rows_idx, (start - 1).clamp_min(0)] * has_pre[:, None].to(hidden.dtype)
+        return SpliceOut(
+            hidden=gather_positions(hidden, at),
+            mask=mask,
+            n_prompt=n,
+            post_start=torch.full((c * d_items,), n, dtype=torch.long, device=dev),
+            last=mask.sum(1) - 1,
+            pre_last=pre_last,
+            has_pre_last=has_pre,
+            captured={k: gather_positions(v, at) for k, v in store.items()},
+        )
+
+    def _run_cached(
+        self,
+        items: Items,
+        prompt: torch.Tensor,
+        keys: Sequence[Hashable] | None,
+        captures: Sequence[Capture],
+    ) -> SpliceOut:
+        """``prompt + post`` run on the cached key/values of ``pre`` (left padded)."""
+        dev = self.device
+        c, n, _ = prompt.shape
+        d_items = len(items)
         cache = self.pre_cache(items.pre, keys)
         post_ids, post_mask = self._right_padded(items.post)
         post_emb = self.embed(post_ids)  # (D, L, d)
@@ -366,6 +472,31 @@ class Splice:
             has_pre_last=torch.zeros(c * d_items, dtype=torch.bool, device=dev),
             captured=dict(store),
         )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _mismatch(out: SpliceOut, ref: SpliceOut) -> str | None:
+    """``None`` when ``out``'s first rows hold ``ref``'s hidden states, last-``pre`` states and
+    captures at every real position (``ref`` may hold fewer rows: the first candidate's), to
+    rounding (1e-4 of their scale in fp32, 3e-2 in half precision); else how far apart they
+    are (one line)."""
+    r = ref.hidden.shape[0]
+    real, pre = ref.mask.bool(), ref.has_pre_last
+    pairs = [(out.hidden[:r][real], ref.hidden[real])]
+    pairs.append((out.pre_last[:r][pre], ref.pre_last[pre]))
+    pairs += [(out.captured[k][:r][real], v[real]) for k, v in ref.captured.items()]
+    worst = 0.0
+    for a, b in pairs:
+        if b.numel():
+            scale = b.detach().float().abs().max().clamp_min(1.0)
+            worst = max(worst, float((a.detach() - b.detach()).float().abs().max() / scale))
+    tol = 1e-4 if ref.hidden.dtype == torch.float32 else 3e-2
+    if worst < tol:
+        return None
+    return f"differs from the plain forward by {worst:.2g} of its scale (tolerance {tol:g})"
 
 
 def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ norm.  Candidates whose lowest steered layer is ``L`` never recompute layers ``<
 captured trunk can be reused across iterations when the rows are fixed.
 
 Nothing here is architecture-specific beyond finding the final norm; a self-check against the
-plain forward (:meth:`Resumer.verify`) guards each model.
+plain forward (:meth:`~blackbox.forward.loglik.LoglikScorer._verify`) guards each model.
 """
 
 from __future__ import annotations
@@ -23,7 +23,22 @@ import torch
 
 from blackbox.models.layers import decoder_layers, layer_output_hidden, repeat_batch
 
-FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+# Paths, from the base model, to the norm applied after the last decoder block.
+FINAL_NORMS = (
+    "norm",  # Llama, Mistral, Qwen2, Gemma, ...
+    "ln_f",  # GPT-2, GPT-J, Falcon, Bloom, CodeGen
+    "final_layernorm",  # Phi, Persimmon, Jamba, Zamba
+    "final_layer_norm",  # GPT-NeoX
+    "decoder.final_layer_norm",  # OPT (under OPTModel.decoder)
+    "norm_f",  # MPT, Mamba, Nemotron-H
+    "final_norm",  # RecurrentGemma
+    "layer_norm",  # BioGPT, XGLM
+    "layernorm",  # CTRL
+    "decoder.layer_norm",  # Whisper, MBart and other seq2seq decoders used alone
+    "embedding_norm",  # LFM2 (applied after the last block despite its name)
+    "language_model.norm",  # multimodal wrappers (Gemma3, GOT-OCR2, ...)
+    "language_model.final_layernorm",  # Fuyu (Persimmon inside)
+)
 
 
 @dataclass
@@ -53,10 +68,16 @@ class Trunk:
 
 
 def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The base model's final norm module, if it has one we know."""
+    """The base model's final norm module, if it has one we know (`FINAL_NORMS`).
+
+    Whether the base model's output really is ``norm(last block's output)`` is not checked
+    here: the scorer's self-check (:meth:`LoglikScorer._verify`) compares with a plain forward.
+    """
     base = model.base_model
-    for name in FINAL_NORMS:
-        mod = getattr(base, name, None)
+    for path in FINAL_NORMS:
+        mod: Any = base
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
         if isinstance(mod, torch.nn.Module):
             return mod
     return None
@@ -117,7 +138,7 @@ def resume(model: torch.nn.Module, trunk: Trunk, start: int, repeat: int) -> tor
     for i in range(start, len(layers)):
         args, kwargs = trunk.inputs[i]
         rest = tuple(repeat_batch(a, e, repeat) for a in args[1:])
-        kw = {k: repeat_batch(v, e, repeat) for k, v in kwargs.items() if k != "hidden_states"}
+        kw = {k: repeat_batch(v, e, repeat, k) for k, v in kwargs.items() if k != "hidden_states"}
         if args:
             out = layers[i](hidden, *rest, **kw)
         else:

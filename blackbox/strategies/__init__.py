@@ -33,6 +33,7 @@ import inspect
 import typing
 from typing import Any
 
+from blackbox.errors import UserError
 from blackbox.masking import short_repr
 from blackbox.registry import Registry
 from blackbox.strategies.adam import Adam, AdamSettings
@@ -114,10 +115,10 @@ def make_strategy(
     allowed = settings_fields(cls)
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"strategy {name!r}: unknown setting(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
         )
-    check_settings(name, cls, settings)
+    settings = check_settings(name, cls, settings)
     return cls(box, seed=seed, population=population, **settings)
 
 
@@ -130,25 +131,41 @@ def _hints(cls: type[Strategy]) -> dict[str, Any]:
         return {}
 
 
-def check_settings(name: str, cls: type[Strategy], settings: dict[str, Any]) -> None:
-    """Check each given setting against its declared type (pydantic, lax: ``1`` is a fine
-    float); ``ValueError`` naming the setting, the expected type and the value otherwise."""
-    from pydantic import TypeAdapter, ValidationError
+def check_settings(name: str, cls: type[Strategy], settings: dict[str, Any]) -> dict[str, Any]:
+    """Check each given setting against its declared type; ``UserError`` naming the setting,
+    what is wrong and what is allowed otherwise.  Returns the settings as the declared types
+    read them (``1`` for a float setting is ``1.0``).
+
+    Pydantic's lax mode decides the types (``1`` is a fine float), except that text or a
+    boolean is never a number and no float may be NaN or infinite, in any setting
+    (:func:`~blackbox.strategies.setting_values.number_problem`).
+    """
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    from blackbox.strategies.setting_values import number_problem
 
     hints = _hints(cls)
+    out = dict(settings)
     for key, value in settings.items():
         hint = hints.get(key)
-        if hint is None or hint is Any:
+        typed = hint is not None and hint is not Any
+        problem = number_problem(hint if typed else None, value)
+        if problem is not None:
+            raise UserError(f"strategy.settings.{key}: {problem} (strategy {name!r})")
+        if not typed:
             continue
         try:
-            TypeAdapter(hint).validate_python(value)
+            out[key] = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(
+                value
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             shown = short_repr(value)  # bounded: a YAML anchor "bomb" is never expanded
-            raise ValueError(
+            raise UserError(
                 f"strategy.settings.{key}: {shown} is not valid for {name!r} "
                 f"({err['msg'][0].lower() + err['msg'][1:]}; declared type: "
                 f"{getattr(hint, '__name__', None) or str(hint).replace('typing.', '')})"
             ) from None
         except Exception:  # a type pydantic cannot check: leave it to the strategy
             continue
+    return out

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.strategies.base import Box, Strategy
 
 
@@ -41,11 +42,11 @@ class AdamSettings:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"adam.lr: must be > 0, got {self.lr}")
+            raise UserError(f"adam.lr: must be > 0, got {self.lr}")
         if self.steps < 1:
-            raise ValueError(f"adam.steps: must be >= 1, got {self.steps}")
+            raise UserError(f"adam.steps: must be >= 1, got {self.steps}")
         if self.minibatch < 0:
-            raise ValueError(f"adam.minibatch: must be >= 0 (0: all items), got {self.minibatch}")
+            raise UserError(f"adam.minibatch: must be >= 0 (0: all items), got {self.minibatch}")
 
 
 class Adam(Strategy):

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.multiobjective import ObjectiveSpec, scalarise
 
 
@@ -45,7 +46,7 @@ class Box:
                 "must be 1-D arrays of one shape"
             )
         if np.any(upper < lower):
-            raise ValueError("box: every upper bound must be >= its lower bound")
+            raise UserError("box: every upper bound must be >= its lower bound")
         names = tuple(self.names) or tuple(f"x{i}" for i in range(lower.size))
         if len(names) != lower.size:
             raise ValueError(f"box: {len(names)} names for {lower.size} dimensions")
@@ -110,7 +111,7 @@ class Strategy(ABC):
 
     def __init__(self, box: Box, seed: int = 0, population: int = 8, **settings: Any) -> None:
         if population < 1:
-            raise ValueError(f"population: must be >= 1, got {population}")
+            raise UserError(f"population: must be >= 1, got {population}")
         self.box = box
         self.seed = int(seed)
         self.population = int(population)

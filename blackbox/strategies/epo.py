@@ -30,9 +30,35 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.pareto import FrontPoint, select_per_weight, update_front
 from blackbox.strategies.base import Box, Strategy
 from blackbox.strategies.proposals import EPO_PROPOSALS, ProposalInputs, ProposalMix
+
+
+def check_counts(name: str, **counts: Any) -> None:
+    """One line naming the first setting that is not a whole number >= its minimum
+    (``counts``: setting -> ``(value, minimum)``)."""
+    for key, (value, low) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise UserError(f"{name}.{key}: must be a whole number >= {low}, got {value!r}")
+
+
+def check_lambdas(name: str, lo: Any, hi: Any, restart: Any, members: int) -> None:
+    """The fluency weights' range and restart factors: finite numbers, ``0 <= lo <= hi``
+    (``lo > 0`` when ``members`` > 1 weights are log-spaced up to ``hi > 0``)."""
+    for key, value in (("lambda_min", lo), ("lambda_max", hi)):
+        if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+            raise UserError(f"{name}.{key}: must be a finite number >= 0, got {value!r}")
+    if lo > hi:
+        raise UserError(f"{name}.lambda_min: {lo} is above lambda_max {hi}; allowed: <= it")
+    if lo == 0 and hi > 0 and members > 1:
+        raise UserError(f"{name}.lambda_min: must be > 0 (the grid is log-spaced), got 0")
+    pair = list(restart) if isinstance(restart, list | tuple) else []
+    if len(pair) != 2 or not all(
+        isinstance(v, int | float) and np.isfinite(v) and v > 0 for v in pair
+    ):
+        raise UserError(f"{name}.lambda_restart: must be two finite numbers > 0, got {restart!r}")
 
 
 def lambda_grid(m: int, lo: float, hi: float) -> np.ndarray:
@@ -54,6 +80,7 @@ class GradientGuided(Strategy):
         self.space: Any = None
         self.problem: Any = None
         self._extra_cost = 0.0
+        self.proposal_steps = 0  # generations of children proposed (0: only the random start)
         self._last_extra: np.ndarray | None = None
         self._last_gradients: Any = None
 
@@ -185,6 +212,15 @@ class EPO(GradientGuided):
         **settings: Any,
     ) -> None:
         super().__init__(box, seed=seed, population=population, **settings)
+        check_counts(
+            self.name,
+            children=(children, 1),
+            restart_every=(restart_every, 0),
+            topk=(topk, 1),
+            n_replace=(n_replace, 1),
+        )
+        if lambdas is None:
+            check_lambdas(self.name, lambda_min, lambda_max, lambda_restart, self.population)
         self.children = int(children)
         self.keep_parents = bool(keep_parents)
         if lambdas is not None:
@@ -197,6 +233,7 @@ class EPO(GradientGuided):
         self.mix = ProposalMix(
             proposals or EPO_PROPOSALS,
             {"gradient_topk": {"k": int(topk), "n_replace": int(n_replace)}},
+            f"{self.name}.proposals",
         )
         self.init = None if init is None else np.atleast_2d(np.asarray(init, dtype=float))
         self.parents: np.ndarray | None = None  # (M, n) box indices
@@ -230,6 +267,7 @@ class EPO(GradientGuided):
                 self.parent_xent = self._xentropy_of(self.parents)
             self._record_start()
         rows = np.arange(n) % self.population
+        self.proposal_steps += 1
         return self._propose(self.mix, inputs, rows).astype(float)
 
     def _record_start(self) -> None:
@@ -314,6 +352,7 @@ class GCG(EPO):
         **settings: Any,
     ) -> None:
         settings.pop("population", None)
+        check_counts(self.name, search_width=(search_width, 1))
         super().__init__(
             box,
             seed=seed,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.multiobjective import ObjectiveSpec
 from blackbox.strategies.base import Box, Strategy
 
@@ -59,12 +60,12 @@ class NevergradSettings:
             lower = {name.lower(): name for name in names}
             close = difflib.get_close_matches(self.optimizer.lower(), list(lower), n=5, cutoff=0.5)
             hints = [lower[c] for c in close] or ["CMA", "DE", "NGOpt", "TwoPointsDE", "PSO"]
-            raise ValueError(
+            raise UserError(
                 f"nevergrad.optimizer: unknown {self.optimizer!r}; did you mean one of {hints}? "
                 f"({len(names)} names in nevergrad.optimizers.registry)"
             )
         if self.budget is not None and self.budget < 1:
-            raise ValueError(f"nevergrad.budget: must be >= 1 or None, got {self.budget}")
+            raise UserError(f"nevergrad.budget: must be >= 1 or None, got {self.budget}")
 
 
 @contextmanager
@@ -122,7 +123,7 @@ class Nevergrad(Strategy):
             if (idx := np.flatnonzero(free & (box.integer == is_int))).size
         ]
         if not self._blocks:
-            raise ValueError("nevergrad: the box has no dimension with upper > lower")
+            raise UserError("nevergrad: the box has no dimension with upper > lower")
         arrays = []
         for idx, is_int in self._blocks:
             lo, hi = box.lower[idx], box.upper[idx]
@@ -140,7 +141,7 @@ class Nevergrad(Strategy):
                     num_workers=population,
                 )
         except ValueError as exc:  # e.g. sequential optimizers with num_workers > 1
-            raise ValueError(
+            raise UserError(
                 f"nevergrad.optimizer: {self.config.optimizer!r} with num_workers=population="
                 f"{population}: {exc}"
             ) from None

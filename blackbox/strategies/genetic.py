@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.strategies.base import Box
 from blackbox.strategies.epo import GradientGuided
 from blackbox.strategies.proposals import ProposalMix
@@ -54,7 +55,10 @@ class TokenGA(GradientGuided):
     @classmethod
     def traits_for(cls, settings: dict[str, Any]) -> StrategyTraits:
         mix = ProposalMix(
-            settings.get("mutation", "random_replace"), settings.get("mutation_settings")
+            settings.get("mutation", "random_replace"),
+            settings.get("mutation_settings"),
+            "token_ga.mutation",
+            "token_ga.mutation_settings",
         )
         return StrategyTraits(
             needs_gradients=mix.needs_grad or mix.needs_logits, needs_vocabulary=True
@@ -73,7 +77,21 @@ class TokenGA(GradientGuided):
         **settings: Any,
     ) -> None:
         super().__init__(box, seed=seed, population=population, **settings)
-        self.mix = ProposalMix(mutation, mutation_settings)
+        if not (isinstance(crossover, int | float) and 0 <= crossover <= 1):
+            raise UserError(f"token_ga.crossover: must be in [0, 1], got {crossover!r}")
+        if isinstance(tournament_size, bool) or not (
+            isinstance(tournament_size, int) and tournament_size >= 1
+        ):
+            raise UserError(
+                f"token_ga.tournament_size: must be a whole number >= 1, got {tournament_size!r}"
+            )
+        if not (isinstance(fluency_weight, int | float) and 0 <= fluency_weight < float("inf")):
+            raise UserError(
+                f"token_ga.fluency_weight: must be a finite number >= 0, got {fluency_weight!r}"
+            )
+        self.mix = ProposalMix(
+            mutation, mutation_settings, "token_ga.mutation", "token_ga.mutation_settings"
+        )
         self.crossover = float(crossover)
         self.tournament_size = int(tournament_size)
         self.fluency_weight = float(fluency_weight)

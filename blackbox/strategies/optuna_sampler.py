@@ -20,6 +20,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import Trial, TrialState
 
 from blackbox.api import StrategyTraits
+from blackbox.errors import UserError
 from blackbox.multiobjective import ObjectiveSpec
 from blackbox.strategies.base import Box, Strategy
 
@@ -40,7 +41,7 @@ class OptunaSettings:
 
     def __post_init__(self) -> None:
         if str(self.sampler).lower() not in SAMPLERS:
-            raise ValueError(f"optuna.sampler: {self.sampler!r} is not one of {SAMPLERS}")
+            raise UserError(f"optuna.sampler: {self.sampler!r} is not one of {SAMPLERS}")
 
 
 CONSTRAINED_SAMPLERS = ("tpe", "nsga2", "gp")
@@ -85,7 +86,7 @@ def _build(name: str, seed: int, population: int, has_integer: bool) -> optuna.s
         return samplers.QMCSampler(seed=seed, scramble=True)
     if name == "nsga2":
         return samplers.NSGAIISampler(seed=seed, population_size=max(population, 2))
-    raise ValueError(f"optuna.sampler: {name!r} is not one of {SAMPLERS}")
+    raise UserError(f"optuna.sampler: {name!r} is not one of {SAMPLERS}")
 
 
 class OptunaSampler(Strategy):
@@ -131,7 +132,7 @@ class OptunaSampler(Strategy):
         TPE, NSGA-II and GP: feasible trials first)."""
         name = self.config.sampler.lower()
         if name == "cmaes" and (len(spec.directions) > 1 or spec.bounded):
-            raise ValueError(
+            raise UserError(
                 "optuna.sampler: 'cmaes' is single-objective and unconstrained; with "
                 f"side_effects use one of {CONSTRAINED_SAMPLERS} (or random)"
             )

@@ -14,12 +14,15 @@ probability, so "GA + random mutation" and "GA + EPO proposals" differ by one ar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+
+from blackbox.errors import UserError
 
 
 @dataclass
@@ -157,30 +160,50 @@ EPO_PROPOSALS: dict[str, float] = {"gradient_topk": 1.0}
 RANDOM_PROPOSALS: dict[str, float] = {"random_replace": 1.0}
 
 
+def _check_operator_settings(settings: Mapping[str, Mapping[str, Any]], field: str) -> None:
+    """Unknown operators or keyword arguments in per-operator settings: one line naming them
+    (else they would fail only when the operator first runs, mid-search)."""
+    unknown = sorted(set(settings) - set(OPERATORS), key=str)
+    if unknown:
+        raise UserError(f"{field}: unknown operator(s) {unknown}; allowed: {sorted(OPERATORS)}")
+    for name, kwargs in settings.items():
+        params = list(inspect.signature(OPERATORS[name]).parameters)[3:]  # after inputs, rows, rng
+        extra = sorted(set(kwargs) - set(params), key=str)
+        if extra:
+            raise UserError(
+                f"{field}: {name!r} takes no setting(s) {extra}; allowed: {params or 'none'}"
+            )
+
+
 class ProposalMix:
     """Operators composed with probabilities.
 
     Args:
         weights: operator name -> weight (normalised to probabilities), or a single name.
         settings: per-operator keyword arguments, e.g. ``{"gradient_topk": {"k": 128}}``.
+        field: the setting ``weights`` came from, named in errors (``token_ga.mutation``).
+        settings_field: the setting ``settings`` came from.
     """
 
     def __init__(
         self,
         weights: Mapping[str, float] | str = "random_replace",
         settings: Mapping[str, Mapping[str, Any]] | None = None,
+        field: str = "proposals",
+        settings_field: str = "proposals",
     ) -> None:
         if isinstance(weights, str):
             weights = {weights: 1.0}
-        unknown = sorted(set(weights) - set(OPERATORS))
+        unknown = sorted(set(weights) - set(OPERATORS), key=str)
         if unknown:
-            raise ValueError(f"proposals: unknown {unknown}; allowed: {sorted(OPERATORS)}")
+            raise UserError(f"{field}: unknown {unknown}; allowed: {sorted(OPERATORS)}")
         w = np.array([float(v) for v in weights.values()])
-        if w.size == 0 or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError("proposals: weights must be >= 0 with a positive sum")
+        if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise UserError(f"{field}: weights must be finite, >= 0, with a positive sum")
         self.names = tuple(weights)
         self.probs = w / w.sum()
         settings = settings or {}
+        _check_operator_settings(settings, settings_field)
         self.ops: tuple[Operator, ...] = tuple(
             partial(OPERATORS[name], **dict(settings.get(name, {}))) for name in self.names
         )

@@ -16,12 +16,14 @@ number gets the same width once :meth:`Box.clip` rounds it; positions stay conti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 import blackbox.strategies._pyswarms  # noqa: F401  (before pyswarms: no report.log)
+from blackbox.errors import UserError
 
 # isort: split
 from pyswarms.backend.handlers import BoundaryHandler
@@ -68,17 +70,19 @@ class PSOSettings:
 
     def __post_init__(self) -> None:
         if self.topology not in TOPOLOGIES:
-            raise ValueError(f"pso.topology: {self.topology!r} is not one of {TOPOLOGIES}")
+            raise UserError(f"pso.topology: {self.topology!r} is not one of {TOPOLOGIES}")
         if self.boundary not in BOUNDARIES:
-            raise ValueError(f"pso.boundary: {self.boundary!r} is not one of {BOUNDARIES}")
+            raise UserError(f"pso.boundary: {self.boundary!r} is not one of {BOUNDARIES}")
         if self.p not in (1, 2):
-            raise ValueError(f"pso.p: must be 1 or 2, got {self.p!r}")
+            raise UserError(f"pso.p: must be 1 or 2, got {self.p!r}")
         if self.k < 1:
-            raise ValueError(f"pso.k: must be >= 1, got {self.k}")
+            raise UserError(f"pso.k: must be >= 1, got {self.k}")
         if self.clamp is not None and not self.clamp > 0:
-            raise ValueError(f"pso.clamp: must be > 0 or None, got {self.clamp}")
-        if min(self.c1, self.c2, self.w) < 0:
-            raise ValueError(f"pso: c1, c2 and w must be >= 0, got {self.c1}, {self.c2}, {self.w}")
+            raise UserError(f"pso.clamp: must be > 0 or None, got {self.clamp}")
+        for key in ("c1", "c2", "w"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise UserError(f"pso.{key}: must be a finite number >= 0, got {value!r}")
 
 
 def velocity_update(
@@ -143,7 +147,7 @@ class PSO(Strategy):
         super().__init__(box, seed=seed, population=population, **settings)
         self.config = PSOSettings(**settings)
         if self.config.topology == "local" and self.config.k > population:
-            raise ValueError(f"pso.k: must be <= population ({population}), got {self.config.k}")
+            raise UserError(f"pso.k: must be <= population ({population}), got {self.config.k}")
         half = np.where(box.integer, 0.5, 0.0)
         self._lo = box.lower - half  # (dim,)
         self._span = box.upper + half - self._lo  # (dim,)

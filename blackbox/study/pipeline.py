@@ -14,6 +14,7 @@ and the baselines on the held-out split, runs the space's finishing step and wri
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from blackbox.api import Problem
 from blackbox.config.base import ConfigError
+from blackbox.config.rules import settings_field
 from blackbox.config.schema import StudyConfig
 from blackbox.finishing.provenance import provenance, statistics
 from blackbox.masking import mask_url
@@ -81,16 +83,6 @@ def strategy_settings(cfg: StudyConfig) -> dict[str, Any]:
     return settings
 
 
-def settings_field(strategy: str, message: str) -> str:
-    """A strategy's one-line settings error with the config path of the setting it names
-    (``nevergrad.optimizer: ...`` -> ``strategy.settings.optimizer: ...``)."""
-    head, sep, rest = message.partition(": ")
-    prefix = f"{strategy}."
-    if sep and head.startswith(prefix) and head[len(prefix) :].isidentifier():
-        return f"strategy.settings.{head[len(prefix) :]}: {rest}"
-    return f"strategy.settings: {message}"
-
-
 def check(cfg: StudyConfig) -> None:
     """Every check that needs no model: combination rules, strategy settings, files."""
     from blackbox.config.rules import check_study
@@ -123,10 +115,12 @@ def check(cfg: StudyConfig) -> None:
         elif path and not Path(path).is_file():
             raise ConfigError(f"config: objective.{name}: {path!r} does not exist")
     sc = cfg.space
-    if getattr(sc, "subspace_dim", None) is not None:
-        from blackbox.models.loading import peek_config
+    from blackbox.models.loading import peek_config
 
-        mc = peek_config(cfg.model.name)
+    mc = peek_config(cfg.model.name)  # the saved config.json only: no weight is loaded
+    if mc is not None:
+        check_layers(cfg, mc)
+    if getattr(sc, "subspace_dim", None) is not None:
         width = getattr(mc, "hidden_size", None) if mc is not None else None
         if width:
             from blackbox.search_spaces.soft_prompt import check_subspace
@@ -139,6 +133,41 @@ def check(cfg: StudyConfig) -> None:
     from blackbox.study.side_effects import check_side_effects
 
     check_side_effects(cfg)
+
+
+def config_layers(model_config: Any) -> int | None:
+    """The number of decoder blocks a ``transformers`` config declares (``None``: unknown)."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else None
+    for source in (text, model_config):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = getattr(source, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def check_layers(cfg: StudyConfig, model_config: Any) -> None:
+    """``space.layers``, ``space.fixed_layers`` and ``objective.layer`` against the layers the
+    model's saved config declares, before the model loads (the same messages as after it)."""
+    n = config_layers(model_config)
+    if n is None:
+        return
+    sc = cfg.space
+    if sc.type == "steering":
+        lo, hi = sc.layers
+        if not 0 <= lo <= hi < n:
+            raise ConfigError(
+                f"config: space.layers: [{lo}, {hi}] is outside the model's layers; "
+                f"allowed 0..{n - 1}"
+            )
+        for name, layer in sc.fixed_layers.items():
+            if not 0 <= layer < n:
+                raise ConfigError(
+                    f"config: space.fixed_layers.{name}: {layer} is outside 0..{n - 1}"
+                )
+    layer = getattr(cfg.objective, "layer", None)
+    if isinstance(layer, int) and not 0 <= layer < n:
+        raise ConfigError(f"config: objective.layer: {layer} is outside 0..{n - 1}")
 
 
 def _baselines(space: Any, objective: Any) -> dict[str, Any]:
@@ -344,12 +373,41 @@ def scored(s: Any) -> dict[str, Any] | None:
     return {"score": s.value, "metrics": {k: v for k, v in s.metrics.items() if k != "cache_hit"}}
 
 
+def _warnings(p: Prepared, s: Any) -> list[str]:
+    """The run's warnings, with one for a budget spent before a proposal strategy's first
+    step (EPO/GCG's random start took it all: the run was random search)."""
+    out = list(p.context.warnings) if p.context is not None else []
+    if getattr(p.strategy, "proposal_steps", None) == 0 and s.evaluations:
+        message = (
+            f"budget: the run ended before {p.config.strategy.name}'s first proposal step; its "
+            f"random start ({s.evaluations} evaluations, {s.search_cost:g} forward-pass "
+            "equivalents) took the whole budget, so this was a random search; raise the budget"
+        )
+        print(f"blackbox: warning: {message}", file=sys.stderr)
+        out.append(message)
+    return out
+
+
 def scoring_status(objective: Any) -> dict[str, Any]:
     """Which fast paths ran (a failed self-check that switched one off is reported here)."""
     scorer = getattr(objective, "scorer", None)
+    splice = getattr(objective, "splice", None)
+    out: dict[str, Any] = {}
+    fallbacks: dict[str, str] = {}
+    if scorer is not None:
+        out = {
+            "packed_rows": scorer.packing,
+            "trunk_resume": scorer.resume_ok,
+            "branch": getattr(scorer, "branch_ok", None),
+        }
+        fallbacks.update(getattr(scorer, "fallbacks", {}) or {})
+    if splice is not None:  # prompts: the cached document prefix (None: never needed)
+        out["pre_cache"] = getattr(splice, "cache_ok", None)
+        fallbacks.update(getattr(splice, "fallbacks", {}) or {})
+    if fallbacks:  # a fast path switched off by its self-check, and why: loud, kept
+        out["fallbacks"] = dict(fallbacks)
     if scorer is None:
-        return {}
-    out = {"packed_rows": scorer.packing, "trunk_resume": scorer.resume_ok}
+        return out
     gen = getattr(objective, "gen_stats", None)
     if gen is not None and gen.rows:  # a generative task: what decoding did
         out["generation"] = {
@@ -401,7 +459,7 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
         "calibration": p.calibration,
         "scoring": scoring_status(p.objective),
         "storage": mask_url(url),
-        "warnings": list(p.context.warnings) if p.context is not None else [],
+        "warnings": _warnings(p, s),
         "statistics": statistics(s, cfg.seed),
     }
     if s.stalled:

@@ -44,6 +44,9 @@ from blackbox.study.runner import Runner, RunSummary, Scored, _recorded_extra
 from blackbox.study.storage import MAX_PARAMS, Memo, _jsonable
 
 STATE_ATTR = "blackbox:remote"
+# The last generation whose rows are all queued: workers claim only those, so a generation is
+# shared out whole (rows appear one by one; a worker polling mid-queue would take fewer)
+QUEUED_ATTR = "blackbox:queued_generation"
 """Study user attribute: ``running`` while a coordinator runs, ``done`` after it finished."""
 
 
@@ -172,6 +175,7 @@ class RemoteRunner(Runner):
 
     def run(self) -> RunSummary:
         """Run (or resume) the study, its generations scored by workers."""
+        self.study.set_user_attr(QUEUED_ATTR, -1)
         self.study.set_user_attr(STATE_ATTR, "running")
         summary = super().run()
         self.study.set_user_attr(STATE_ATTR, "done")
@@ -199,13 +203,22 @@ class RemoteRunner(Runner):
         names = self.names
         outs = generation_outcomes(self.study.get_trials(deepcopy=False), generation, x, names)
         resumed = [o.status == "done" for o in outs]
+        # the strategy's own work (EPO's gradients) rides on each row it asked for, so the
+        # cost a worker stores is the whole cost, and a resumed coordinator reads it back
+        share = extra / max(1, sum(not r for r in resumed))
         for i, o in enumerate(outs):
             if o.status == "missing":
-                attrs = {"kind": "search", "generation": generation, "index": i}
+                attrs = {
+                    "kind": "search",
+                    "generation": generation,
+                    "index": i,
+                    "strategy_cost": share,
+                }
                 enqueue_row(
                     self.study, self.space.box, x[i], {**attrs, "split": split, "remote": True}
                 )
                 self.enqueued += 1
+        self.study.set_user_attr(QUEUED_ATTR, generation)
         t0 = time.monotonic()
         failed_since: dict[int, float] = {}
         told_waiting = False
@@ -252,7 +265,7 @@ class RemoteRunner(Runner):
             value = Memo.value(t) if t is not None else math.nan
             c = float(a.get("cost") or 0.0)
             if not resumed[i]:
-                c += share
+                c += 0.0 if "strategy_cost" in a else share  # older records: charged here
                 cost += c
             s = Scored(x[i], cands[i], value, dict(a.get("metrics") or {}), c, _recorded_extra(a))
             if a.get("per_doc") is not None and hasattr(s, "per_doc"):

@@ -26,7 +26,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
 from blackbox.api import Problem
-from blackbox.study.remote import STATE_ATTR, is_remote
+from blackbox.study.remote import QUEUED_ATTR, STATE_ATTR, is_remote
 from blackbox.study.storage import MAX_PARAMS
 from blackbox.study.worker import Heartbeat, Worker, _plain
 
@@ -79,12 +79,13 @@ class RemoteWorker(Worker):
     def _ask(self, hb: Heartbeat) -> list[Trial] | None:
         """Up to ``batch`` claimed trials; ``[]`` while waiting; ``None`` once the study is done."""
         storage, out = self.study._storage, []
+        queued = self.study.user_attrs.get(QUEUED_ATTR)  # None: a coordinator before the marker
         waiting = [
             t
             for t in storage.get_all_trials(
                 self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
             )
-            if is_remote(t)
+            if is_remote(t) and (queued is None or t.user_attrs.get("generation", 0) <= queued)
         ]
         for t in waiting:
             if len(out) >= self.batch:
@@ -135,7 +136,9 @@ class RemoteWorker(Worker):
                     "candidate": self.space.describe(cand),
                     "metrics": {k: _plain(v) for k, v in metrics.items() if k != "cache_hit"},
                     "cache_hit": bool(metrics.get("cache_hit", False)),
-                    "cost": float(ev.cost) / len(group),
+                    # the row's share of the strategy's work (gradients), set by the coordinator
+                    "cost": float(ev.cost) / len(group)
+                    + float(trial.user_attrs.get("strategy_cost") or 0.0),
                     "seconds": seconds,
                 }
                 if ev.extra is not None:

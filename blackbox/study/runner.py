@@ -20,6 +20,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from blackbox.api import Evaluation, Problem
+from blackbox.errors import UserError
 from blackbox.evals.base import Objective
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Strategy
@@ -187,7 +188,7 @@ class Runner:
         racing: Racing | None = None,
     ) -> None:
         if not budget.is_set():
-            raise ValueError("budget: set evaluations, seconds or cost")
+            raise UserError("budget: set evaluations, seconds or cost")
         self.on_generation = on_generation
         self.space, self.objective, self.strategy = space, objective, strategy
         self.problem = Problem(space, objective)

@@ -26,6 +26,7 @@ import sqlalchemy.exc
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from blackbox.errors import UserError
 from blackbox.masking import PLACEHOLDER, mask_url
 
 if TYPE_CHECKING:  # the strategies package imports torch: keep `blackbox report` light
@@ -36,7 +37,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 JOURNAL_PREFIX = "journal://"
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """The storage cannot be reached or holds an incompatible study (one-line message)."""
 
 
@@ -65,12 +66,55 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _with_driver(url: str) -> str:
-    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, the
-    ``postgres`` extra installs psycopg2."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        if importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    """``postgresql://`` and ``mysql://`` with the installed driver: SQLAlchemy 2.1 defaults to
+    psycopg 3 (the ``postgres`` extra) and to mysqlclient (``MySQLdb``); psycopg2 and PyMySQL
+    serve when those are missing."""
+    for scheme, default, other in (
+        ("postgresql://", "psycopg", "psycopg2"),
+        ("mysql://", "MySQLdb", "pymysql"),
+    ):
+        if url.startswith(scheme) and importlib.util.find_spec(default) is None:
+            if importlib.util.find_spec(other) is not None:
+                return f"{scheme[:-3]}+{other}://" + url[len(scheme) :]
     return url
+
+
+DRIVER_PACKAGES: dict[str, str] = {
+    "mysqldb": "mysqlclient (or pymysql, with mysql+pymysql://)",
+    "pymysql": "pymysql",
+    "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb",
+    "psycopg": "'psycopg[binary]' (pip install 'blackbox[postgres]')",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+}
+"""The pip package of each SQLAlchemy driver a storage URL may name."""
+
+
+def check_driver(url: str) -> None:
+    """A one-line :class:`StorageError` naming the package to install when the database driver
+    of ``url`` (``mysql://`` needs ``MySQLdb``, ...) cannot be imported; SQLite and journal
+    files need none."""
+    from sqlalchemy.engine import make_url
+
+    full = _with_driver(expand_secrets(url))
+    if full.startswith((JOURNAL_PREFIX, "sqlite:")):
+        return
+    try:
+        dialect = make_url(full).get_dialect()
+    except Exception as exc:  # malformed URL, unknown dialect or driver
+        raise StorageError(
+            f"storage {mask_url(url)!r}: not a usable storage URL ({mask_url(_first_line(exc))}); "
+            "allowed: postgresql://..., mysql://..., sqlite:///FILE, journal:///FILE"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        package = DRIVER_PACKAGES.get(dialect.driver, f"the {dialect.driver!r} driver")
+        raise StorageError(
+            f"storage {mask_url(url)!r}: its {dialect.name} driver is not installed "
+            f"({_first_line(exc)}); install it: pip install {package}"
+        ) from None
 
 
 def expand_secrets(url: str) -> str:
@@ -118,6 +162,7 @@ def probe_storage(url: str, timeout: int = 5) -> None:
         if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise StorageError(f"storage {mask_url(url)!r}: the file's directory does not exist")
         return
+    check_driver(url)
     try:
         engine = sqlalchemy.create_engine(
             _with_driver(full),
@@ -164,6 +209,7 @@ def make_storage(
                     f"storage {mask_url(url)!r}: the journal file's directory does not exist"
                 )
             return JournalStorage(JournalFileBackend(path))
+        check_driver(url)
         for attempt in range(6):
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental"
@@ -242,9 +288,34 @@ def open_study(
     elif attrs.get("fingerprint") != fingerprint:
         raise StorageError(
             f"study {name!r} in {shown!r} was made with another config "
-            "(model, task, space, strategy or seed differ); use another study name or --out"
+            f"({ANOTHER_CONFIG}); use another study name or --out"
         )
     return study
+
+
+ANOTHER_CONFIG = (
+    "model, task, space, strategy or seed differ; a worker needs the coordinator's config file "
+    "and the same --set overrides"
+)
+
+
+def check_existing_study(storage: Any, name: str, fingerprint: str, label: str) -> None:
+    """Refuse, before the model loads, to join an existing study made with another config (a
+    study not made yet is fine: :func:`open_study` makes it)."""
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        return
+    except Exception as exc:  # sqlalchemy / driver errors: keep one line
+        raise StorageError(
+            f"storage {mask_url(label)!r}: cannot be read ({mask_url(_first_line(exc))})"
+        ) from None
+    attrs = storage.get_study_user_attrs(sid)
+    if attrs.get("fingerprint") not in (None, fingerprint):
+        raise StorageError(
+            f"study {name!r} in {mask_url(label)!r} was made with another config "
+            f"({ANOTHER_CONFIG}); use another study name or --out"
+        )
 
 
 def _jsonable(v: Any) -> Any:
@@ -287,6 +358,19 @@ MAX_PARAMS = 256
 ``x`` instead of one Optuna parameter per dimension (2,304 parameters cost ~2 s a trial)."""
 
 
+REJECTED = (
+    "rejected: the token prompt does not survive retokenisation or holds a banned string "
+    "(not scored)"
+)
+
+
+def fail_reason(attrs: dict[str, Any]) -> str:
+    """Why a record is a FAIL trial, for anyone reading the storage (Optuna, the dashboard)."""
+    if (attrs.get("metrics") or {}).get("rejected"):
+        return REJECTED
+    return "the objective returned a non-finite value (NaN or inf)"
+
+
 def add_record(
     study: optuna.Study,
     box: Box,
@@ -311,6 +395,8 @@ def add_record(
             n: (int(round(v)) if i else float(v)) for n, v, i in zip(box.names, x, box.integer)
         }
     state = TrialState.COMPLETE if finite else TrialState.FAIL
+    if not finite:  # a FAIL trial says why: a refused candidate is not a crash
+        attrs = {**attrs, "fail_reason": fail_reason(attrs)}
     if pruned_at is not None and finite:
         state = TrialState.PRUNED
     values: list[float] | None = [float(value)] if state == TrialState.COMPLETE else None

@@ -49,7 +49,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import Trial, TrialState
 
-from blackbox.study.storage import distributions
+from blackbox.study.storage import distributions, fail_reason
 
 HEARTBEAT_ATTR = "blackbox:heartbeat"
 NON_SEARCH_KINDS = ("baseline", "heldout")
@@ -342,10 +342,12 @@ class Worker:
                 self.summary.told += 1
                 self.summary.best = max(value, self.summary.best or -math.inf)
             else:
+                reason = fail_reason(attrs)
+                trial.set_user_attr("fail_reason", reason)
                 trial.set_user_attr("error", f"non-finite score {value}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.summary.failed += 1
-                self.log(f"trial {trial.number}: score {value} is not finite; marked FAIL")
+                self.log(f"trial {trial.number}: score {value}; marked FAIL ({reason})")
             self.summary.numbers.append(trial.number)
         except (UpdateFinishedTrialError, ValueError):
             # Failed by another worker's stale check meanwhile (and retried there): drop it.

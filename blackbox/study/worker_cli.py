@@ -114,6 +114,8 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
     for name in ("workers", "batch", "heartbeat", "grace"):
         if getattr(args, name) < 1:
             raise ConfigError(f"worker: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_retry < 0:
+        raise ConfigError(f"worker: --max-retry must be >= 0, got {args.max_retry}")
     if args.grace <= args.heartbeat:
         raise ConfigError(f"worker: --grace ({args.grace}) must exceed --heartbeat")
     if url != cfg.storage:
@@ -123,6 +125,9 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
     from blackbox.study.pipeline import check  # torch and transformers: after the cheap checks
 
     check(cfg)
+    from blackbox.models.loading import check_source
+
+    check_source(cfg.model.name)  # before the storage is made: a missing model creates nothing
     if args.remote:
         return cfg, url
     if cfg.budget.evaluations is None:
@@ -151,13 +156,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker (or spawn ``--workers`` of them)."""
     cfg, url = _check(args)
     from blackbox.masking import mask_url
-    from blackbox.study.storage import make_storage, open_study
+    from blackbox.study.storage import check_existing_study, make_storage, open_study
     from blackbox.study.worker import Worker, install_sigint, retry_callback, search_counts
 
     if args.workers > 1:
         make_storage(url)  # fail fast, and create the tables once rather than racing on them
         return _spawn(args, url)
     storage = make_storage(url, args.heartbeat, args.grace, retry_callback(args.max_retry))
+    check_existing_study(storage, args.study or cfg.name, cfg.fingerprint(), url)  # model: later
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import seed_everything
 
@@ -292,4 +298,20 @@ def _spawn(args: argparse.Namespace, url: str) -> int:
     if interrupted or 130 in codes:
         return 130
     bad = [c for c in codes if c]
+    for i, (proc, code) in enumerate(zip(procs, codes, strict=True)):
+        if code:
+            print(f"blackbox: worker {i} (PID {proc.pid}) {_exit_reason(code)}", file=sys.stderr)
     return 0 if not bad else 2 if 2 in bad else 1
+
+
+def _exit_reason(code: int) -> str:
+    """How a worker process ended, in words (a negative code is the signal that killed it)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}; its claimed trials go back to the queue after --grace"
+    if code == 2:
+        return "stopped on bad input (exit 2; its message is above)"
+    return f"failed with exit code {code} (its message is above)"

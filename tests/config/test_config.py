@@ -212,7 +212,7 @@ def test_older_configs_are_migrated_to_one_schema() -> None:
         ),
         (
             lambda d: d["space"].update(coeff=[float("nan"), 0.1]),
-            "config: space.coeff: bounds must be finite numbers, got [nan, 0.1]",
+            "config: space.coeff.0: Input should be a finite number (got nan)",
         ),
     ],
 )

@@ -34,7 +34,7 @@ def test_ask_cost_restarts_and_front() -> None:
     s = EPO(space.box, seed=1, population=3, children=4, restart_every=2, topk=8)
     s.bind(Problem(space, obj))
     x = s.ask()  # initial random population: no gradient yet
-    assert x.shape == (12, 6) and s.pop_extra_cost() == 0.0
+    assert x.shape == (12, 6) and s.pop_extra_cost() == 0.0 and s.proposal_steps == 0
     ev = obj.evaluate(space.decode(x))
     s.tell(x, ev.values, extra=ev.extra)
     for _ in range(4):
@@ -43,7 +43,7 @@ def test_ask_cost_restarts_and_front() -> None:
         assert ((x >= 0) & (x <= 199)).all()
         ev = obj.evaluate(space.decode(x))
         s.tell(x, ev.values, extra=ev.extra)
-    assert len(s.restarts) == 2
+    assert len(s.restarts) == 2 and s.proposal_steps == 4
     f = np.array([p.value for p in s.front])
     c = np.array([p.xentropy for p in s.front])
     assert non_dominated(f, c).all() and len(s.front) >= 1
@@ -180,3 +180,28 @@ def test_banned_strings_never_evaluated_tiny_model() -> None:
             s.tell(x, ev.values)  # no extra: read from obj.recent_xentropy, no extra pass
             assert s.pop_extra_cost() == 0.0
         assert scored >= 0.8 * total  # invalid children are re-proposed before evaluation
+
+
+def test_a_budget_spent_by_the_random_start_is_a_kept_warning(capsys) -> None:
+    """EPO's random start took the whole budget: the run says it was a random search (on
+    stderr and in result.json's warnings), instead of ending silently."""
+    from types import SimpleNamespace
+
+    from blackbox.study.pipeline import _warnings
+
+    space = LinearSpace()
+    s = EPO(space.box, seed=1, population=3, children=4, topk=8)
+    p = SimpleNamespace(
+        context=SimpleNamespace(warnings=["earlier"]),
+        strategy=s,
+        config=SimpleNamespace(strategy=SimpleNamespace(name="epo")),
+    )
+    summary = SimpleNamespace(evaluations=12, search_cost=336.0)
+    got = _warnings(p, summary)
+    assert got[0] == "earlier" and got[1].startswith(
+        "budget: the run ended before epo's first proposal step; its random start (12 "
+        "evaluations, 336 forward-pass equivalents) took the whole budget"
+    )
+    assert "blackbox: warning: budget: the run ended before" in capsys.readouterr().err
+    s.proposal_steps = 1
+    assert _warnings(p, summary) == ["earlier"]

@@ -86,7 +86,9 @@ def _assert_reproduces(result: dict, got: dict[str, float]) -> None:
     assert result["best"]["heldout"]["score"] == held["acc"]
 
 
-def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(tiny_model_dir, tmp_path) -> None:
+def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -100,8 +102,12 @@ def test_soft_prompt_as_peft_adapter_reproduces_the_heldout_score(tiny_model_dir
     }
     run, result = _run(tiny_model_dir, tmp_path, "soft_peft", space)
     unprompted = result["baselines"]["no prompt"]["heldout"]["metrics"]["gold_logprob"]
+    capsys.readouterr()
     assert main(["export", str(run), "--format", "peft"]) == 0
     adapter = run / "peft_adapter"
+    printed = capsys.readouterr().out.splitlines()  # the held-out score and the lm_eval command
+    assert printed[1].endswith(f"held-out {result['best']['heldout']['score']:.4f}")
+    assert f"pretrained={tiny_model_dir.resolve()},peft={adapter.resolve()}" in printed[2]
     assert sorted(p.name for p in adapter.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",

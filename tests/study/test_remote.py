@@ -205,3 +205,76 @@ def test_remote_needs_a_shared_storage_and_no_racing() -> None:
     with pytest.raises(ConfigError, match="scoring.racing is not supported"):
         check_remote(cfg("journal:///tmp/x.log", racing={"schedule": [16]}))
     check_remote(cfg("postgresql://u@h/db"))  # fine
+
+
+def test_the_strategy_work_is_stored_with_the_rows_and_read_back_on_resume(tmp_path: Path) -> None:
+    """A strategy that spends work of its own every generation (EPO's gradients): the costs
+    the workers store sum to the coordinator's search cost, as in one process, so a resumed
+    coordinator reads the whole cost back (and would not overrun a cost budget)."""
+
+    def run(storage: Any, remote: bool) -> tuple[Any, optuna.Study]:
+        study = open_study(storage, "t", BOX, "fp")
+        strat = make_strategy("random", BOX, seed=3, population=6)
+        strat.pop_extra_cost = lambda: 5.0  # type: ignore[attr-defined]
+        cls = RemoteRunner if remote else Runner
+        kw = {"poll": 0.02, "log": lambda m: None} if remote else {}
+        runner = cls(
+            BoxSpace(BOX), FunctionObjective(FN), strat, study, Budget(18), progress=False, **kw
+        )
+        if not remote:
+            return runner.run(), study
+        out: list[Any] = []
+        thread = threading.Thread(target=lambda: out.append(runner.run()), daemon=True)
+        thread.start()
+        thread.join(timeout=600)
+        assert out
+        return out[0], study
+
+    def stored(study: optuna.Study) -> float:
+        return sum(
+            float(t.user_attrs["cost"])
+            for t in study.get_trials(states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("kind") == "search"
+        )
+
+    ref, ref_study = run(f"sqlite:///{tmp_path / 'ref.db'}", False)
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    open_study(storage, "t", BOX, "fp")
+    _, ts = _workers(storage, 2)
+    got, study = run(storage, True)
+    for t in ts:
+        t.join(timeout=30)
+    assert ref.search_cost == pytest.approx(stored(ref_study))
+    assert got.search_cost == pytest.approx(ref.search_cost)
+    assert stored(study) == pytest.approx(got.search_cost)  # was 3 x 6 rows, no gradient work
+
+
+def test_workers_claim_a_generation_only_once_it_is_all_queued(tmp_path: Path) -> None:
+    """Rows appear one by one; a worker polling mid-queue would take fewer than its batch
+    (three workers took 1/2/3 rows of a generation of six).  Workers wait for the marker."""
+    from blackbox.study.remote import QUEUED_ATTR
+    from blackbox.study.worker import Heartbeat
+
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    study = open_study(storage, "t", BOX, "fp")
+    study.set_user_attr(QUEUED_ATTR, -1)  # a coordinator started; generation 0 being queued
+    x = make_strategy("random", BOX, seed=0, population=6).ask()
+    for i in range(3):
+        attrs = {"kind": "search", "generation": 0, "index": i, "split": "search", "remote": True}
+        enqueue_row(study, BOX, x[i], attrs)
+    worker = RemoteWorker(
+        optuna.load_study(study_name="t", storage=storage),
+        BoxSpace(BOX),
+        FunctionObjective(FN),
+        batch=2,
+        poll=0.02,
+        log=lambda m: None,
+    )
+    with Heartbeat(storage, 60.0) as hb:
+        assert worker._ask(hb) == []  # three of six rows queued: none claimed yet
+        for i in range(3, 6):
+            attrs = {"kind": "search", "generation": 0, "index": i, "split": "search"}
+            enqueue_row(study, BOX, x[i], {**attrs, "remote": True})
+        study.set_user_attr(QUEUED_ATTR, 0)
+        claimed = worker._ask(hb)
+    assert [t.user_attrs["index"] for t in claimed] == [0, 1]  # its batch, in queue order

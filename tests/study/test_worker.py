@@ -371,3 +371,34 @@ def test_the_url_given_to_blackbox_opens_the_study_in_optuna_and_the_dashboard(
     for storage in (postgres_url, get_storage(postgres_url)):
         other = optuna.load_study(study_name="one_url", storage=storage)
         assert [(t.params, t.value) for t in other.trials] == [({"x": 0.25}, 0.5)]
+
+
+def test_a_worker_with_other_overrides_is_refused_before_the_model_loads(
+    study_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The coordinator made the study with ``--set seed=1``; a worker without it is told at
+    once (before its model load), and the message names ``--set``."""
+    from blackbox.cli import main
+    from blackbox.config import load_config
+    from blackbox.strategies.base import dummy_box
+    from blackbox.study.storage import open_study
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    made = load_config(study_config, ["seed=1"])
+    open_study(url, made.name, dummy_box(), made.fingerprint())
+    broken = tmp_path / "model"  # a model the worker cannot load: it must not get that far
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    code = main(["worker", str(study_config), f"--storage={url}", f"--set=model.name={broken}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("blackbox: error: study 'shared' in ")
+    assert "was made with another config" in err[0] and "the same --set overrides" in err[0]
+
+
+def test_spawned_workers_say_which_one_died() -> None:
+    from blackbox.study.worker_cli import _exit_reason
+
+    assert _exit_reason(-signal.SIGKILL).startswith("was killed by SIGKILL")
+    assert _exit_reason(2).startswith("stopped on bad input")
+    assert _exit_reason(1) == "failed with exit code 1 (its message is above)"
