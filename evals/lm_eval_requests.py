@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 
 from blackbox.errors import UserError
 from blackbox.evals.lm_eval_generate import GenRequest, encode_generation
+from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.rows import Rows, bin_pack
 
@@ -260,11 +260,11 @@ def check_packing(
     scorer.packing = _PACKING_VERDICTS[key]
     if not scorer.packing:
         why = _PACKING_REASONS.get(key, "packed context rows do not match plain rows")
-        scorer.fallbacks["packed_rows"] = f"{type(model).__name__}: {why}"
-        warnings.warn(
-            f"{type(model).__name__}: {why}; scoring every request on its own row "
-            "(reported in result.json: scoring)",
-            stacklevel=2,
+        switch_off(
+            scorer.fallbacks,
+            "packed_rows",
+            f"{type(model).__name__}: {why}",
+            "{reason}; scoring every request on its own row (reported in result.json: scoring)",
         )
     return scorer.packing
 

@@ -221,17 +221,8 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
 
         sc, model, tok = cfg.space, ctx.model, ctx.tokenizer
         n_layers = num_layers(model)
+        sc.check_layers(n_layers)
         lo, hi = sc.layers
-        if not 0 <= lo <= hi < n_layers:
-            raise ConfigError(
-                f"config: space.layers: [{lo}, {hi}] is outside the model's layers; "
-                f"allowed 0..{n_layers - 1}"
-            )
-        for name, layer in sc.fixed_layers.items():
-            if not 0 <= layer < n_layers:
-                raise ConfigError(
-                    f"config: space.fixed_layers.{name}: {layer} is outside 0..{n_layers - 1}"
-                )
         vectors = []
         hidden = int(model.config.hidden_size)
         hookpoints = {layer_path(model, i): i for i in range(n_layers)}

@@ -219,6 +219,16 @@ def _names_field(message: str, path: Path_) -> bool:
     return named or any(m in message for m in MOVED)
 
 
+# bounded and reproducible for CI; BLACKBOX_FUZZ_EXAMPLES runs longer on demand
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 @pytest.fixture(scope="module")
 def warm() -> None:
     """Import the pipeline once (torch, transformers) so examples time the checks only."""
@@ -226,13 +236,7 @@ def warm() -> None:
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ
 @given(mutation=MUTATIONS)
 def test_one_mutated_field_is_accepted_or_one_named_line(
     study: Path,
@@ -297,13 +301,7 @@ SET_TEXT = st.one_of(
 
 
 @pytest.mark.parametrize("study", STUDIES[::4], ids=[p.name for p in STUDIES[::4]])
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ
 @given(
     where=st.integers(0, 10_000),
     form=st.sampled_from(["dots", "brackets", "past_end"]),

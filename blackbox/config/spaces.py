@@ -81,6 +81,23 @@ class SteeringSpaceConfig(Strict):
             )
         return self
 
+    def check_layers(self, n_layers: int) -> None:
+        """``layers`` and ``fixed_layers`` within a model of ``n_layers`` decoder layers (from
+        its saved config before it loads, or the loaded model): one-line ``ConfigError``."""
+        from blackbox.config.base import ConfigError
+
+        lo, hi = self.layers
+        if not 0 <= lo <= hi < n_layers:
+            raise ConfigError(
+                f"config: space.layers: [{lo}, {hi}] is outside the model's layers; "
+                f"allowed 0..{n_layers - 1}"
+            )
+        for name, layer in self.fixed_layers.items():
+            if not 0 <= layer < n_layers:
+                raise ConfigError(
+                    f"config: space.fixed_layers.{name}: {layer} is outside 0..{n_layers - 1}"
+                )
+
 
 class TokenSpaceConfig(Strict):
     """A sequence of ``n_tokens`` token ids from an allowed vocabulary."""

@@ -13,7 +13,6 @@ cannot steer layer 0).  Vectors of one candidate on the same layer are summed in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,11 @@ def steer_config(space: Any, candidate: Any, model: torch.nn.Module) -> dict[str
 
 def export_steered(space: Any, candidate: Any, model: torch.nn.Module, path: Path) -> Path:
     """Write the ``steered`` .pt file of ``candidate`` atomically; returns the path."""
+    from blackbox.study.staging import Staged
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(steer_config(space, candidate, model), tmp)
-    os.replace(tmp, path)
+    with Staged() as staged:
+        torch.save(steer_config(space, candidate, model), staged.path(path))
     return path
 
 

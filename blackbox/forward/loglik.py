@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from blackbox.forward.fallbacks import is_oom as _is_oom
+from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.rows import Rows
 from blackbox.forward.trunk import Trunk, capture, final_norm, resume
 from blackbox.models.layers import num_layers
@@ -73,10 +75,6 @@ class QueryScores:
 
 ApplyFn = Callable[[torch.nn.Module, Sequence[Any], torch.Tensor, int], Any]
 """``apply(model, candidates, rows, repeat)``: a context manager installing the interventions."""
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class _ResumeRefused(Exception):
@@ -229,13 +227,12 @@ class LoglikScorer:
         self-check on this model (then it is a real error, not an architecture's)."""
         if _is_oom(exc) or self.resume_ok:
             raise exc
-        import warnings
-
         self.resume_ok = False
-        reason = f"{type(self.model).__name__}: {type(exc).__name__}: {exc}".splitlines()[0]
-        self.fallbacks["trunk_resume"] = reason
-        warnings.warn(
-            f"resuming from a captured trunk failed ({reason}); falling back to full forwards",
+        switch_off(
+            self.fallbacks,
+            "trunk_resume",
+            f"{type(self.model).__name__}: {type(exc).__name__}: {exc}",
+            "resuming from a captured trunk failed ({reason}); falling back to full forwards",
             stacklevel=3,
         )
 
@@ -367,13 +364,12 @@ class LoglikScorer:
         why = self._mismatch(hidden, ref)
         self.resume_ok = why is None
         if why is not None:
-            import warnings
-
-            self.fallbacks["trunk_resume"] = f"resumed hidden states: {why}"
-            warnings.warn(
+            switch_off(
+                self.fallbacks,
+                "trunk_resume",
+                f"resumed hidden states: {why}",
                 f"{type(self.model).__name__}: resuming from a captured trunk does not match the "
                 "plain forward; falling back to full forwards",
-                stacklevel=2,
             )
             return ref
         return hidden
@@ -386,8 +382,6 @@ class LoglikScorer:
         before the check passed (an architecture whose layer inputs cannot be widened), turns
         branching off, loudly (``fallbacks["branch"]``), and the plain forward is used.
         """
-        import warnings
-
         try:
             with apply(self.model, cands, row_cand, len(cands)):
                 hidden = self._trunk(batch)
@@ -395,10 +389,11 @@ class LoglikScorer:
             if _is_oom(exc) or self.branch_ok:
                 raise
             self.branch_ok = False
-            why = f"{type(self.model).__name__}: {type(exc).__name__}: {exc}".splitlines()[0]
-            self.fallbacks["branch"] = why
-            warnings.warn(
-                f"branching steered rows inside one forward failed ({why}); "
+            switch_off(
+                self.fallbacks,
+                "branch",
+                f"{type(self.model).__name__}: {type(exc).__name__}: {exc}",
+                "branching steered rows inside one forward failed ({reason}); "
                 "falling back to full forwards",
                 stacklevel=3,
             )
@@ -408,9 +403,12 @@ class LoglikScorer:
             why = self._mismatch(hidden, ref)
             self.branch_ok = why is None
             if why is not None:
-                self.fallbacks["branch"] = f"branched hidden states: {why}"
-                warnings.warn(
-                    f"branched steered rows: {why}; falling back to full forwards", stacklevel=3
+                switch_off(
+                    self.fallbacks,
+                    "branch",
+                    f"branched hidden states: {why}",
+                    f"branched steered rows: {why}; falling back to full forwards",
+                    stacklevel=3,
                 )
                 return ref
         return hidden

@@ -37,6 +37,8 @@ import torch
 from transformers import DynamicCache
 
 from blackbox.api import HookIntervention
+from blackbox.forward.fallbacks import is_oom as _is_oom
+from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.hooks import Capture, capture
 from blackbox.models.compat import cache_kwargs, output_cache
 
@@ -329,13 +331,12 @@ class Splice:
 
     def _refuse_cache(self, why: str) -> None:
         """Switch the ``pre`` cache off, loudly (``fallbacks["pre_cache"]``)."""
-        import warnings
-
         self.cache_ok = False
-        why = f"{type(self.model).__name__}: {why}".splitlines()[0]
-        self.fallbacks["pre_cache"] = why
-        warnings.warn(
-            f"cached document prefixes do not give the plain forward's results ({why}); "
+        switch_off(
+            self.fallbacks,
+            "pre_cache",
+            f"{type(self.model).__name__}: {why}",
+            "cached document prefixes do not give the plain forward's results ({reason}); "
             "every row runs whole",
             stacklevel=4,
         )
@@ -472,10 +473,6 @@ class Splice:
             has_pre_last=torch.zeros(c * d_items, dtype=torch.bool, device=dev),
             captured=dict(store),
         )
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _mismatch(out: SpliceOut, ref: SpliceOut) -> str | None:

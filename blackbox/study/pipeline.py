@@ -14,7 +14,6 @@ and the baselines on the held-out split, runs the space's finishing step and wri
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,17 +153,7 @@ def check_layers(cfg: StudyConfig, model_config: Any) -> None:
         return
     sc = cfg.space
     if sc.type == "steering":
-        lo, hi = sc.layers
-        if not 0 <= lo <= hi < n:
-            raise ConfigError(
-                f"config: space.layers: [{lo}, {hi}] is outside the model's layers; "
-                f"allowed 0..{n - 1}"
-            )
-        for name, layer in sc.fixed_layers.items():
-            if not 0 <= layer < n:
-                raise ConfigError(
-                    f"config: space.fixed_layers.{name}: {layer} is outside 0..{n - 1}"
-                )
+        sc.check_layers(n)
     layer = getattr(cfg.objective, "layer", None)
     if isinstance(layer, int) and not 0 <= layer < n:
         raise ConfigError(f"config: objective.layer: {layer} is outside 0..{n - 1}")
@@ -376,16 +365,15 @@ def scored(s: Any) -> dict[str, Any] | None:
 def _warnings(p: Prepared, s: Any) -> list[str]:
     """The run's warnings, with one for a budget spent before a proposal strategy's first
     step (EPO/GCG's random start took it all: the run was random search)."""
-    out = list(p.context.warnings) if p.context is not None else []
+    if p.context is None:
+        return []
     if getattr(p.strategy, "proposal_steps", None) == 0 and s.evaluations:
-        message = (
+        p.context.warn(
             f"budget: the run ended before {p.config.strategy.name}'s first proposal step; its "
             f"random start ({s.evaluations} evaluations, {s.search_cost:g} forward-pass "
             "equivalents) took the whole budget, so this was a random search; raise the budget"
         )
-        print(f"blackbox: warning: {message}", file=sys.stderr)
-        out.append(message)
-    return out
+    return list(p.context.warnings)
 
 
 def scoring_status(objective: Any) -> dict[str, Any]:

@@ -19,14 +19,14 @@ import yaml
 
 from blackbox.config.base import ConfigError
 from blackbox.masking import masked
+from blackbox.study.staging import Staged
 from blackbox.study.storage import StorageError, open_study
 
 
 def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file and a rename (:class:`Staged`)."""
+    with Staged() as staged:
+        staged.path(Path(path)).write_text(text)
 
 
 def seed_everything(seed: int) -> None:

@@ -65,6 +65,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def _unusable(shown: str, how: str, exc: BaseException) -> StorageError:
+    """``storage 'URL': cannot be <how> (<the driver's first line>)``, passwords masked."""
+    return StorageError(
+        f"storage {mask_url(shown)!r}: cannot be {how} ({mask_url(_first_line(exc))})"
+    )
+
+
+def _another_config(name: str, shown: str) -> StorageError:
+    """The study exists, made with another config (fingerprint)."""
+    return StorageError(
+        f"study {name!r} in {mask_url(shown)!r} was made with another config ({ANOTHER_CONFIG}); "
+        "use another study name or --out"
+    )
+
+
 def _with_driver(url: str) -> str:
     """``postgresql://`` and ``mysql://`` with the installed driver: SQLAlchemy 2.1 defaults to
     psycopg 3 (the ``postgres`` extra) and to mysqlclient (``MySQLdb``); psycopg2 and PyMySQL
@@ -177,9 +192,7 @@ def probe_storage(url: str, timeout: int = 5) -> None:
         with engine.connect():
             pass
     except Exception as exc:
-        raise StorageError(
-            f"storage {mask_url(url)!r}: cannot be reached ({mask_url(_first_line(exc))})"
-        ) from None
+        raise _unusable(url, "reached", exc) from None
     finally:
         engine.dispose()
 
@@ -228,9 +241,7 @@ def make_storage(
     except StorageError:
         raise
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
-        raise StorageError(
-            f"storage {mask_url(url)!r}: cannot be opened ({mask_url(_first_line(exc))})"
-        ) from None
+        raise _unusable(url, "opened", exc) from None
 
 
 def open_study(
@@ -265,9 +276,7 @@ def open_study(
             storage=storage, study_name=name, directions=directions, load_if_exists=True
         )
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
-        raise StorageError(
-            f"storage {shown!r}: cannot be opened ({mask_url(_first_line(exc))})"
-        ) from None
+        raise _unusable(shown, "opened", exc) from None
     sig = space_signature(box)
     attrs = study.user_attrs
     if objectives is not None:
@@ -286,10 +295,7 @@ def open_study(
             f"({attrs['space_signature'][:80]}...); use another study name or --out"
         )
     elif attrs.get("fingerprint") != fingerprint:
-        raise StorageError(
-            f"study {name!r} in {shown!r} was made with another config "
-            f"({ANOTHER_CONFIG}); use another study name or --out"
-        )
+        raise _another_config(name, shown)
     return study
 
 
@@ -307,15 +313,10 @@ def check_existing_study(storage: Any, name: str, fingerprint: str, label: str) 
     except KeyError:
         return
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
-        raise StorageError(
-            f"storage {mask_url(label)!r}: cannot be read ({mask_url(_first_line(exc))})"
-        ) from None
+        raise _unusable(label, "read", exc) from None
     attrs = storage.get_study_user_attrs(sid)
     if attrs.get("fingerprint") not in (None, fingerprint):
-        raise StorageError(
-            f"study {name!r} in {mask_url(label)!r} was made with another config "
-            f"({ANOTHER_CONFIG}); use another study name or --out"
-        )
+        raise _another_config(name, label)
 
 
 def _jsonable(v: Any) -> Any:

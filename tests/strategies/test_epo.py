@@ -191,8 +191,10 @@ def test_a_budget_spent_by_the_random_start_is_a_kept_warning(capsys) -> None:
 
     space = LinearSpace()
     s = EPO(space.box, seed=1, population=3, children=4, topk=8)
+    from blackbox.study.context import BuildContext
+
     p = SimpleNamespace(
-        context=SimpleNamespace(warnings=["earlier"]),
+        context=BuildContext(None, None, warnings=["earlier"]),  # type: ignore[arg-type]
         strategy=s,
         config=SimpleNamespace(strategy=SimpleNamespace(name="epo")),
     )
@@ -204,4 +206,5 @@ def test_a_budget_spent_by_the_random_start_is_a_kept_warning(capsys) -> None:
     )
     assert "blackbox: warning: budget: the run ended before" in capsys.readouterr().err
     s.proposal_steps = 1
+    p.context = BuildContext(None, None, warnings=["earlier"])  # type: ignore[arg-type]
     assert _warnings(p, summary) == ["earlier"]
