@@ -283,20 +283,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blackbox.finishing.provenance import export_command
-    from blackbox.study.export import export_run, read_result
+    from blackbox.study.export import export_run
 
-    run_dir = Path(args.run_dir)
-    done = export_run(run_dir, Path(args.out) if args.out else None, args.storage, args.fmt)
+    done = export_run(
+        Path(args.run_dir), Path(args.out) if args.out else None, args.storage, args.fmt
+    )
     print(f"wrote {', '.join(str(p) for p in done.paths)}")
     heldout = "not re-scored" if done.heldout is None else f"{done.heldout:.4f}"
     print(f"score: search {done.search:.4f}, held-out {heldout}")
-    result = read_result(run_dir)
-    fmts = [args.fmt] if args.fmt not in (None, "all") else ["steered", "lm_eval", "peft"]
-    for fmt in fmts:
-        command = export_command(result, fmt, done.paths, done.model)
-        if command:
-            print(f"score it with lm-eval on the held-out documents: {command}")
+    for command in done.commands:
+        print(f"score it with lm-eval on the held-out documents: {command}")
     return 0
 
 

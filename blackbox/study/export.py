@@ -41,13 +41,14 @@ class Exported:
         search: the exported trial's search score.
         heldout: its held-out score from ``result.json`` (``None`` when the run did not
             re-score that trial).
-        model: the model directory the files apply to.
+        commands: the ``lm_eval`` commands that score the files on the run's held-out
+            documents (formats lm-eval reads, runs with an lm-eval task).
     """
 
     paths: list[Path]
     search: float
     heldout: float | None
-    model: Path
+    commands: list[str]
 
 
 def record_files(run_dir: Path, paths: list[Path]) -> None:
@@ -139,6 +140,12 @@ def check_targets(
                 f"{'directory' if hit == protected[0] else repr(hit.name)}; give another path "
                 f"(default: {str(Path(run_dir) / finisher.default_name(fmt))!r})"
             )
+        above = next((a for a in target.parents if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ConfigError(
+                f"export: {str(target)!r} cannot be written: {str(above)!r} is a file, not a "
+                "directory" + ("; --format all writes into a directory" if len(targets) > 1 else "")
+            )
         if is_dir and target.exists() and not target.is_dir():
             raise ConfigError(
                 f"export: --format {fmt} writes a directory, but {str(target)!r} is a file"
@@ -209,14 +216,18 @@ def export_run(
         raise ConfigError(f"export: the best trial of {str(run_dir)!r} does not fit the space")
     cand = space.decode(np.asarray(x)[None])[0]
     p = Prepared(cfg, loaded, space, None, None, None, {})  # type: ignore[arg-type]
-    paths: list[Path] = []
+    from blackbox.finishing.provenance import export_command
+
+    by_format: dict[str, list[Path]] = {}
     with Staged() as staged:
         for f, target, _ in targets:
             written = finisher.export(p, cand, run_dir, staged.path(target), fmt=f)
-            paths += [staged.final(w) for w in written]
+            by_format[f] = [staged.final(w) for w in written]
+    paths = [path for written in by_format.values() for path in written]
     record_files(run_dir, paths)
+    commands = [export_command(result, f, ps, Path(loaded.path)) for f, ps in by_format.items()]
     heldout = _heldout_score(result, space.describe(cand))
-    return Exported(paths, float(best.values[0]), heldout, Path(loaded.path))
+    return Exported(paths, float(best.values[0]), heldout, [c for c in commands if c])
 
 
 def _heldout_score(result: dict[str, Any] | None, described: Any) -> float | None:

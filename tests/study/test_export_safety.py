@@ -80,6 +80,22 @@ def test_a_file_format_onto_a_directory_is_refused(
     assert _digest(run) == before and list(tmp_path.iterdir()) == []
 
 
+def test_every_format_into_a_file_is_refused(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--format all --out FILE``: each format would go under a file; told before the load."""
+    before = _digest(run)
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    assert main(["export", str(run), "--format", "all", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"blackbox: error: export: {str(target / 'steered.pt')!r} cannot be written: "
+        f"{str(target)!r} is a file, not a directory; --format all writes into a directory"
+    ]
+    assert _digest(run) == before and target.read_text() == "mine"
+
+
 def test_a_damaged_result_json_is_told_before_anything_is_written(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
