@@ -5,6 +5,13 @@ row per seed and method, then the ratios.  nanoGCG (``pip install --no-deps nano
 transformers<=4.47 clashes with ours) runs with ``use_prefix_cache=False`` because its prefix
 cache path indexes the legacy tuple cache, which transformers 5 no longer returns.
 
+nanoGCG strips *every* ``tokenizer.bos_token`` from the rendered chat template (``str.replace``
+without a count); SmolLM2's ``bos_token`` is ``<|im_start|>``, so left alone it would optimise a
+different prompt (``...<|im_end|>\nuser\n...<|im_end|>\nassistant\n``, no role markers).  The
+bench therefore hands nanoGCG the chat text already rendered (a pass-through chat template, as
+:func:`nanogcg_messages`), so both optimise the same tokens; ``--nanogcg-own-prompt`` restores
+nanoGCG's own rendering, and the parity line says whether nanoGCG's prompt ids equal ours.
+
     python benchmarks/bench_gcg.py --steps 10 --search-width 64 --topk 64 --seeds 0 1 2
 """
 
@@ -75,15 +82,77 @@ def run_ours(lm, args, seed: int, use_cache: bool, keep_parents: bool = True) ->
     problem = Problem(space, obj)
     s.bind(problem)
     t0 = time.perf_counter()
+    steps = []
     for _ in range(args.steps):
         x = s.ask()
         ev = problem.evaluate(space.decode(x))
         s.tell(x, ev.values, extra=ev.extra)
         s.pop_extra_cost()
+        steps.append(-float(np.nanmax(np.where(np.isfinite(ev.values), ev.values, np.nan))))
     dt = (time.perf_counter() - t0) / args.steps
     best = space.decode(s.best_x[None])[0].text
     name = "blackbox" + ("" if use_cache else " (no cache)") + ("" if keep_parents else " (move)")
+    if getattr(args, "show_steps", False):
+        print(f"{name} seed {seed} per-step best: {[round(v, 4) for v in steps]}")
     return Row(name, seed, dt, -s.best_value, best)
+
+
+PASS_THROUGH_TEMPLATE = "{{ messages[0]['content'] }}"
+
+
+class nanogcg_messages:  # noqa: N801 (a context manager named for what it yields)
+    """Context manager yielding the ``messages`` to hand ``nanogcg.run`` so that it builds
+    exactly :func:`chat_parts`' tokens: the chat text rendered here (first BOS removed, as
+    nanoGCG intends), behind a pass-through chat template set on the tokenizer meanwhile.
+
+    Without it nanoGCG's ``template.replace(tokenizer.bos_token, "")`` also deletes the
+    ``<|im_start|>`` before ``user`` and ``assistant`` (SmolLM2's BOS is ``<|im_start|>``).
+    ``own=True`` yields the plain message instead (nanoGCG's own rendering)."""
+
+    def __init__(self, tokenizer, message: str, own: bool = False) -> None:
+        self.tokenizer, self.message, self.own = tokenizer, message, own
+
+    def __enter__(self):
+        if self.own:
+            return self.message
+        tok = self.tokenizer
+        msgs = [{"role": "user", "content": self.message + "{optim_str}"}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if tok.bos_token and text.startswith(tok.bos_token):
+            text = text.replace(tok.bos_token, "", 1)
+        self.saved = tok.chat_template
+        tok.chat_template = PASS_THROUGH_TEMPLATE
+        return [{"role": "user", "content": text}]
+
+    def __exit__(self, *exc) -> None:
+        if not self.own:
+            self.tokenizer.chat_template = self.saved
+
+
+def nanogcg_prompt_ids(lm, args) -> tuple[list[int], list[int]]:
+    """The before/after ids nanoGCG's own ``run`` builds (stopped before its first forward)."""
+    import nanogcg.gcg as ngcg
+
+    class Stop(Exception):
+        pass
+
+    class Probe(ngcg.GCG):
+        def init_buffer(self):
+            raise Stop
+
+    cfg = ngcg.GCGConfig(optim_str_init=args.init, use_prefix_cache=False, verbosity="WARNING")
+    probe = Probe(lm.model, lm.tokenizer, cfg)
+    emb = lm.model.get_input_embeddings().weight
+    with nanogcg_messages(lm.tokenizer, args.message, args.nanogcg_own_prompt) as messages:
+        try:
+            probe.run(messages, args.target)
+        except Stop:
+            pass
+
+    def ids(e):  # embeddings back to ids (exact rows of the table)
+        return torch.cdist(e[0], emb).argmin(1).tolist()
+
+    return ids(probe.before_embeds), ids(probe.after_embeds)
 
 
 def run_nanogcg(lm, args, seed: int) -> Row:
@@ -100,8 +169,11 @@ def run_nanogcg(lm, args, seed: int) -> Row:
         verbosity="WARNING",
     )
     t0 = time.perf_counter()
-    res = nanogcg.run(lm.model, lm.tokenizer, args.message, args.target, cfg)
+    with nanogcg_messages(lm.tokenizer, args.message, args.nanogcg_own_prompt) as messages:
+        res = nanogcg.run(lm.model, lm.tokenizer, messages, args.target, cfg)
     dt = (time.perf_counter() - t0) / args.steps
+    if args.show_steps:
+        print(f"nanoGCG seed {seed} per-step best: {[round(float(v), 4) for v in res.losses]}")
     return Row("nanoGCG", seed, dt, float(res.best_loss), res.best_string)
 
 
@@ -142,10 +214,12 @@ def parity(lm, args, n_random: int = 8) -> None:
         )
         theirs = ref._compute_candidates_loss_original(len(cands), embeds).numpy()
     ok = np.isfinite(ev.values)  # ours rejects prompts that do not survive retokenisation
+    nb, na = nanogcg_prompt_ids(lm, args)
     print(
         f"parity at the initial suffix: top-{args.topk} sets shared per position {same}; "
         f"loss of {int(ok.sum())} candidates max |ours - nanoGCG| "
-        f"{np.abs(-ev.values[ok] - theirs[ok]).max():.2e}",
+        f"{np.abs(-ev.values[ok] - theirs[ok]).max():.2e}; "
+        f"nanoGCG's own prompt ids equal ours: {nb == before and na == after}",
         flush=True,
     )
 
@@ -166,6 +240,12 @@ def main() -> None:
         action="store_true",
         help="also run ours with keep_parents=False (always move to the best candidate)",
     )
+    ap.add_argument(
+        "--nanogcg-own-prompt",
+        action="store_true",
+        help="let nanoGCG render the chat itself (it then strips every <|im_start|>: another prompt)",
+    )
+    ap.add_argument("--show-steps", action="store_true", help="print each step's best loss")
     args = ap.parse_args()
     lm = load_model()
     parity(lm, args)

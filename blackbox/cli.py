@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from blackbox.arguments import add_config_arguments
 from blackbox.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,32 +137,11 @@ BUILTIN_COMMANDS = ("run", "export", "data")
 # Modules that add subcommands, by command: each defines ``register(subparsers)`` which adds its
 # parser and calls ``parser.set_defaults(handler=fn)`` with ``fn(args) -> int``.
 EXTRA_COMMAND_MODULES: dict[str, str] = {
-    "worker": "blackbox.study.worker_cli",
+    "worker": "blackbox.distributed.worker_cli",
     "compare": "blackbox.experiments.compare",
     "report": "blackbox.report.compare",
     "tune": "blackbox.experiments.tune",
 }
-
-
-def add_config_arguments(p: argparse.ArgumentParser, what: str, example: str, out: str) -> None:
-    """The arguments every config-driven command shares: CONFIG, --set, --out, --no-progress."""
-    p.add_argument("config", help=what)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {example} (repeatable)",
-    )
-    p.add_argument("--out", help=f"output directory (default: {out})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="show the traceback of an unexpected error",
-    )
 
 
 def _fail(message: str) -> int:
@@ -262,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     wrap = None
     if getattr(args, "remote", False):
-        from blackbox.study.remote import check_remote, remote_wrapper
+        from blackbox.distributed.remote import check_remote, remote_wrapper
 
         check_remote(cfg)
         wrap = remote_wrapper()

@@ -24,3 +24,11 @@ class UserError(ValueError):
 
             args = (mask_url(args[0]), *args[1:])
         super().__init__(*args)
+
+
+class ConfigError(UserError):
+    """A configuration problem; the message is one line naming the field.
+
+    Here rather than in :mod:`blackbox.config` (which re-exports it) so that objectives and
+    search spaces can raise it without importing the config package that reads their
+    registries."""

@@ -28,6 +28,10 @@ import numpy as np
 INFEASIBLE = -1.0e6
 """Scalar value of an infeasible candidate before its violation is subtracted."""
 
+SIDE_DIRECTION = "minimize"
+"""The direction of every side column (an evaluation's ``extra``: KL, guard-task drops, self
+cross-entropy), as the objectives declare it (``Objective.extra_directions``)."""
+
 
 @dataclass(frozen=True)
 class SideColumn:
@@ -68,7 +72,7 @@ class ObjectiveSpec:
 
     @property
     def directions(self) -> list[str]:
-        return ["maximize", *("minimize" for c in self.columns if c.objective)]
+        return ["maximize", *(SIDE_DIRECTION for c in self.columns if c.objective)]
 
     @property
     def bounded(self) -> list[SideColumn]:
@@ -128,8 +132,12 @@ def scalarise(values: np.ndarray, extra: np.ndarray | None, spec: ObjectiveSpec)
 def pareto_mask(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """``(n,)`` bool: rows of ``points`` ``(n, k)`` that no other row dominates.
 
-    ``directions[j]`` is ``"maximize"`` or ``"minimize"``.  Rows with a non-finite entry are
-    never on the front; exact duplicates are all kept.
+    The suite's one Pareto routine: the side-effects front, EPO's fluency front
+    (:mod:`blackbox.pareto`), the token run's ``pareto.png`` and the report's all call it.
+
+    ``directions[j]`` is ``"maximize"`` or ``"minimize"``.  Row ``j`` dominates row ``i`` when
+    it is at least as good in every column and better in one.  Rows with a non-finite entry
+    (NaN, +-inf) are never on the front and dominate nothing; exact duplicates are all kept.
     """
     p = np.asarray(points, dtype=float)
     sign = np.array([1.0 if d == "maximize" else -1.0 for d in directions])

@@ -1,7 +1,9 @@
 """Pareto fronts of (feature, cross-entropy) pairs: maximise the feature, minimise the CE.
 
 Pure functions on arrays plus a tiny record type; used by EPO to keep the front over a whole run
-and by reports to print and plot it.
+and by reports to print and plot it.  Which points are on a front is decided by the suite's one
+Pareto routine, :func:`blackbox.multiobjective.pareto_mask`, with the directions
+:data:`FLUENCY`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from blackbox.multiobjective import SIDE_DIRECTION, pareto_mask
+
+FLUENCY = ("maximize", SIDE_DIRECTION)
+"""Directions of a fluency front's columns: (feature value, self cross-entropy)."""
 
 
 @dataclass(frozen=True)
@@ -28,22 +35,6 @@ class FrontPoint:
     xentropy: float
 
 
-def non_dominated(values: np.ndarray, xentropy: np.ndarray) -> np.ndarray:
-    """``(n,)`` bool mask of points no other point dominates (pure).
-
-    Point ``j`` dominates ``i`` when ``values[j] >= values[i]`` and ``xentropy[j] <=
-    xentropy[i]`` with at least one strict.  Non-finite points are never on the front.  Exact
-    duplicates are all kept.
-    """
-    v = np.asarray(values, dtype=float)
-    c = np.asarray(xentropy, dtype=float)
-    ok = np.isfinite(v) & np.isfinite(c)
-    ge = (v[None, :] >= v[:, None]) & (c[None, :] <= c[:, None])  # [i, j]: j weakly better
-    gt = (v[None, :] > v[:, None]) | (c[None, :] < c[:, None])
-    dominated = (ge & gt & ok[None, :]).any(axis=1)
-    return ok & ~dominated
-
-
 def update_front(front: Sequence[FrontPoint], new: Sequence[FrontPoint]) -> list[FrontPoint]:
     """The non-dominated points of ``front + new``, one per prompt, sorted by cross-entropy."""
     seen: dict[tuple[int, ...], FrontPoint] = {}
@@ -52,7 +43,7 @@ def update_front(front: Sequence[FrontPoint], new: Sequence[FrontPoint]) -> list
     pts = list(seen.values())
     if not pts:
         return []
-    mask = non_dominated(np.array([p.value for p in pts]), np.array([p.xentropy for p in pts]))
+    mask = pareto_mask(np.array([[p.value, p.xentropy] for p in pts], dtype=float), FLUENCY)
     return sorted((p for p, m in zip(pts, mask) if m), key=lambda p: (p.xentropy, -p.value))
 
 

@@ -46,6 +46,11 @@ class Registry(Generic[T]):
         """Register ``cls`` under ``name`` (default: ``cls.name``)."""
         return self.register(name or cls.name)(cls)  # type: ignore[attr-defined]
 
+    def unregister(self, name: str) -> type[T]:
+        """Remove ``name`` and return its class (a test's own toy component, registered for
+        the test only); ``KeyError`` if it is not registered."""
+        return self._classes.pop(name)
+
     def get(self, name: str) -> type[T]:
         """The class registered as ``name``.
 

@@ -115,7 +115,7 @@ class NeuronObjective(Standardised):
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> NeuronObjective:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
         from blackbox.models.layers import mlp_width
 
         o = cfg.objective
@@ -241,7 +241,7 @@ class LpFeaturesObjective(_Residual):
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> LpFeaturesObjective:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         o = cfg.objective
         ctx.check_layer("objective.layer", o.layer)
@@ -278,7 +278,7 @@ def _splits(ctx: Any) -> dict[str, Items]:
 def _unembedding(words: Sequence[str], ctx: Any) -> torch.Tensor:
     """``(k, d)`` unembedding rows of the words' (first) tokens: the residual directions that
     write each word (the logit lens)."""
-    from blackbox.config.base import ConfigError
+    from blackbox.errors import ConfigError
 
     out = ctx.model.get_output_embeddings().weight
     rows = []
@@ -303,8 +303,8 @@ def _file_direction(
 ) -> torch.Tensor:
     """A direction ``(d,)`` (or rows ``(k, d)``) from a file or a sae-lens SAE directory,
     checked against the model's width and (an SAE's hook) ``layer`` (one-line
-    :class:`~blackbox.config.base.ConfigError` naming ``field``)."""
-    from blackbox.config.base import ConfigError
+    :class:`~blackbox.errors.ConfigError` naming ``field``)."""
+    from blackbox.errors import ConfigError
     from blackbox.models.layers import hidden_size
 
     if Path(path).is_dir():

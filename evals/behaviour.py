@@ -141,7 +141,7 @@ class BehaviourMatching(TargetObjective):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         if not cfg.objective.has_documents():
             raise ConfigError(
@@ -156,7 +156,7 @@ class BehaviourMatching(TargetObjective):
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> BehaviourMatching:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         o = cfg.objective
         lay = ctx.layout_kw()

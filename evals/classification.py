@@ -67,7 +67,7 @@ class Classification(DocumentObjective):
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> Classification:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
         from blackbox.evals.data import DataError, fetch, is_ready, read_split
         from blackbox.evals.sampling import size_warning, subsample
 

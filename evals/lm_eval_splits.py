@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from blackbox.config.base import ConfigError
+from blackbox.errors import ConfigError
 from blackbox.evals.lm_eval_requests import TaskSplitSpec
 from blackbox.evals.sampling import size_warning, subsample
 
@@ -82,7 +82,7 @@ def task_splits(
     task: Any, tcfg: Any, seed: int, warn: Callable[[str], None] | None = None
 ) -> dict[str, TaskSplitSpec]:
     """The seeded ``search`` subsample and the ``heldout`` documents of ``tcfg`` (a
-    :class:`~blackbox.config.schema.TaskConfig`); ``warn`` hears of a size above the split's."""
+    :class:`~blackbox.config.task.TaskConfig`); ``warn`` hears of a size above the split's."""
     search_split, heldout_split = split_names(task, tcfg.search_split, tcfg.heldout_split)
     n_search = len(task.dataset[search_split])
     if n_search == 0:

@@ -132,7 +132,7 @@ class LMEvalTask(Differentiable):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         placement = getattr(cfg.space, "placement", None)
         if placement is not None and placement not in PROMPT_PLACEMENTS:
@@ -143,7 +143,7 @@ class LMEvalTask(Differentiable):
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> LMEvalTask:
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
         from blackbox.evals.lm_eval_splits import task_splits
         from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 

@@ -180,7 +180,7 @@ def kl_texts(item: Any, cfg: Any, ctx: Any) -> dict[str, list[str]]:
 
 def task_inputs(cfg: Any, ctx: Any) -> list[str]:
     """The study task's document inputs (``doc_to_text``) of its search split."""
-    from blackbox.config.base import ConfigError
+    from blackbox.errors import ConfigError
 
     if cfg.task is None:
         objective_docs = ctx.documents()
@@ -194,8 +194,7 @@ def task_inputs(cfg: Any, ctx: Any) -> list[str]:
 
 def build(cfg: Any, ctx: Any, primary: Any, space: Any, guard_tasks: dict[str, Any]) -> SideEffects:
     """The wrapped objective of a study with ``side_effects``, references measured."""
-    from blackbox.config.base import ConfigError
-    from blackbox.config.schema import TaskConfig
+    from blackbox.errors import ConfigError
     from blackbox.evals.kl import KLDivergence
     from blackbox.evals.lm_eval_splits import task_splits
     from blackbox.evals.lm_eval_task import LMEvalTask
@@ -219,12 +218,7 @@ def build(cfg: Any, ctx: Any, primary: Any, space: Any, guard_tasks: dict[str, A
                 raise ConfigError(f"config: side_effects.{i}: {exc}") from None
             measures.append(Measure(item.column, kl))
         else:
-            tc = TaskConfig(
-                name=item.task,
-                metric=item.metric,
-                search_size=item.search_size,
-                heldout_size=item.heldout_size,
-            )
+            tc = item.task_config()
             task = guard_tasks[item.task]
             splits = task_splits(task, tc, cfg.seed, warn=ctx.warn)
             try:

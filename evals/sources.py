@@ -11,9 +11,9 @@ each archive in turn until one supplies every missing member:
 3. the whole archive must match its pinned sha256 and every member its own sha256: a fallback
    archive is trusted for exactly the bytes the first one would have given.
 
-Members are written through a temporary file and ``os.replace`` only after every check passed,
-so an interrupted or failed fetch leaves nothing half-written, and a member on disk is a
-verified member.  When every archive fails, one :class:`DataError` line names the source, each
+Members are written through a temporary file and ``os.replace`` (the suite's one atomic writer,
+:func:`blackbox.staging.atomic_write`) only after every check passed, so an interrupted or
+failed fetch leaves nothing half-written, and a member on disk is a verified member.  When every archive fails, one :class:`DataError` line names the source, each
 archive tried with what went wrong, and what the user can do.
 
 Why several archives: sources vanish (on 2026-12-06 the registry stopped serving the
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO
 
 from blackbox.errors import UserError
+from blackbox.staging import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +228,3 @@ def _resolve_url(archive: Archive) -> str:
                 raise DataError(f"{url} lists sha256 {listed}, pinned {archive.sha256}")
             return str(entry["url"])
     raise DataError(f"{url} does not list it")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -83,7 +83,7 @@ def init_embeddings(
 
 def check_subspace(sc: Any, width: int) -> None:
     """One line if ``sc.subspace_dim`` exceeds the soft prompt's ``n_tokens x width``."""
-    from blackbox.config.base import ConfigError
+    from blackbox.errors import ConfigError
 
     if sc.subspace_dim is not None and sc.subspace_dim > sc.n_tokens * width:
         raise ConfigError(
@@ -172,7 +172,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
     def from_config(cls, cfg: Any, ctx: Any) -> SoftPromptSpace:
         """``p0`` from random vocabulary rows or a text (seeded), ``sigma`` the spread of the
         allowed rows; baselines: a hand-written text in the prompt's place and no prompt."""
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         sc, tok = cfg.space, ctx.tokenizer
         embed = ctx.model.get_input_embeddings()

@@ -211,7 +211,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
         space of ``cfg.space`` on ``ctx.model`` (one-line errors naming the field)."""
         from pathlib import Path
 
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
         from blackbox.models.layers import layer_path, num_layers
         from blackbox.search_spaces.steering_vectors import (
             cached_contrastive_vector,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from blackbox.errors import UserError
 from blackbox.models.layers import decoder_layers, layer_output_hidden
+from blackbox.staging import Staged
 
 READ_MODES = ("last", "mean")
 
@@ -166,11 +166,9 @@ def cached_contrastive_vector(
         data = load_file(str(path))
         return SteeringVector(name=name, vectors=data["vectors"], scales=data["scales"])
     vec = contrastive_vector(model, tokenizer, name, concept, contrast, read)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    save_file({"vectors": vec.vectors.contiguous(), "scales": vec.scales.contiguous()}, tmp)
-    os.replace(tmp, path)
+    with Staged() as staged:
+        tensors = {"vectors": vec.vectors.contiguous(), "scales": vec.scales.contiguous()}
+        save_file(tensors, str(staged.path(path)))
     return vec
 
 

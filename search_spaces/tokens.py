@@ -195,7 +195,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
     @classmethod
     def from_config(cls, cfg: Any, ctx: Any) -> TokenSpace:
         """The space of ``cfg.space``; a ``logit`` objective bans its target's variants."""
-        from blackbox.config.base import ConfigError
+        from blackbox.errors import ConfigError
 
         sc, o = cfg.space, cfg.objective
         banned = list(sc.banned)

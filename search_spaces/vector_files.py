@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from blackbox.errors import UserError
+from blackbox.staging import Staged
 
 GGUF_ARCH = "controlvector"
 _HOOKPOINT = re.compile(r"^(?:model\.)?(?:layers|h|blocks|decoder\.layers|transformer\.h)\.(\d+)$")
@@ -83,18 +84,16 @@ def write_control_vector(
     if len(widths) != 1 or len(next(iter(widths))) != 1:
         raise UserError(f"control vector: directions must be (d,) of one width, got {widths}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), GGUF_ARCH)
-    writer.add_string(f"{GGUF_ARCH}.model_hint", model_hint)
-    writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(layers))
-    for k in layers:
-        writer.add_tensor(f"direction.{k}", arrays[k])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(path)
+    with Staged() as staged:  # all or nothing: a failed write leaves no part behind
+        writer = gguf.GGUFWriter(str(staged.path(path)), GGUF_ARCH)
+        writer.add_string(f"{GGUF_ARCH}.model_hint", model_hint)
+        writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(layers))
+        for k in layers:
+            writer.add_tensor(f"direction.{k}", arrays[k])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return path
 
 

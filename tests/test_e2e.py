@@ -22,6 +22,7 @@ from blackbox.config import apply_overrides, validate
 from blackbox.evals.parity import reference_scores
 from blackbox.finishing.steering import export_steered
 from blackbox.search_spaces.steering import Edit
+from blackbox.study.storage import records
 
 pytestmark = pytest.mark.slow
 
@@ -139,9 +140,11 @@ def test_killed_run_resumes_with_the_same_command(tmp_path) -> None:
         if db.exists():
             try:
                 recorded = len(
-                    optuna.load_study(
-                        study_name="steer_rotten_tomatoes", storage=f"sqlite:///{db}"
-                    ).get_trials()
+                    records(
+                        optuna.load_study(
+                            study_name="steer_rotten_tomatoes", storage=f"sqlite:///{db}"
+                        )
+                    )
                 )
             except Exception:
                 recorded = 0
@@ -159,9 +162,9 @@ def test_killed_run_resumes_with_the_same_command(tmp_path) -> None:
     result = json.loads((out / "result.json").read_text())
     assert result["resumed_evaluations"] >= recorded
     assert result["evaluations"] == 16
-    trials = optuna.load_study(
-        study_name="steer_rotten_tomatoes", storage=f"sqlite:///{db}"
-    ).get_trials()
+    trials = records(
+        optuna.load_study(study_name="steer_rotten_tomatoes", storage=f"sqlite:///{db}")
+    )
     keys = [
         (t.user_attrs["kind"], t.user_attrs["generation"], t.user_attrs["index"]) for t in trials
     ]

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from blackbox.multiobjective import pareto_mask
 from blackbox.pareto import (
+    FLUENCY,
     FrontPoint,
     front_table,
-    non_dominated,
     plot_front,
     select_per_weight,
     update_front,
@@ -16,10 +17,11 @@ def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
-def test_non_dominated_small_case() -> None:
+def test_fluency_front_small_case() -> None:
     v = np.array([1.0, 2.0, 3.0, 2.0, np.nan])
     c = np.array([1.0, 2.0, 3.0, 3.0, 0.0])
-    assert non_dominated(v, c).tolist() == [True, True, True, False, False]
+    mask = pareto_mask(np.column_stack([v, c]), FLUENCY)
+    assert mask.tolist() == [True, True, True, False, False]
 
 
 def test_front_is_non_dominated_and_complete_random() -> None:

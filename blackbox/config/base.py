@@ -1,5 +1,6 @@
-"""The config's error type and strict base model (unknown keys are errors, no NaN or infinity in
-any float, no boolean where a number is expected)."""
+"""The config's strict base model (unknown keys are errors, no NaN or infinity in
+any float, no boolean where a number is expected); its error type, :class:`ConfigError`, lives
+in :mod:`blackbox.errors` and is re-exported here."""
 
 from __future__ import annotations
 
@@ -10,12 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from blackbox.errors import UserError
+from blackbox.errors import ConfigError as ConfigError  # re-exported: it lives in errors
 from blackbox.masking import PLACEHOLDER, short_repr
-
-
-class ConfigError(UserError):
-    """A configuration problem; the message is one line naming the field."""
 
 
 def _members(annotation: Any) -> list[Any]:

@@ -20,8 +20,9 @@ from blackbox.config.base import ConfigError, Population, Strict, check_name, ch
 from blackbox.config.objectives import ObjectiveConfig
 from blackbox.config.side_effects import SideEffectConfig, duplicate_column
 from blackbox.config.spaces import SoftPromptSpaceConfig, SteeringSpaceConfig, TokenSpaceConfig
+from blackbox.config.task import TaskConfig
 
-__all__ = ["ConfigError", "StudyConfig"]
+__all__ = ["ConfigError", "StudyConfig", "TaskConfig"]
 
 
 class ModelConfig(Strict):
@@ -35,25 +36,6 @@ class ModelConfig(Strict):
 UNSET_NOT_FINGERPRINTED: tuple[tuple[str, str], ...] = (("task", "max_gen_toks"),)
 """Fields added after studies were stored: left out of the fingerprint while unset, so that
 those studies still resume."""
-
-
-class TaskConfig(Strict):
-    name: str = Field(
-        min_length=1, description="bundled task (bb_rotten_tomatoes, ...), lm-eval task or YAML"
-    )
-    metric: str = "acc"
-    search_split: str | None = Field(None, description="default: train, else the eval split")
-    search_size: int = Field(64, ge=1, description="documents subsampled (by seed) for search")
-    heldout_split: str | None = Field(None, description="default: test, else validation")
-    heldout_size: int | None = Field(None, ge=1, description="documents for held-out; all if null")
-    stratify: bool = Field(True, description="search subsample with equal numbers per gold answer")
-    max_gen_toks: int | None = Field(
-        None,
-        ge=1,
-        le=8192,
-        description="generative tasks: cap the tokens generated per answer (lm-eval's "
-        "max_gen_toks, as `lm_eval --gen_kwargs max_gen_toks=N`); null: the task's own",
-    )
 
 
 class StrategyConfig(Strict):

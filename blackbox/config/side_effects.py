@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from blackbox.config.base import Strict
+from blackbox.config.task import TaskConfig
 
 
 class _Bounded(Strict):
@@ -79,6 +80,16 @@ class GuardSideEffectConfig(_Bounded):
     @property
     def bound(self) -> float | None:
         return self.max_drop
+
+    def task_config(self) -> TaskConfig:
+        """The guard task as a :class:`~blackbox.config.task.TaskConfig` (its splits are drawn
+        as a study task's are)."""
+        return TaskConfig(
+            name=self.task,
+            metric=self.metric,
+            search_size=self.search_size,
+            heldout_size=self.heldout_size,
+        )
 
 
 class FluencySideEffectConfig(_Bounded):

@@ -104,7 +104,9 @@ def is_finished(study: Any, budget: Budget) -> bool:
     """True when the run has its held-out records and was finished under this budget."""
     if study.user_attrs.get("finished_budget") != budget_attr(budget):
         return False
-    return any(t.user_attrs.get("kind") == "heldout" for t in study.get_trials(deepcopy=False))
+    from blackbox.study.storage import records
+
+    return any(t.user_attrs.get("kind") == "heldout" for t in records(study))
 
 
 def recorded_cost(study: Any, generations: int) -> float:
@@ -315,7 +317,7 @@ def register(sub: Any) -> None:
         description="Run every (strategy, seed) pair of a compare config against one budget "
         "(forward-pass equivalents) into one Optuna storage; resumes and extends.",
     )
-    from blackbox.cli import add_config_arguments
+    from blackbox.arguments import add_config_arguments
 
     add_config_arguments(
         p, "compare YAML (see studies/compare_*.yaml)", "seeds=[0,1,2,3]", "runs/<study name>"

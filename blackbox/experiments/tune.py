@@ -190,8 +190,10 @@ def checkpoint_reporter(
 
 def _fail_stale(study: optuna.Study) -> None:
     """Mark trials left RUNNING by a killed process as failed (one tune process per study)."""
+    from blackbox.optuna_internals import storage_of, trial_id
+
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage_of(study).set_trial_state_values(trial_id(t), TrialState.FAIL)
 
 
 def tune_runs(
@@ -397,7 +399,7 @@ def register(sub: Any) -> None:
         description="Each trial is a whole inner run; best-so-far is reported at budget "
         "checkpoints so a pruner can stop bad trials; writes tuned.yaml.",
     )
-    from blackbox.cli import add_config_arguments
+    from blackbox.arguments import add_config_arguments
 
     add_config_arguments(
         p, "tune YAML (see studies/tune_*.yaml)", "tune.trials=30", "runs/tune_<study name>"

@@ -35,8 +35,11 @@ def best_so_far(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def plot_run(study: optuna.Study, space: Any, run_dir: Path) -> list[Path]:
-    """Write ``best_so_far.png`` and (steering) ``landscape.png``; returns the paths."""
+def plot_run(
+    study: optuna.Study, space: Any, run_dir: Path, baseline: float | None = None
+) -> list[Path]:
+    """Write ``best_so_far.png`` (with ``baseline``, the first baseline's search score, as a
+    line) and (steering) ``landscape.png``; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,17 +49,12 @@ def plot_run(study: optuna.Study, space: Any, run_dir: Path) -> list[Path]:
     if not trials:
         return []
     values = np.array([t.values[0] if t.values else np.nan for t in trials], dtype=float)
-    baseline = [  # values[0]: the primary value, also of a multi-objective (side effects) study
-        t.values[0] if t.values else None
-        for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("kind") == "baseline"
-    ]
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(np.arange(1, len(values) + 1), best_so_far(values), label="best so far")
     ax.scatter(np.arange(1, len(values) + 1), values, s=8, alpha=0.4, label="evaluations")
-    if baseline and baseline[0] is not None:
-        ax.axhline(baseline[0], color="gray", linestyle="--", label="baseline (unsteered)")
+    if baseline is not None and np.isfinite(baseline):
+        ax.axhline(baseline, color="gray", linestyle="--", label="baseline (unsteered)")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("search score")
     ax.set_title(study.study_name)

@@ -38,7 +38,7 @@ def steer_config(space: Any, candidate: Any, model: torch.nn.Module) -> dict[str
 
 def export_steered(space: Any, candidate: Any, model: torch.nn.Module, path: Path) -> Path:
     """Write the ``steered`` .pt file of ``candidate`` atomically; returns the path."""
-    from blackbox.study.staging import Staged
+    from blackbox.staging import Staged
 
     path = Path(path)
     with Staged() as staged:

@@ -18,7 +18,8 @@ from blackbox.finishing.base import Finisher
 def front_from_trials(study: Any) -> list[dict[str, Any]]:
     """The Pareto front (objective up, cross-entropy down) over every recorded evaluation."""
     from blackbox.finishing.plots import search_trials
-    from blackbox.pareto import non_dominated
+    from blackbox.multiobjective import pareto_mask
+    from blackbox.pareto import FLUENCY
 
     rows = [
         t
@@ -29,7 +30,7 @@ def front_from_trials(study: Any) -> list[dict[str, Any]]:
         return []
     values = np.array([t.values[0] for t in rows])
     xent = np.array([t.user_attrs["extra"]["xentropy"] for t in rows], dtype=float)
-    mask = non_dominated(values, xent)
+    mask = pareto_mask(np.column_stack([values.astype(float), xent]), FLUENCY)
     seen, front = set(), []
     for t, keep in sorted(zip(rows, mask), key=lambda p: p[0].user_attrs["extra"]["xentropy"]):
         text = t.user_attrs.get("candidate", {}).get("text")

@@ -133,6 +133,9 @@ def write_cache_atomically(
     Files go to a temporary sibling directory, ``verify`` (if given) checks them, the marker is
     written last, then one rename moves the directory into place. If another process renamed
     its copy first, ours is discarded and theirs kept. On any error nothing is left behind.
+    (Not :class:`blackbox.staging.Staged`, the suite's atomic writer: its commit replaces a
+    directory in place, so the last writer would win and pull a valid cache from under a
+    process reading it; here the first complete copy wins.)
 
     Returns:
         ``dest``.

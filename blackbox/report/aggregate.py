@@ -181,17 +181,3 @@ def summary_rows(
             }
         )
     return rows
-
-
-def minimised(name: str) -> bool:
-    """Whether a secondary objective is minimised, from its name (cross-entropy, loss, ...)."""
-    n = name.lower()
-    return any(k in n for k in ("entropy", "xent", "loss", "perplexity", "ppl", "nll")) or n == "ce"
-
-
-def pareto_mask(primary: np.ndarray, secondary: np.ndarray, minimise_secondary: bool) -> np.ndarray:
-    """Non-dominated points of (primary maximised, secondary max- or minimised)."""
-    from blackbox.pareto import non_dominated
-
-    s = np.asarray(secondary, dtype=float)
-    return non_dominated(np.asarray(primary, dtype=float), s if minimise_secondary else -s)

@@ -28,9 +28,10 @@ from optuna.trial import TrialState
 
 from blackbox import stats
 from blackbox.masking import mask_url
+from blackbox.multiobjective import SIDE_DIRECTION, pareto_mask
 from blackbox.report import aggregate as agg
 from blackbox.report.aggregate import RunCurve
-from blackbox.study.storage import StorageError, make_storage
+from blackbox.study.storage import StorageError, make_storage, records
 
 DB_NAMES = ("compare.db", "study.db", "tune.db")
 
@@ -147,12 +148,12 @@ def load_runs(storage: str, name: str | None = None) -> tuple[list[RunCurve], di
     runs, meta = [], {}
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         attrs = s.user_attrs
-        if attrs.get("kind") == "tune":  # a tune study's trials are runs, not evaluations
-            continue
+        if attrs.get("kind") in ("tune", "eval"):  # tune: runs, not evaluations; eval: read
+            continue  # with its search study (records)
         if name is not None and attrs.get("compare", s.study_name) != name:
             continue
         study = optuna.load_study(study_name=s.study_name, storage=store)
-        run = curve_from_trials(s.study_name, attrs, study.get_trials(deepcopy=False))
+        run = curve_from_trials(s.study_name, attrs, records(study))
         if run is not None:
             runs.append(run)
             meta.setdefault("budget", attrs.get("budget"))
@@ -224,12 +225,16 @@ def _landscape(runs: list[RunCurve], path: Path) -> Path | None:
 
 
 def _pareto(runs: list[RunCurve], path: Path) -> tuple[Path, str] | None:
-    """Primary score against the first secondary objective, front per strategy."""
+    """Primary score (maximised) against the first secondary objective, front per strategy.
+
+    A secondary objective is a side column (an evaluation's ``extra``), minimised by
+    declaration (:data:`~blackbox.multiobjective.SIDE_DIRECTION`), whatever its name.
+    """
     with_extra = [r for r in runs if r.extra]
     if not with_extra:
         return None
     name = next(iter(next(e for r in with_extra for e in r.extra if e)))
-    minimise = agg.minimised(name)
+    directions = ("maximize", SIDE_DIRECTION)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,11 +244,11 @@ def _pareto(runs: list[RunCurve], path: Path) -> tuple[Path, str] | None:
     for label, rs in agg.group(with_extra).items():
         v = np.concatenate([r.values for r in rs])
         s = np.array([(e or {}).get(name, np.nan) for r in rs for e in r.extra], dtype=float)
-        mask = agg.pareto_mask(v, s, minimise)
+        mask = pareto_mask(np.column_stack([v, s]), directions)
         (pts,) = ax.plot(s, v, ".", alpha=0.25)
         order = np.argsort(s[mask])
         ax.plot(s[mask][order], v[mask][order], "o-", ms=4, color=pts.get_color(), label=label)
-    ax.set_xlabel(f"{name} ({'lower' if minimise else 'higher'} is better)")
+    ax.set_xlabel(f"{name} ({'lower' if directions[1] == 'minimize' else 'higher'} is better)")
     ax.set_ylabel("search score")
     ax.legend(fontsize=8)
     fig.tight_layout()

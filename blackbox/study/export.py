@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from blackbox.config.base import ConfigError
+from blackbox.staging import Staged, atomic_write
 from blackbox.study.context import BuildContext
 from blackbox.study.rundir import saved_config, storage_url
-from blackbox.study.staging import Staged
 from blackbox.study.storage import checked_option, open_study, probe_storage, trial_x
 
 
@@ -53,8 +53,6 @@ class Exported:
 
 def record_files(run_dir: Path, paths: list[Path]) -> None:
     """Add ``paths`` to ``files`` of the run's ``result.json`` (when there is one)."""
-    from blackbox.study.rundir import atomic_text
-
     result_path = Path(run_dir) / "result.json"
     if not result_path.is_file():
         return
@@ -67,7 +65,7 @@ def record_files(run_dir: Path, paths: list[Path]) -> None:
         if name not in files:
             files.append(name)
     result["files"] = files
-    atomic_text(result_path, json.dumps(result, indent=2, default=float))
+    atomic_write(result_path, json.dumps(result, indent=2, default=float))
 
 
 RUN_FILES = ("config.yaml", "result.json", "study.db", ".lock", "lm_eval")  # never replaced

@@ -25,12 +25,12 @@ from blackbox.config.rules import settings_field
 from blackbox.config.schema import StudyConfig
 from blackbox.finishing.provenance import provenance, statistics
 from blackbox.masking import mask_url
+from blackbox.staging import atomic_write
 from blackbox.strategies import make_strategy
 from blackbox.strategies.base import dummy_box
 from blackbox.study.context import BuildContext
 from blackbox.study.racing import Racing
 from blackbox.study.rundir import (
-    atomic_text,
     check_run_dir,
     open_run_study,
     save_config,
@@ -483,7 +483,7 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None)
     """Run or resume the study into ``run_dir``; returns the result dict (also saved).
 
     ``wrap``: a function turning the built :class:`Runner` into another one (``--remote``:
-    :func:`blackbox.study.remote.remote_wrapper`, generations scored by workers)."""
+    :func:`blackbox.distributed.remote.remote_wrapper`, generations scored by workers)."""
     from blackbox.finishing.plots import plot_run
     from blackbox.finishing.registry import FINISHERS
 
@@ -501,8 +501,9 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None)
     prov = provenance(p, run_dir, list(result.get("files") or []), exported)
     if prov is not None:
         result["provenance"] = prov
-    atomic_text(run_dir / "result.json", json.dumps(result, indent=2, default=float))
-    plot_run(study, p.space, run_dir)
+    atomic_write(run_dir / "result.json", json.dumps(result, indent=2, default=float))
+    baseline = summary.baseline.value if summary.baseline is not None else None
+    plot_run(study, p.space, run_dir, baseline)
     return result
 
 

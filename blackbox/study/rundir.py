@@ -1,4 +1,4 @@
-"""A run directory: its storage, its saved config, atomic writes, seeds (a leaf module).
+"""A run directory: its storage, its saved config, seeds (a leaf module).
 
 A run directory holds ``config.yaml`` (the resolved config, storage password masked),
 ``study.db`` (the Optuna storage unless ``storage:`` names another), ``result.json`` and the
@@ -19,14 +19,8 @@ import yaml
 
 from blackbox.config.base import ConfigError
 from blackbox.masking import masked
-from blackbox.study.staging import Staged
+from blackbox.staging import atomic_write
 from blackbox.study.storage import StorageError, open_study
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (:class:`Staged`)."""
-    with Staged() as staged:
-        staged.path(Path(path)).write_text(text)
 
 
 def seed_everything(seed: int) -> None:
@@ -152,4 +146,4 @@ def open_run_study(cfg: Any, run_dir: Path, box: Any) -> tuple[optuna.Study, str
 
 def save_config(cfg: Any, run_dir: Path) -> None:
     """``config.yaml``: the resolved config (defaults filled in, password masked)."""
-    atomic_text(run_dir / "config.yaml", yaml.safe_dump(masked(cfg.resolved()), sort_keys=False))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(masked(cfg.resolved()), sort_keys=False))

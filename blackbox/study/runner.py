@@ -25,7 +25,7 @@ from blackbox.evals.base import Objective
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Strategy
 from blackbox.study.racing import Racing, race
-from blackbox.study.storage import Memo, add_record
+from blackbox.study.storage import Memo, add_record, open_eval_study
 
 # A run with only a cost budget stops after this many generations in a row that cost nothing
 # (every candidate a repeat served from the cache): a converged strategy would loop forever.
@@ -156,7 +156,9 @@ class Runner:
         space: the search space.
         objective: scores the space's interventions (higher is better).
         strategy: the ask/tell strategy over ``space.box``.
-        study: the Optuna study receiving one trial per evaluation.
+        study: the Optuna study receiving one trial per search evaluation (baseline and
+            held-out records go to its sibling ``NAME:eval``, see
+            :func:`~blackbox.study.storage.open_eval_study`).
         budget: when to stop; a cost budget truncates the last batch, so a run never spends
             more than it (but for a strategy's own gradient work when nothing is left to score).
         search_split: the objective split searched on.
@@ -193,6 +195,7 @@ class Runner:
         self.space, self.objective, self.strategy = space, objective, strategy
         self.problem = Problem(space, objective)
         self.study, self.budget = study, budget
+        self._eval_study: optuna.Study | None = None  # NAME:eval, opened on first use
         splits = getattr(objective, "splits", None) or [search_split]
         self.search_split = search_split
         self.heldout_split = heldout_split if heldout_split in splits else None
@@ -327,10 +330,21 @@ class Runner:
                 if stops[j] is not None:
                     attrs["raced"] = {"documents": stops[j], "estimate": value, "by": why[j]}
                     self._count_stop(attrs["raced"])
-                add_record(self.study, self.space.box, xs[i], value, attrs, pruned_at=stops[j])
+                add_record(
+                    self._study_for(kind), self.space.box, xs[i], value, attrs, pruned_at=stops[j]
+                )
                 row = None if ev.extra is None else tuple(map(float, ev.extra[j]))
                 out[i] = Scored(xs[i], cands[i], value, dict(metrics), each[j], row, docs, stops[j])
         return [s for s in out if s is not None], len(cands) - len(todo), cost
+
+    def _study_for(self, kind: str) -> optuna.Study:
+        """Search records go to the study; baseline and held-out ones to its ``NAME:eval``
+        sibling, so the study's best trial is never a held-out score."""
+        if kind == "search":
+            return self.study
+        if self._eval_study is None:
+            self._eval_study = open_eval_study(self.study)
+        return self._eval_study
 
     def _count_stop(self, raced: dict[str, Any] | None) -> None:
         """Count a raced record: stopped by the test or cut by the budget."""

@@ -103,7 +103,7 @@ def front_section(p: Any, summary: Any, study: Any, run_dir: Path) -> tuple[dict
     re-scores) and the summary the finishing step exports from (its ``best`` the chosen)."""
     from blackbox.evals.side_effects import config_spec
     from blackbox.study.runner import Scored
-    from blackbox.study.storage import trial_x
+    from blackbox.study.storage import records, trial_x
 
     spec = dataclasses.replace(config_spec(p.config), primary=p.objective.metric)
     trials = [
@@ -120,7 +120,7 @@ def front_section(p: Any, summary: Any, study: Any, run_dir: Path) -> tuple[dict
     }
     base = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in records(study, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("kind") == "baseline"
     ]
     if base:

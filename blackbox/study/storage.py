@@ -5,6 +5,11 @@ run never leaves a half-written trial.  Each trial carries the box row as params
 its value (NaN/inf -> a FAILED trial), and user attributes: ``kind`` (baseline, search,
 heldout), ``generation``, ``index``, the decoded candidate, every metric, the cost and whether
 it came from the repeat cache.
+
+The study named in the config holds the search trials only, so ``study.best_trial`` and
+optuna-dashboard's "best" are search scores; baseline and held-out records go to a sibling
+study ``NAME:eval`` in the same storage (:func:`open_eval_study`; :func:`records` reads both).
+A held-out score among the search trials would invite selecting on the held-out split.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from optuna.trial import TrialState
 
 from blackbox.errors import UserError
 from blackbox.masking import PLACEHOLDER, mask_url
+from blackbox.optuna_internals import storage_of
 
 if TYPE_CHECKING:  # the strategies package imports torch: keep `blackbox report` light
     from blackbox.strategies.base import Box
@@ -305,6 +311,61 @@ ANOTHER_CONFIG = (
 )
 
 
+EVAL_SUFFIX = ":eval"
+"""A run's baseline and held-out records live in the study ``NAME:eval`` (config names cannot
+hold ``:``, so it never meets a user's study)."""
+
+
+def open_eval_study(study: optuna.Study) -> optuna.Study:
+    """The sibling study ``NAME:eval`` holding ``study``'s baseline and held-out records (made
+    on first use, with the same directions and metric names; its user attribute
+    ``search_study`` names ``study``, and ``study``'s ``eval_study`` names it)."""
+    name = study.study_name + EVAL_SUFFIX
+    try:
+        ev = optuna.create_study(
+            storage=storage_of(study),
+            study_name=name,
+            directions=study.directions,
+            load_if_exists=True,
+        )
+    except Exception as exc:  # sqlalchemy / driver errors: keep one line
+        raise _unusable("storage", "opened", exc) from None
+    if id(study) in _SPECS:
+        _SPECS[id(ev)] = _SPECS[id(study)]
+    if "search_study" not in ev.user_attrs:
+        if len(study.directions) > 1 and study.metric_names:
+            with warnings.catch_warnings():  # set_metric_names is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ev.set_metric_names(study.metric_names)
+        ev.set_user_attr("kind", "eval")
+        ev.set_user_attr("search_study", study.study_name)
+    if study.user_attrs.get("eval_study") != name:
+        study.set_user_attr("eval_study", name)
+    return ev
+
+
+def eval_study(study: optuna.Study) -> optuna.Study | None:
+    """``study``'s sibling ``NAME:eval`` if the storage holds it (nothing is created)."""
+    name = study.study_name + EVAL_SUFFIX
+    try:
+        storage_of(study).get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return optuna.load_study(study_name=name, storage=storage_of(study))
+
+
+def records(
+    study: optuna.Study, states: tuple[TrialState, ...] | None = None
+) -> list[optuna.trial.FrozenTrial]:
+    """Every record of a run: ``study``'s trials (search; baselines and held-out records too in
+    studies made before the split) and those of its ``NAME:eval`` sibling."""
+    out = list(study.get_trials(deepcopy=False, states=states))
+    ev = eval_study(study)
+    if ev is not None:
+        out += ev.get_trials(deepcopy=False, states=states)
+    return out
+
+
 def check_existing_study(storage: Any, name: str, fingerprint: str, label: str) -> None:
     """Refuse, before the model loads, to join an existing study made with another config (a
     study not made yet is fine: :func:`open_study` makes it)."""
@@ -437,9 +498,11 @@ class Memo:
 
     @classmethod
     def load(cls, study: optuna.Study) -> Memo:
+        """The records of ``study`` and of its ``NAME:eval`` sibling, by (kind, generation,
+        index)."""
         by_key = {}
         states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-        for t in study.get_trials(deepcopy=False, states=states):
+        for t in records(study, states):
             a = t.user_attrs
             if "kind" in a:
                 by_key[(a["kind"], int(a.get("generation", -1)), int(a.get("index", 0)))] = t

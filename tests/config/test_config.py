@@ -304,3 +304,25 @@ def test_max_gen_toks_enters_the_fingerprint_only_when_set() -> None:
     assert a.fingerprint() == before
     capped = validate(apply_overrides(_demo(), ["task.max_gen_toks=32"]))
     assert capped.fingerprint() != a.fingerprint()
+
+
+def test_config_error_lives_in_errors_and_is_re_exported() -> None:
+    """Objectives and spaces raise it without importing the config package (no folder cycle)."""
+    import blackbox
+    from blackbox import errors
+    from blackbox.config import base
+
+    assert ConfigError is errors.ConfigError is base.ConfigError is blackbox.ConfigError
+    assert issubclass(ConfigError, errors.UserError)
+
+
+def test_guard_task_config_is_the_task_section_the_guard_names() -> None:
+    from blackbox.config.schema import TaskConfig
+    from blackbox.config.side_effects import GuardSideEffectConfig
+
+    item = GuardSideEffectConfig(type="guard", task="rte", metric="acc_norm", search_size=8)
+    want = TaskConfig(name="rte", metric="acc_norm", search_size=8, heldout_size=100)
+    assert item.task_config() == want
+    assert GuardSideEffectConfig(type="guard", task="arc_easy").task_config() == TaskConfig(
+        name="arc_easy", metric="acc", search_size=32, heldout_size=100
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from objective_conformance import ObjectiveConformance
 
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.activation import (
@@ -20,7 +19,11 @@ from blackbox.evals.activation import (
 from blackbox.evals.documents import layout
 from blackbox.forward.hooks import add_per_row
 from blackbox.models.layers import decoder_layers, mlp_output_projection, mlp_width
+from blackbox.search_spaces.soft_prompt import SoftPromptSpace
+from blackbox.search_spaces.steering import SteeringSpace
+from blackbox.search_spaces.steering_vectors import SteeringVector
 from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.testing.objectives import ObjectiveConformance
 
 ARCHS = ["llama", "gpt2", "qwen2", "gemma", "neox"]
 DOCS = ["The sea is", "A cat sat on"]
@@ -170,6 +173,8 @@ def test_lp_combine_rewards_joint_activation() -> None:
 
 
 class TestNeuronConformance(ObjectiveConformance):
+    component = "neuron"
+
     @pytest.fixture
     def problem(self, tiny_qwen2, tokenizer):
         items = layout(tokenizer, DOCS, placement="before_input")[0]
@@ -179,3 +184,63 @@ class TestNeuronConformance(ObjectiveConformance):
     @pytest.fixture
     def candidates(self, problem):
         return problem.space.sample(5, np.random.default_rng(0))
+
+
+def _direction(d: int, rows: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A random direction ``(d,)`` (or ``rows`` of them, ``(rows, d)``)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, generator=g) if rows is None else torch.randn(rows, d, generator=g)
+
+
+class TestResidualDirectionConformance(ObjectiveConformance):
+    """Under a soft prompt (3 vectors of the tiny model's 64 dimensions, 8-dim subspace)."""
+
+    component = "residual_direction"
+
+    @pytest.fixture
+    def problem(self, tiny_qwen2, tokenizer):
+        items = layout(tokenizer, DOCS, placement="after_input")[0]
+        obj = ResidualDirectionObjective(tiny_qwen2, {"search": items}, 2, _direction(64))
+        p0 = tiny_qwen2.get_input_embeddings().weight[[300, 301, 302]].detach().clone()
+        return Problem(SoftPromptSpace(p0, sigma=0.05, subspace_dim=8), obj)
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(0))
+
+
+class TestFeatureDirectionConformance(ObjectiveConformance):
+    """Under steering hooks (two random vectors over the tiny model's 4 layers)."""
+
+    component = "feature_direction"
+
+    @pytest.fixture
+    def problem(self, tiny_qwen2, tokenizer):
+        items = layout(tokenizer, DOCS, placement="before_input")[0]
+        obj = FeatureDirectionObjective(tiny_qwen2, {"search": items}, 3, _direction(64), bias=0.5)
+        g = torch.Generator().manual_seed(1)
+        vecs = [
+            SteeringVector(n, torch.randn(4, 64, generator=g), torch.full((4,), 2.0))
+            for n in ("a", "b")
+        ]
+        return Problem(SteeringSpace(vecs, layer_range=(0, 2), coeff_range=(-3.0, 3.0)), obj)
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(0))
+
+
+class TestLpFeaturesConformance(ObjectiveConformance):
+    component = "lp_features"
+
+    @pytest.fixture
+    def problem(self, tiny_qwen2, tokenizer):
+        items = layout(tokenizer, DOCS, placement="before_input")[0]
+        obj = LpFeaturesObjective(
+            tiny_qwen2, {"search": items}, 2, _direction(64, rows=3), offsets=-1.0, p=0.5
+        )
+        return Problem(TokenSpace(tokenizer, n_tokens=3), obj)
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(0))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from objective_conformance import ObjectiveConformance
 
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.behaviour import BehaviourMatching, ReferenceObjective
 from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.testing.objectives import ObjectiveConformance
 
 LAYOUT = {"placement": "after_input", "prefix": "", "suffix": " ok"}
 
@@ -91,6 +91,8 @@ def test_behaviour_weights_the_first_k_tokens(tiny_llama, tokenizer) -> None:
 
 
 class TestReferenceConformance(ObjectiveConformance):
+    component = "reference"
+
     @pytest.fixture
     def problem(self, tiny_gpt2, tokenizer):
         docs = {"search": ["Tell me about the weather.", "Hi", "Why?"]}
@@ -102,3 +104,20 @@ class TestReferenceConformance(ObjectiveConformance):
     @pytest.fixture
     def candidates(self, problem):
         return problem.space.sample(4, np.random.default_rng(3))
+
+
+class TestBehaviourConformance(ObjectiveConformance):
+    component = "behaviour"
+
+    @pytest.fixture
+    def problem(self, tiny_llama, tokenizer):
+        lay = {"placement": "system", "chat": True}
+        docs = {"search": ["Name a colour.", "Tell me about the sea.", "Hi"]}
+        obj, _ = BehaviourMatching.from_prompts(
+            tiny_llama, tokenizer, "Talk only about cats.", docs, lay, lay, max_new_tokens=6, k=4
+        )
+        return Problem(TokenSpace(tokenizer, n_tokens=3), obj)
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(1))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from objective_conformance import ObjectiveConformance
 
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.classification import Classification
 from blackbox.search_spaces.soft_prompt import SoftPromptSpace
+from blackbox.testing.objectives import ObjectiveConformance
 
 ROWS = [
     {"query": "A warm, funny film.", "gold": 1},
@@ -76,6 +76,8 @@ def test_labels_must_start_with_distinct_tokens(tiny_llama) -> None:
 
 
 class TestClassificationConformance(ObjectiveConformance):
+    component = "classification"
+
     @pytest.fixture
     def problem(self, clf, tiny_llama):
         p0 = tiny_llama.get_input_embeddings().weight[:3].detach().clone()

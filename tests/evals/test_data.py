@@ -145,7 +145,7 @@ def test_interrupted_publish_leaves_no_partial_dataset(
         fetch_all(["rotten_tomatoes"], offline_data_dir, seed=5)
     assert not is_ready("rotten_tomatoes", offline_data_dir)
     assert not is_ready("rotten_tomatoes", offline_data_dir, seed=5)
-    assert not list((offline_data_dir / "rotten_tomatoes").glob("*.tmp"))
+    assert not list((offline_data_dir / "rotten_tomatoes").glob(".*"))  # no temporary left
     monkeypatch.setattr(data, "atomic_write", real_write)
     fetch_all(["rotten_tomatoes"], offline_data_dir, seed=5)
     assert is_ready("rotten_tomatoes", offline_data_dir, seed=5)

@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blackbox.api import PromptIntervention
+from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.documents import layout
 from blackbox.evals.fluency import FluencyObjective
+from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.testing.objectives import ObjectiveConformance
 
 
 def test_fluency_is_minus_the_prompts_cross_entropy_in_the_first_document(
@@ -28,3 +30,19 @@ def test_fluency_is_minus_the_prompts_cross_entropy_in_the_first_document(
         assert ev.values[c] == pytest.approx(-ce, abs=1e-5)
     with pytest.raises(ValueError, match="token prompts only"):
         obj.evaluate(PromptIntervention.of_embeddings([torch.zeros(2, 64)]))
+
+
+class TestFluencyConformance(ObjectiveConformance):
+    component = "fluency"
+    per_document = False  # measured in the first document's context
+
+    @pytest.fixture
+    def problem(self, tiny_llama, tokenizer):
+        items = layout(tokenizer, ["Once upon", "The sea"], placement="after_input")[0]
+        return Problem(
+            TokenSpace(tokenizer, n_tokens=4), FluencyObjective(tiny_llama, {"search": items})
+        )
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.api import PromptIntervention
+from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.lm_eval_requests import TaskSplitSpec, merge_rows
 from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
@@ -18,6 +18,7 @@ from blackbox.forward.rows import ancestry
 from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.testing.objectives import ObjectiveConformance
 
 
 def test_merge_rows_plain_shares_identical_inputs_and_places_queries() -> None:
@@ -312,3 +313,20 @@ def test_packing_is_checked_on_an_fp32_probe_so_bf16_keeps_it(tiny_llama, tokeni
     probe = lm_eval_requests.fp32_probe(bf16)
     assert next(probe.parameters()).dtype == torch.float32
     assert len(probe.model.layers) == 2 and type(probe) is type(bf16)
+
+
+class TestLMEvalTaskConformance(ObjectiveConformance):
+    """The bundled Rotten Tomatoes task on 6 documents under steering, scored by
+    ``gold_logprob`` (per document, continuous: a tiny random model's accuracy may tie)."""
+
+    component = "lm_eval_task"
+
+    @pytest.fixture
+    def problem(self, tiny_llama, tokenizer):
+        _, space, lm, task = _objective(tiny_llama, tokenizer, "bb_rotten_tomatoes", range(6))
+        spec = {"search": TaskSplitSpec(_split(task), list(range(6)))}
+        return Problem(space, LMEvalTask(task, lm, spec, metric="gold_logprob", max_rows=4))
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return [problem.space.baseline(), *CANDIDATES[1:]]

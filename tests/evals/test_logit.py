@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.api import PromptIntervention
+from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.documents import layout
 from blackbox.evals.logit import LogitObjective, logit_margin
+from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.testing.objectives import ObjectiveConformance
 
 
 def test_logit_margin_pure() -> None:
@@ -34,3 +36,17 @@ def test_logit_objective_matches_a_plain_forward(arch, request, tokenizer) -> No
             others = torch.cat([last[:1234], last[1235:]]).max()
             margins.append(float(last[1234] - others))
         assert ev.values[c] == pytest.approx(np.mean(margins), abs=1e-4)
+
+
+class TestLogitConformance(ObjectiveConformance):
+    component = "logit"
+
+    @pytest.fixture
+    def problem(self, tiny_gemma, tokenizer):
+        items = layout(tokenizer, ["Hello there", "A cat", "Why"], placement="before_input")[0]
+        obj = LogitObjective(tiny_gemma, {"search": items}, target_id=1234, max_rows=4)
+        return Problem(TokenSpace(tokenizer, n_tokens=3), obj)
+
+    @pytest.fixture
+    def candidates(self, problem):
+        return problem.space.sample(4, np.random.default_rng(0))

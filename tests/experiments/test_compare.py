@@ -211,7 +211,8 @@ def test_compare_cli_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir) -> Non
     )
     url = f"sqlite:///{out / 'compare.db'}"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
-    assert names == [f"tiny/{s}/seed{k}" for s in ("pso", "random") for k in (0, 1)]
+    runs = [f"tiny/{s}/seed{k}" for s in ("pso", "random") for k in (0, 1)]
+    assert names == sorted(runs + [f"{r}:eval" for r in runs])  # held-out records beside each
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
@@ -271,7 +272,11 @@ def test_compare_across_interventions_and_tasks_on_a_tiny_model(tmp_path, tiny_m
     out = tmp_path / "out"
     assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0
     url = f"sqlite:///{out / 'compare.db'}"
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
+    summaries = {
+        s.study_name: s
+        for s in optuna.get_all_study_summaries(url)
+        if s.user_attrs.get("kind") != "eval"
+    }
     tasks, labels = cfg["tasks"], ["adam", "soft", "steer", "tokens"]
     assert sorted(summaries) == sorted(f"tiny/{t}/{k}/seed0" for t in tasks for k in labels)
     for name in summaries:

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import yaml
 
+from blackbox.multiobjective import pareto_mask
 from blackbox.report import aggregate as agg
 from blackbox.report.aggregate import RunCurve
 from blackbox.report.compare import curve_from_trials, load_runs, resolve_storage, write_report
@@ -85,10 +86,26 @@ def test_summary_rows_threshold_budget_and_never_reached() -> None:
     )
 
 
-def test_pareto_direction_from_the_name() -> None:
-    assert agg.minimised("xentropy") and agg.minimised("nll") and not agg.minimised("feature")
-    mask = agg.pareto_mask(np.array([1.0, 2.0, 0.5]), np.array([1.0, 3.0, 2.0]), True)
-    assert mask.tolist() == [True, True, False]
+@pytest.mark.parametrize("column", ["xentropy", "kl", "drop:rte"])
+def test_pareto_secondary_is_minimised_whatever_its_name(
+    column: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direction is declared (every side column is minimised), not guessed from the name
+    (which read ``kl`` and ``drop:rte`` as maximised)."""
+    from blackbox.report import compare
+
+    seen: list[tuple[list[float], tuple[str, ...], list[bool]]] = []
+
+    def spy(points: np.ndarray, directions: tuple[str, ...]) -> np.ndarray:
+        mask = pareto_mask(points, directions)
+        seen.append((points[:, 1].tolist(), tuple(directions), mask.tolist()))
+        return mask
+
+    monkeypatch.setattr(compare, "pareto_mask", spy)
+    run = _run("a", 0, [1.0, 2.0, 0.5], [1.0, 1.0, 1.0])
+    run.extra = [{column: 1.0}, {column: 3.0}, {column: 2.0}]
+    assert compare._pareto([run], tmp_path / "pareto.png") == (tmp_path / "pareto.png", column)
+    assert seen == [([1.0, 3.0, 2.0], ("maximize", "minimize"), [True, True, False])]
 
 
 def _record(study: optuna.Study, kind: str, g: int, i: int, x: list[float], v: float, **kw) -> None:

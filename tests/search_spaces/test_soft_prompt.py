@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from space_conformance import SpaceConformance
 
 from blackbox.search_spaces.soft_prompt import SoftPrompt, SoftPromptSpace, init_embeddings
+from blackbox.testing.spaces import SpaceConformance
 
 N, D = 4, 16
 
@@ -76,12 +76,16 @@ def test_describe_reports_distance_not_the_tensor() -> None:
 
 
 class TestSoftPromptFullConformance(SpaceConformance):
+    component = "soft_prompt"
+
     @pytest.fixture
     def space(self):
         return SoftPromptSpace(_p0(), sigma=0.5)
 
 
 class TestSoftPromptSubspaceConformance(SpaceConformance):
+    component = "soft_prompt"
+
     @pytest.fixture
     def space(self):
         return SoftPromptSpace(_p0(), sigma=0.5, subspace_dim=6, seed=3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from space_conformance import SpaceConformance
 
 from blackbox.forward.hooks import add_per_row
 from blackbox.models.layers import decoder_layers, hidden_size, num_layers
@@ -16,6 +15,7 @@ from blackbox.search_spaces.steering_vectors import (
     load_vector_file,
     residual_stats,
 )
+from blackbox.testing.spaces import SpaceConformance
 
 
 def _vectors(n_layers: int, d: int, names=("a", "b"), seed: int = 0) -> list[SteeringVector]:
@@ -181,6 +181,8 @@ def test_unembedding_vector_is_logit_lens_direction(tiny_llama, tokenizer) -> No
 
 
 class TestSteeringConformance(SpaceConformance):
+    component = "steering"
+
     @pytest.fixture
     def space(self):
         return SteeringSpace(
@@ -195,3 +197,17 @@ def test_zero_edits_share_the_unsteered_key() -> None:
     iv = space.intervention([a, b, space.baseline()])
     assert iv.keys[0] == iv.keys[1] == iv.keys[2] and iv.lowest_layer == [None, None, None]
     assert list(space.baselines()) == ["unsteered"]
+
+
+@torch.no_grad()
+def test_cached_contrastive_vector_is_written_once_and_read_back(
+    tiny_llama, tokenizer, tmp_path
+) -> None:
+    from blackbox.search_spaces.steering_vectors import cached_contrastive_vector
+
+    args = (tiny_llama, tokenizer, "tiny", "s", ["I love this."], ["I hate this."])
+    first = cached_contrastive_vector(*args, cache_dir=tmp_path / "vectors")
+    (cached,) = (tmp_path / "vectors").iterdir()  # one file, no temporary left beside it
+    assert cached.suffix == ".safetensors"
+    again = cached_contrastive_vector(*args, cache_dir=tmp_path / "vectors")
+    assert torch.equal(first.vectors, again.vectors) and torch.equal(first.scales, again.scales)

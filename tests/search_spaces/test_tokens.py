@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from space_conformance import SpaceConformance
 
 from blackbox.search_spaces.tokens import TokenPrompt, TokenSpace, allowed_vocabulary
+from blackbox.testing.spaces import SpaceConformance
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,8 @@ def test_intervention_and_baselines(tok) -> None:
 
 
 class TestTokenConformance(SpaceConformance):
+    component = "tokens"
+
     @pytest.fixture
     def space(self, tok):
         return TokenSpace(tok, n_tokens=4)

@@ -13,6 +13,7 @@ from blackbox.strategies import make_strategy
 from blackbox.strategies.adam import Adam
 from blackbox.study.runner import Budget, Runner
 from blackbox.study.storage import open_study
+from blackbox.testing.strategies import SOFT, Factory, StrategyConformance
 
 ROWS = [
     {"query": "A warm, funny film.", "gold": 1},
@@ -20,6 +21,18 @@ ROWS = [
     {"query": "The best thing this year.", "gold": 1},
     {"query": "I walked out.", "gold": 0},
 ]
+
+
+class TestAdamConformance(StrategyConformance):
+    """On the closed-form soft-prompt bench; minibatches of 2 of its 8 documents make the seed
+    matter (Adam starts every run at ``z = 0``)."""
+
+    component = "adam"
+    bench = SOFT
+
+    @pytest.fixture
+    def make(self) -> Factory:
+        return lambda box, seed: Adam(box, seed=seed, lr=0.1, minibatch=2)
 
 
 @pytest.fixture(scope="module")

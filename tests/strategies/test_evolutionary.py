@@ -7,13 +7,15 @@ import warnings
 
 import numpy as np
 import pytest
-from strategy_conformance import BOX, Factory, StrategyConformance, neg_sphere
 
 from blackbox.strategies.base import Box
 from blackbox.strategies.evolutionary import Nevergrad, private_global_numpy_rng
+from blackbox.testing.strategies import BOX, Factory, StrategyConformance, neg_sphere
 
 
 class TestNevergradConformance(StrategyConformance):
+    component = "nevergrad"
+
     # CMA: draws through pycma from numpy's global RNG; TwoPointsDE: population-based;
     # DiscreteOnePlusOne: mutation-based, the usual pick for integer spaces.
     @pytest.fixture(params=["CMA", "TwoPointsDE", "DiscreteOnePlusOne"])

@@ -1,9 +1,29 @@
+"""The token GA: its pure operators, races against random search, the conformance suite."""
+
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from token_toys import LinearObjective, LinearSpace, random_search, run
 
 from blackbox.strategies.genetic import TokenGA, tournament, uniform_crossover
+from blackbox.testing.strategies import TOKENS, Factory, StrategyConformance
+
+
+class TestTokenGAConformance(StrategyConformance):
+    component = "token_ga"
+    bench = TOKENS
+    budget = 800
+
+    @pytest.fixture(params=["random_replace", "gradient_topk"])
+    def make(self, request: pytest.FixtureRequest) -> Factory:
+        settings = {}
+        if request.param == "gradient_topk":
+            settings = {
+                "mutation": {"gradient_topk": 1.0},
+                "mutation_settings": {"gradient_topk": {"k": 4}},
+            }
+        return lambda box, seed: TokenGA(box, seed=seed, population=16, **settings)
 
 
 def test_tournament_and_crossover_pure() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from strategy_conformance import BOX, Factory, StrategyConformance, neg_sphere, run
 
 from blackbox.strategies.optuna_sampler import SAMPLERS, OptunaSampler
+from blackbox.testing.strategies import BOX, Factory, StrategyConformance, neg_sphere, run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -22,6 +22,7 @@ def _factory(sampler: str) -> Factory:
 
 
 class TestOptunaModelBasedConformance(StrategyConformance):
+    component = "optuna"
     budget = 96  # both are ~100x better than random search by then; TPE slows with trials
 
     @pytest.fixture(params=["tpe", "cmaes"])
@@ -30,6 +31,8 @@ class TestOptunaModelBasedConformance(StrategyConformance):
 
 
 class TestOptunaNSGA2Conformance(StrategyConformance):
+    component = "optuna"
+
     @pytest.fixture
     def make(self) -> Factory:
         return _factory("nsga2")
@@ -39,6 +42,7 @@ class TestOptunaGPConformance(StrategyConformance):
     """GP: 3 rounds of 4 reach past its 10 random startup trials; too slow to race random over
     the default budget, so it only has to match random search over 24 evaluations."""
 
+    component = "optuna"
     beats_random = False
     budget = 24
 
@@ -61,6 +65,7 @@ class TestOptunaGPConformance(StrategyConformance):
 
 
 class TestOptunaRandomConformance(StrategyConformance):
+    component = "optuna"
     beats_random = False
 
     @pytest.fixture(params=["random", "qmc"])

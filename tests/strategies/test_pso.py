@@ -7,13 +7,15 @@ import pytest
 from pyswarms.backend.handlers import VelocityHandler
 from pyswarms.backend.operators import compute_velocity
 from pyswarms.backend.swarms import Swarm
-from strategy_conformance import BOX, Factory, StrategyConformance, neg_sphere
 
 from blackbox.strategies.base import Box
 from blackbox.strategies.pso import PSO, velocity_update
+from blackbox.testing.strategies import BOX, Factory, StrategyConformance, neg_sphere
 
 
 class TestPSOConformance(StrategyConformance):
+    component = "pso"
+
     @pytest.fixture(params=["global", "local"])
     def make(self, request: pytest.FixtureRequest) -> Factory:
         return lambda box, seed: PSO(box, seed=seed, population=8, topology=request.param)

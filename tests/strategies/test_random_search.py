@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from strategy_conformance import BOX, Factory, StrategyConformance
 
 from blackbox.strategies.base import Box
 from blackbox.strategies.random_search import RandomSearch
+from blackbox.testing.strategies import BOX, Factory, StrategyConformance
 
 
 class TestRandomSearchConformance(StrategyConformance):
+    component = "random"
     beats_random = False
 
     @pytest.fixture

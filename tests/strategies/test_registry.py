@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from strategy_conformance import BOX
 
 from blackbox.strategies import (
     PSO,
@@ -23,6 +22,7 @@ from blackbox.strategies import (
 from blackbox.strategies.base import Box, Strategy
 from blackbox.strategies.epo import EPO, GCG
 from blackbox.strategies.genetic import TokenGA
+from blackbox.testing.strategies import BOX
 
 
 def test_registry_names_match_classes() -> None:

@@ -12,7 +12,7 @@ from blackbox.search_spaces.box import BoxSpace
 from blackbox.strategies.base import Box
 from blackbox.strategies.pso import PSO
 from blackbox.study.runner import Budget, Runner
-from blackbox.study.storage import open_study
+from blackbox.study.storage import open_study, records
 
 BOX = Box(
     np.array([0.0, -2.0, -2.0]),
@@ -35,11 +35,17 @@ def _runner(storage: str, objective: FunctionObjective, evaluations: int = 24) -
 def test_every_evaluation_is_a_trial(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     summary = _runner(url, FunctionObjective(FN)).run()
-    trials = optuna.load_study(study_name="t", storage=url).get_trials()
-    kinds = [t.user_attrs["kind"] for t in trials]
-    assert (
-        kinds.count("baseline") == 1 and kinds.count("search") == 24 and kinds.count("heldout") == 2
-    )
+    study = optuna.load_study(study_name="t", storage=url)
+    trials = study.get_trials()
+    # the study people open holds search trials only: its best is never a held-out score
+    assert [t.user_attrs["kind"] for t in trials] == ["search"] * 24
+    assert study.best_trial.user_attrs["kind"] == "search"
+    assert study.user_attrs["eval_study"] == "t:eval"
+    evals = optuna.load_study(study_name="t:eval", storage=url)
+    kinds = [t.user_attrs["kind"] for t in evals.get_trials()]
+    assert kinds == ["baseline", "heldout", "heldout"]
+    assert evals.user_attrs == {"kind": "eval", "search_study": "t"}
+    assert [t.user_attrs["kind"] for t in records(study)] == ["search"] * 24 + kinds
     assert summary.evaluations == 24
     search = [t for t in trials if t.user_attrs["kind"] == "search"]
     assert max(t.value for t in search) == pytest.approx(summary.best.value)
@@ -67,8 +73,8 @@ def test_resume_replays_without_reevaluating(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with pytest.raises(KeyboardInterrupt):
         _runner(url, _Interrupting(FN, stop_after_calls=13)).run()  # baseline + 2 batches of 6
-    done = len(optuna.load_study(study_name="t", storage=url).get_trials())
-    assert done == 13
+    done = len(records(optuna.load_study(study_name="t", storage=url)))
+    assert done == 13  # the baseline (in t:eval) and 12 search trials
     second = FunctionObjective(FN)
     resumed = _runner(url, second).run()
     # Only the evaluations not yet stored are computed again.

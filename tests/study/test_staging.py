@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.study.staging import Staged
+from blackbox.staging import Staged
 
 
 def test_commit_replaces_files_and_directories(tmp_path: Path) -> None:

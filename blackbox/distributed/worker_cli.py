@@ -1,14 +1,14 @@
-"""``blackbox worker``: join a shared study (see :mod:`blackbox.study.worker`).
+"""``blackbox worker``: join a shared study (see :mod:`blackbox.distributed.worker`).
 
     blackbox worker CONFIG --storage URL [--study NAME] [--set KEY=VALUE ...]
                     [--workers N] [--devices D,D,...] [--batch N] [--remote]
                     [--heartbeat S] [--grace S] [--max-retry N]
 
 Two kinds of worker, chosen by the strategy: with ``strategy.name: optuna`` each worker asks
-the study's own sampler (:class:`~blackbox.study.worker.Worker`); with any other strategy (or
+the study's own sampler (:class:`~blackbox.distributed.worker.Worker`); with any other strategy (or
 ``--remote``) a coordinator (``blackbox run CONFIG --storage URL --remote``) keeps the strategy
 and the workers score the trials it enqueues, ``--batch`` at a time
-(:class:`~blackbox.study.remote_worker.RemoteWorker`).  ``--devices cuda:0,cuda:1`` starts one
+(:class:`~blackbox.distributed.remote_worker.RemoteWorker`).  ``--devices cuda:0,cuda:1`` starts one
 worker process per device (``--devices cpu,cpu`` works too); the device does not enter the
 study's config fingerprint, so workers on other devices join the same study.
 
@@ -70,8 +70,8 @@ def register(subparsers: Any) -> None:
         "--batch",
         type=int,
         default=None,
-        help="trials scored per forward pass (default: 1 asking a sampler; "
-        "population / workers taking a coordinator's generations)",
+        help="trials scored per forward pass (default: 1 asking a sampler; an even share of "
+        "each generation over every live worker, however started, taking a coordinator's)",
     )
     p.add_argument(
         "--remote",
@@ -104,15 +104,14 @@ def _check(args: argparse.Namespace) -> tuple[Any, str]:
         )
     args.device_list = devices
     args.remote = bool(args.remote or cfg.strategy.name != "optuna")
-    if args.batch is None:
-        per = -(-cfg.strategy.population // max(1, args.workers))  # ceil
-        args.batch = max(1, per) if args.remote else 1
+    if args.batch is None and not args.remote:
+        args.batch = 1  # remote: None, a fair share of each generation over the live workers
     if not url:
         raise ConfigError(
             f"worker: no storage; pass --storage URL (or set ${STORAGE_ENV} or storage: in the config)"
         )
     for name in ("workers", "batch", "heartbeat", "grace"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"worker: --{name} must be >= 1, got {getattr(args, name)}")
     if args.max_retry < 0:
         raise ConfigError(f"worker: --max-retry must be >= 0, got {args.max_retry}")
@@ -155,9 +154,9 @@ def _sampler(cfg: Any, has_integer: bool) -> Any:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker (or spawn ``--workers`` of them)."""
     cfg, url = _check(args)
+    from blackbox.distributed.worker import Worker, install_sigint, retry_callback, search_counts
     from blackbox.masking import mask_url
     from blackbox.study.storage import check_existing_study, make_storage, open_study
-    from blackbox.study.worker import Worker, install_sigint, retry_callback, search_counts
 
     if args.workers > 1:
         make_storage(url)  # fail fast, and create the tables once rather than racing on them
@@ -211,16 +210,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_words(batch: int | None) -> str:
+    fair = "an even share of each generation over the live workers"
+    return fair if batch is None else f"{fair}, at most {batch} trials,"
+
+
 def _run_remote(
     args: argparse.Namespace, study: Any, prepared: Any, name: str, url: str, device: str | None
 ) -> int:
     """Score a coordinator's generations until it is done (or a stop)."""
     import optuna
 
+    from blackbox.distributed.remote import STATE_ATTR
+    from blackbox.distributed.remote_worker import RemoteWorker
+    from blackbox.distributed.worker import install_sigint
     from blackbox.masking import mask_url
-    from blackbox.study.remote import STATE_ATTR
-    from blackbox.study.remote_worker import RemoteWorker
-    from blackbox.study.worker import install_sigint
 
     study.sampler = optuna.samplers.RandomSampler(seed=0)  # never asked: every param is fixed
     worker = RemoteWorker(
@@ -235,7 +239,7 @@ def _run_remote(
     where = f" on {device}" if device else ""
     worker.log(
         f"joined study {name!r} in {mask_url(url)!r}{where}: scoring a coordinator's "
-        f"generations, up to {args.batch} trials per forward pass"
+        f"generations, {_batch_words(args.batch)} per forward pass"
     )
     restore = install_sigint(worker)
     try:
@@ -264,8 +268,9 @@ def _spawn(args: argparse.Namespace, url: str) -> int:
         argv += ["--study", args.study]
     if args.remote:
         argv += ["--remote"]
+    if args.batch is not None:
+        argv += [f"--batch={args.batch}"]
     argv += [
-        f"--batch={args.batch}",
         f"--heartbeat={args.heartbeat}",
         f"--grace={args.grace}",
         f"--max-retry={args.max_retry}",

@@ -1,15 +1,30 @@
 """Conformance suite every search space inherits.
 
-Subclass :class:`SpaceConformance` in a ``Test*`` class and supply one fixture, ``space``.  The
-suite checks what strategies, the runner and the objectives rely on: samples lie in the box,
-``decode(encode(c))`` returns ``c``, integer dimensions are whole, the intervention matches the
-space's declared kind and keys identical candidates identically, and descriptions are
-JSON-friendly (they are stored with every trial).
+Subclass :class:`SpaceConformance` in a ``Test*`` class of your tests and supply one fixture,
+``space`` (a built search space):
+
+    import pytest
+    from blackbox.testing.spaces import SpaceConformance
+
+    class TestMySpace(SpaceConformance):
+        component = "my_space"  # its registry name (checked: ``space`` is that class)
+        @pytest.fixture
+        def space(self, tokenizer):
+            return MySpace(tokenizer, n_tokens=3)
+
+The suite checks what strategies, the runner and the objectives rely on: samples ``(n, dim)``
+lie in the box (``bounds`` ``(dim, 2)``), ``decode(encode(c))`` returns ``c``, integer
+dimensions are whole, the intervention matches the space's declared kind (``hooks``: one
+``lowest_layer`` per candidate; ``prompt``: one ``embeds``/``ids``/``valid`` entry per
+candidate) and keys identical candidates identically, and descriptions are JSON-friendly (they
+are stored with every trial).  ``component`` (the registry name, or ``None`` for a space that
+is not registered) is read by ``tests/test_conformance_coverage.py``.
 """
 
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -18,9 +33,19 @@ from blackbox.api import HOOKS, PROMPT
 
 
 class SpaceConformance:
+    component: ClassVar[str | None] = None
+
     @pytest.fixture
     def space(self):
         raise NotImplementedError("a conformance subclass must supply `space`")
+
+    def test_builds_the_registered_component(self, space) -> None:
+        """``space`` is the class registered as ``component`` (when one is declared)."""
+        if self.component is None:
+            return
+        from blackbox.search_spaces.registry import SPACES
+
+        assert type(space) is SPACES.get(self.component), (type(space), self.component)
 
     def test_samples_lie_in_the_box_and_round_trip(self, space) -> None:
         rng = np.random.default_rng(0)

@@ -24,11 +24,11 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from blackbox.study.remote import STATE_ATTR
+from blackbox.distributed.remote import STATE_ATTR
 from blackbox.study.storage import make_storage
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "s3cret-pw"  # the postgres_url fixture's (tests/study/conftest.py)
+PASSWORD = "s3cret-pw"  # the postgres_url fixture's (tests/distributed/conftest.py)
 POPULATION, BUDGET = 6, 24
 STRATEGIES = {
     "pso": {"name": "pso", "population": POPULATION},
@@ -189,7 +189,7 @@ def test_cma_on_a_journal_file_with_three_worker_processes_matches_one_process(
     scorers = {t.user_attrs["worker"] for t in trials if t.user_attrs.get("remote")}
     assert len(scorers) >= 2, "the generations were spread over several workers"
     text = workers.log.read_text()  # type: ignore[attr-defined]
-    assert text.count("on cpu: scoring a coordinator's generations, up to 2 trials") == 3
+    assert text.count("on cpu: scoring a coordinator's generations, an even share") == 3
 
 
 @pytest.mark.postgres

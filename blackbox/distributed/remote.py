@@ -7,7 +7,7 @@
 generation of search candidates is not scored here.  Each row ``x[i]`` of generation ``g`` is
 enqueued as a WAITING trial (``study.enqueue_trial``: fixed params; user attributes
 ``kind=search``, ``generation=g``, ``index=i``, ``split``, ``remote=True``); workers
-(:class:`~blackbox.study.remote_worker.RemoteWorker`) take them in batches, score each batch in
+(:class:`~blackbox.distributed.remote_worker.RemoteWorker`) take them in batches, score each batch in
 one population-batched objective call and tell the values; once every row has an outcome the
 coordinator tells the strategy.  Budget, baselines, the held-out re-score and resume stay the
 runner's (baselines and the held-out re-score are scored here: they are not box points).

@@ -24,18 +24,19 @@ import yaml
 from optuna.trial import TrialState
 
 from blackbox.api import Evaluation
-from blackbox.strategies.base import Box
-from blackbox.study.storage import make_storage
-from blackbox.study.worker import (
+from blackbox.distributed.worker import (
     HEARTBEAT_ATTR,
     Worker,
     fail_stale_trials,
     retried_from,
     retry_callback,
 )
+from blackbox.optuna_internals import trial_id
+from blackbox.strategies.base import Box
+from blackbox.study.storage import make_storage
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "s3cret-pw"  # the postgres_url fixture's (tests/study/conftest.py)
+PASSWORD = "s3cret-pw"  # the postgres_url fixture's (tests/distributed/conftest.py)
 BUDGET = 10
 
 
@@ -265,10 +266,10 @@ def test_journal_stale_check_fails_and_retries_once(tmp_path: Path) -> None:
     study = optuna.create_study(storage=storage, direction="maximize")
     dist = {"c": optuna.distributions.FloatDistribution(-1, 1)}
     dead = study.ask(dist)
-    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 100)
+    storage.set_trial_system_attr(trial_id(dead), HEARTBEAT_ATTR, time.time() - 100)
     alive = study.ask(dist)
     time.sleep(1.2)  # both started over a second ago; only the live one beats
-    storage.set_trial_system_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
+    storage.set_trial_system_attr(trial_id(alive), HEARTBEAT_ATTR, time.time())
     cb = retry_callback(max_retry=1)
     assert fail_stale_trials(study, grace=1, callback=cb) == 1
     assert fail_stale_trials(study, grace=1, callback=cb) == 0  # failed once only
@@ -397,7 +398,7 @@ def test_a_worker_with_other_overrides_is_refused_before_the_model_loads(
 
 
 def test_spawned_workers_say_which_one_died() -> None:
-    from blackbox.study.worker_cli import _exit_reason
+    from blackbox.distributed.worker_cli import _exit_reason
 
     assert _exit_reason(-signal.SIGKILL).startswith("was killed by SIGKILL")
     assert _exit_reason(2).startswith("stopped on bad input")

@@ -1,18 +1,39 @@
 """Conformance suite every objective inherits (as strategies inherit theirs).
 
-Subclass :class:`ObjectiveConformance` in a ``Test*`` class and supply two fixtures:
-``problem`` (a :class:`~blackbox.api.Problem`: a space bound to the objective under test) and
-``candidates`` (a list of that space's candidates, at least three, not all equal).  The suite
-checks what the runner and every strategy rely on:
+Subclass :class:`ObjectiveConformance` in a ``Test*`` class of your tests and supply two
+fixtures: ``problem`` (a :class:`~blackbox.api.Problem`: a space bound to the objective under
+test) and ``candidates`` (a list of that space's candidates, at least three, not all equal):
+
+    import numpy as np, pytest
+    from blackbox.testing.objectives import ObjectiveConformance
+
+    class TestMyObjective(ObjectiveConformance):
+        component = "my_objective"  # its registry name (checked: the problem's objective)
+        @pytest.fixture
+        def problem(self, tiny_llama, tokenizer):
+            return Problem(TokenSpace(tokenizer, n_tokens=3), MyObjective(tiny_llama, ...))
+        @pytest.fixture
+        def candidates(self, problem):
+            return problem.space.sample(4, np.random.default_rng(0))
+
+The suite checks what the runner and every strategy rely on:
 
 - a batch scores exactly as its candidates one by one (batching is a speed-up, not a change);
 - cost accounting: candidates x documents for new candidates, nothing for repeats;
 - determinism: the same candidates give the same values after the repeat cache is emptied;
 - ``limit`` scores a prefix of the documents and charges only for it;
-- the value is one of the metrics, under the objective's metric name.
+- the value is one of the metrics, under the objective's metric name;
+- per document (``per_document = True``, the default): ``Evaluation.per_doc[i]`` is ``(D,)``
+  for a split of ``D`` documents, averages to ``values[i]``, and slices ``limit=(start, stop)``
+  concatenate to the whole split.
+
+``component`` (the registry name, or ``None`` for an objective that is not registered) is read
+by ``tests/test_conformance_coverage.py``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -21,6 +42,7 @@ from blackbox.api import Problem
 
 
 class ObjectiveConformance:
+    component: ClassVar[str | None] = None
     atol: float = 1e-4
 
     @pytest.fixture
@@ -30,6 +52,15 @@ class ObjectiveConformance:
     @pytest.fixture
     def candidates(self) -> list:
         raise NotImplementedError("a conformance subclass must supply `candidates`")
+
+    def test_builds_the_registered_component(self, problem) -> None:
+        """The problem's objective is the class registered as ``component`` (when declared)."""
+        if self.component is None:
+            return
+        from blackbox.evals.registry import OBJECTIVES
+
+        obj = problem.objective
+        assert type(obj) is OBJECTIVES.get(self.component), (type(obj), self.component)
 
     def test_a_batch_scores_as_its_candidates_one_by_one(self, problem, candidates) -> None:
         problem.objective.reset_cache()

@@ -23,8 +23,8 @@ Faults:
   and re-enqueued); then the worker exits 130.  Resume is the same command again.
 
 Population strategies (``pso``, ``nevergrad``, the GA, EPO...) keep their state in one
-coordinator process (``blackbox run --remote``, :mod:`blackbox.study.remote`) that enqueues each
-generation; :class:`~blackbox.study.remote_worker.RemoteWorker` (this loop with another ``_ask``)
+coordinator process (``blackbox run --remote``, :mod:`blackbox.distributed.remote`) that enqueues each
+generation; :class:`~blackbox.distributed.remote_worker.RemoteWorker` (this loop with another ``_ask``)
 takes those trials in batches instead of asking a sampler.
 """
 
@@ -46,9 +46,14 @@ import numpy as np
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import Trial, TrialState
 
+from blackbox.optuna_internals import (
+    BaseHeartbeat,
+    is_heartbeat_enabled,
+    storage_of,
+    trial_id,
+)
 from blackbox.study.storage import distributions, fail_reason
 
 HEARTBEAT_ATTR = "blackbox:heartbeat"
@@ -120,9 +125,9 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             with self._lock:
                 ids = sorted(self.held)
-            for trial_id in ids:
+            for tid in ids:
                 try:
-                    self.beat(trial_id)
+                    self.beat(tid)
                 except Exception:  # a transient storage error must not kill the worker
                     pass
 
@@ -135,7 +140,7 @@ def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[...,
     (and retried) once: the storage refuses the second update.  Returns how many trials this
     call failed.
     """
-    storage = study._storage
+    storage = storage_of(study)
     if is_heartbeat_enabled(storage):
         before = _count_state(study, TrialState.FAIL)
         with warnings.catch_warnings():
@@ -153,12 +158,12 @@ def fail_stale_trials(study: optuna.Study, grace: float, callback: Callable[...,
         if last is None or now - last <= grace:
             continue
         try:
-            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            if not storage.set_trial_state_values(trial_id(t), TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # another worker failed (or finished) it first
         failed += 1
-        callback(study, storage.get_trial(t._trial_id))
+        callback(study, storage.get_trial(trial_id(t)))
     return failed
 
 
@@ -246,7 +251,7 @@ class Worker:
 
     def run(self) -> WorkerSummary:
         """Take trials until the study holds ``budget`` complete search trials (or a stop)."""
-        with Heartbeat(self.study._storage, self.heartbeat) as hb:
+        with Heartbeat(storage_of(self.study), self.heartbeat) as hb:
             while not self._stop:
                 self.summary.stale_failed += fail_stale_trials(
                     self.study, self.grace, self.callback
@@ -290,7 +295,7 @@ class Worker:
             with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
                 warnings.simplefilter("ignore")
                 trial = self.study.ask(self.dists)
-            hb.hold(trial._trial_id)
+            hb.hold(trial_id(trial))
             trial.set_user_attr("kind", "search")
             trial.set_user_attr("worker", self.id)
             out.append(trial)
@@ -354,7 +359,7 @@ class Worker:
             self.summary.dropped += 1
             self.log(f"trial {trial.number}: was marked stale meanwhile; result dropped")
         finally:
-            hb.release(trial._trial_id)
+            hb.release(trial_id(trial))
 
     def _abandon(self, trials: list[Trial], hb: Heartbeat) -> None:
         """Tell the batch FAIL and enqueue each trial again (as a stale trial would be)."""
@@ -362,12 +367,12 @@ class Worker:
             try:
                 trial.set_user_attr("error", "abandoned (interrupted)")
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.callback(self.study, self.study._storage.get_trial(trial._trial_id))
+                self.callback(self.study, storage_of(self.study).get_trial(trial_id(trial)))
                 self.summary.abandoned += 1
             except (UpdateFinishedTrialError, ValueError):
                 pass
             finally:
-                hb.release(trial._trial_id)
+                hb.release(trial_id(trial))
         self.log(f"interrupted: abandoned {len(trials)} trial(s), told FAIL and queued again")
 
 

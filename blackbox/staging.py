@@ -1,9 +1,15 @@
-"""All-or-nothing writes of several files and directories (a leaf module).
+"""The suite's one atomic writer: all-or-nothing writes of files and directories (a leaf
+module: the standard library only, so every folder may use it).
 
 :class:`Staged` hands out temporary paths next to each target; :meth:`Staged.commit` moves
 them into place (``os.replace`` for a file; for a directory the old one is renamed aside,
 the new one renamed in, the old one removed), :meth:`Staged.abort` removes them.  Used as a
 context manager, an exception aborts, so a failing export leaves every target as it was.
+:func:`atomic_write` is the one-file case (run files, data files, caches).
+
+The model cache (:func:`blackbox.models.cache.write_cache_atomically`) publishes its directory
+its own way: there the first complete copy wins a race between processes, where a commit here
+replaces whatever is in place.
 """
 
 from __future__ import annotations
@@ -44,18 +50,27 @@ class Staged:
         return path
 
     def commit(self) -> None:
-        """Move every written temporary path onto its target."""
-        for tmp, target in self._moves:
-            if not os.path.lexists(tmp):
-                continue
-            if tmp.is_dir() and target.is_dir() and not target.is_symlink():
-                old = target.with_name(f".{target.name}.old-{self._tag}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        self._moves.clear()
+        """Move every written temporary path onto its target.
+
+        If a move fails, the temporary paths not yet moved are removed and the error is
+        raised (targets already moved stay, and so do the directories made for them).
+        """
+        try:
+            while self._moves:
+                tmp, target = self._moves[0]
+                if os.path.lexists(tmp):
+                    if tmp.is_dir() and target.is_dir() and not target.is_symlink():
+                        old = target.with_name(f".{target.name}.old-{self._tag}")
+                        os.replace(target, old)
+                        os.replace(tmp, target)
+                        shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        os.replace(tmp, target)
+                self._moves.pop(0)
+        except BaseException:
+            self._made.clear()
+            self.abort()
+            raise
         self._made.clear()
 
     def abort(self) -> None:
@@ -86,3 +101,14 @@ class Staged:
             self.commit()
         else:
             self.abort()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text, or bytes) to ``path`` through a temporary file beside it and one
+    ``os.replace``: readers see the old file or the new one, never a part (:class:`Staged`)."""
+    with Staged() as staged:
+        tmp = staged.path(Path(path))
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)

@@ -1,4 +1,4 @@
-"""Shared fixtures of the study tests: a throwaway PostgreSQL 15 server (one per session)."""
+"""Shared fixtures of the distributed tests: a throwaway PostgreSQL 15 server (one per session)."""
 
 from __future__ import annotations
 

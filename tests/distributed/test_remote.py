@@ -14,12 +14,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from blackbox.distributed.remote import STATE_ATTR, RemoteRunner, enqueue_row, outcome
+from blackbox.distributed.remote_worker import RemoteWorker
 from blackbox.evals.synthetic import FunctionObjective, neg_sphere
 from blackbox.search_spaces.box import BoxSpace
 from blackbox.strategies import make_strategy
 from blackbox.strategies.base import Box
-from blackbox.study.remote import STATE_ATTR, RemoteRunner, enqueue_row, outcome
-from blackbox.study.remote_worker import RemoteWorker
 from blackbox.study.runner import Budget, Runner
 from blackbox.study.storage import make_storage, open_study
 
@@ -157,7 +157,8 @@ def test_a_generation_queued_by_a_dead_coordinator_is_found_not_queued_again(
     search = [t for t in study.trials if t.user_attrs.get("kind") == "search"]
     assert len(search) == 6 and all(t.state == TrialState.COMPLETE for t in search)
     assert sorted(t.user_attrs["index"] for t in search) == list(range(6))
-    assert got.resumed == 0 and got.evaluations == 6
+    # rows the workers scored before this coordinator looked are read back, never re-queued
+    assert got.resumed <= 4 and got.evaluations == 6
 
 
 def _frozen(number: int, state: TrialState, error: str | None = None) -> optuna.trial.FrozenTrial:
@@ -194,7 +195,7 @@ def test_remote_needs_a_shared_storage_and_no_racing() -> None:
     from types import SimpleNamespace
 
     from blackbox.config import ConfigError
-    from blackbox.study.remote import check_remote
+    from blackbox.distributed.remote import check_remote
 
     def cfg(storage: str | None, racing: Any = None) -> Any:
         return SimpleNamespace(storage=storage, scoring=SimpleNamespace(racing=racing))
@@ -252,8 +253,8 @@ def test_the_strategy_work_is_stored_with_the_rows_and_read_back_on_resume(tmp_p
 def test_workers_claim_a_generation_only_once_it_is_all_queued(tmp_path: Path) -> None:
     """Rows appear one by one; a worker polling mid-queue would take fewer than its batch
     (three workers took 1/2/3 rows of a generation of six).  Workers wait for the marker."""
-    from blackbox.study.remote import QUEUED_ATTR
-    from blackbox.study.worker import Heartbeat
+    from blackbox.distributed.remote import QUEUED_ATTR
+    from blackbox.distributed.worker import Heartbeat
 
     storage = make_storage(f"journal://{tmp_path / 'j.log'}")
     study = open_study(storage, "t", BOX, "fp")
@@ -278,3 +279,40 @@ def test_workers_claim_a_generation_only_once_it_is_all_queued(tmp_path: Path) -
         study.set_user_attr(QUEUED_ATTR, 0)
         claimed = worker._ask(hb)
     assert [t.user_attrs["index"] for t in claimed] == [0, 1]  # its batch, in queue order
+
+
+def test_separately_started_workers_share_a_generation_evenly(tmp_path: Path) -> None:
+    """Workers started by separate commands (one per machine) each counted only themselves and
+    took a whole generation; they now count every live worker of the study."""
+    from blackbox.distributed.remote import QUEUED_ATTR
+    from blackbox.distributed.worker import Heartbeat
+
+    storage = make_storage(f"journal://{tmp_path / 'j.log'}")
+    study = open_study(storage, "t", BOX, "fp")
+    study.set_user_attr(QUEUED_ATTR, -1)
+    x = make_strategy("random", BOX, seed=0, population=7).ask()
+
+    def worker(batch: int | None = None) -> RemoteWorker:
+        w = RemoteWorker(
+            optuna.load_study(study_name="t", storage=storage),
+            BoxSpace(BOX),
+            FunctionObjective(FN),
+            batch=batch,
+            poll=0.02,
+            log=lambda m: None,
+        )
+        w._mark()  # what run() does first
+        return w
+
+    ws = [worker(), worker(), worker()]
+    assert [w.live_workers() for w in ws] == [3, 3, 3]
+    for i in range(7):
+        attrs = {"kind": "search", "generation": 0, "index": i, "split": "search", "remote": True}
+        enqueue_row(study, BOX, x[i], attrs)
+    study.set_user_attr(QUEUED_ATTR, 0)
+    with Heartbeat(storage, 60.0) as hb:
+        taken = [len(w._ask(hb)) for w in ws]
+        assert taken == [3, 3, 1]  # ceil(7 / 3) each, the rest to the last
+        ws[0]._mark(0.0)  # one leaves: a generation of 7 is now shared by two
+        assert ws[1].live_workers() == 2 and ws[1].share(7) == 4
+        assert worker(batch=2).share(7) == 2  # --batch caps the share

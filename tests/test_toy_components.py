@@ -1,0 +1,163 @@
+"""A user's own components (issue #26, item 3's "done when"): a toy strategy, a toy space and a
+toy objective, defined here, each registered with one registry line, pass the conformance
+suites imported from :mod:`blackbox.testing`, exactly as the bundled components do.
+
+They are registered for each of their tests only (the ``registered`` fixture) and unregistered
+after it, so no other test sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from blackbox import OBJECTIVES, SPACES, STRATEGIES, Box, Evaluation, Objective, SearchSpace
+from blackbox.api import POINT, ObjectiveTraits, PointIntervention, Problem, SpaceTraits
+from blackbox.evals.base import doc_range
+from blackbox.strategies.base import Strategy
+from blackbox.testing import ObjectiveConformance, SpaceConformance, StrategyConformance
+from blackbox.testing.strategies import Factory
+
+
+class ToyHillClimb(Strategy):
+    """A (1 + population) evolution strategy: Gaussian steps around the best point told, the
+    step shrinking by 0.7 whenever no child improves on it."""
+
+    name: ClassVar[str] = "toy_hill_climb"
+
+    def __init__(self, box: Box, seed: int = 0, population: int = 8) -> None:
+        super().__init__(box, seed=seed, population=population)
+        self.sigma = 0.3 * (box.upper - box.lower)
+        self.centre: np.ndarray | None = None
+        self.centre_value = -np.inf
+
+    def _ask(self, n: int) -> np.ndarray:
+        if self.centre is None:
+            return self.box.sample(n, self.rng)
+        return self.centre + self.sigma * self.rng.standard_normal((n, self.box.dim))
+
+    def _tell(self, x: np.ndarray, values: np.ndarray) -> None:
+        i = int(np.argmax(values))
+        if values[i] > self.centre_value:
+            self.centre, self.centre_value = x[i].copy(), float(values[i])
+        else:
+            self.sigma = self.sigma * 0.7
+
+
+class ToyPointSpace(SearchSpace[tuple[float, ...]]):
+    """Three coordinates (the first a whole number in 0..4), handed to the objective as points."""
+
+    traits = SpaceTraits(POINT, continuous=True)
+
+    def __init__(self) -> None:
+        self._box = Box(
+            np.array([0.0, -1.0, -1.0]), np.array([4.0, 1.0, 1.0]), np.array([True, False, False])
+        )
+
+    @property
+    def box(self) -> Box:
+        return self._box
+
+    def decode(self, x: np.ndarray) -> list[tuple[float, ...]]:
+        return [tuple(float(v) for v in row) for row in self.box.clip(np.atleast_2d(x))]
+
+    def encode(self, candidates: Sequence[tuple[float, ...]]) -> np.ndarray:
+        return np.asarray(candidates, dtype=float).reshape(len(candidates), self.dim)
+
+    def intervention(self, candidates: Sequence[tuple[float, ...]]) -> PointIntervention:
+        return PointIntervention(self.encode(candidates), [tuple(c) for c in candidates])
+
+    def describe(self, candidate: tuple[float, ...]) -> dict[str, Any]:
+        return dict(zip(self.box.names, candidate))
+
+
+class ToyDistance(Objective):
+    """Minus a point's squared distance to each of 5 "documents" (targets), averaged: a value
+    per document, so it races like a real objective."""
+
+    traits = ObjectiveTraits(interventions=frozenset({POINT}), per_document=True)
+    metric = "neg_distance"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.targets = np.random.default_rng(seed).uniform(-1, 1, size=(5, 3))  # (D, dim)
+        self._splits = {"search": None}
+
+    def n_examples(self, split: str = "search") -> int:
+        return len(self.targets)
+
+    def _score(self, iv: PointIntervention, split: str, limit: Any) -> Evaluation:  # type: ignore[override]
+        start, stop = doc_range(limit, len(self.targets))
+        d = -(((iv.points[:, None] - self.targets[None, start:stop]) ** 2).sum(-1))  # (C, D)
+        values = d.mean(1)
+        return Evaluation(
+            values=values,
+            metrics=[{self.metric: float(v)} for v in values],
+            cost=float(d.size),  # one per document per candidate
+            per_doc=list(d),
+        )
+
+
+@contextmanager
+def toys_registered() -> Iterator[None]:
+    """The three toys registered (one registry line each), and unregistered on the way out."""
+    STRATEGIES.add(ToyHillClimb)
+    SPACES.add(ToyPointSpace, "toy_points")
+    OBJECTIVES.add(ToyDistance, "toy_distance")
+    try:
+        yield
+    finally:
+        STRATEGIES.unregister("toy_hill_climb")
+        SPACES.unregister("toy_points")
+        OBJECTIVES.unregister("toy_distance")
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    with toys_registered():
+        yield
+
+
+@pytest.mark.usefixtures("registered")
+class TestToyStrategyConformance(StrategyConformance):
+    component = "toy_hill_climb"
+
+    @pytest.fixture
+    def make(self) -> Factory:
+        return lambda box, seed: STRATEGIES.get("toy_hill_climb")(box, seed=seed, population=8)
+
+
+@pytest.mark.usefixtures("registered")
+class TestToySpaceConformance(SpaceConformance):
+    component = "toy_points"
+
+    @pytest.fixture
+    def space(self) -> ToyPointSpace:
+        return ToyPointSpace()
+
+
+@pytest.mark.usefixtures("registered")
+class TestToyObjectiveConformance(ObjectiveConformance):
+    component = "toy_distance"
+
+    @pytest.fixture
+    def problem(self) -> Problem:
+        return Problem(ToyPointSpace(), ToyDistance())
+
+    @pytest.fixture
+    def candidates(self, problem: Problem) -> list[tuple[float, ...]]:
+        return problem.space.sample(4, np.random.default_rng(0))
+
+
+def test_the_toys_are_registered_only_inside_the_context() -> None:
+    before = (STRATEGIES.names(), SPACES.names(), OBJECTIVES.names())
+    assert "toy_hill_climb" not in STRATEGIES and "toy_points" not in SPACES
+    with toys_registered():
+        assert STRATEGIES.get("toy_hill_climb") is ToyHillClimb
+        assert SPACES.get("toy_points") is ToyPointSpace
+        assert OBJECTIVES.get("toy_distance") is ToyDistance
+    assert (STRATEGIES.names(), SPACES.names(), OBJECTIVES.names()) == before
