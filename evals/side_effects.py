@@ -198,6 +198,7 @@ def build(cfg: Any, ctx: Any, primary: Any, space: Any, guard_tasks: dict[str, A
     from blackbox.evals.kl import KLDivergence
     from blackbox.evals.lm_eval_splits import task_splits
     from blackbox.evals.lm_eval_task import LMEvalTask
+    from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 
     items = list(cfg.side_effects)
     measures: list[Measure] = []
@@ -236,6 +237,9 @@ def build(cfg: Any, ctx: Any, primary: Any, space: Any, guard_tasks: dict[str, A
             except ValueError as exc:
                 msg = str(exc).split(": ", 1)[-1]
                 raise ConfigError(f"config: side_effects.{i}.metric: {msg}") from None
+            with quiet_lm_eval():  # lm-eval's own request-building bars: none (--no-progress)
+                for split in splits:
+                    guard.prepared(split)
             measures.append(Measure(item.column, guard, points=100.0))
     wrapped = SideEffects(primary, measures, ObjectiveSpec(primary.metric, ()))
     wrapped.objective_spec = spec_of(items, wrapped.extra_names, primary.metric)

@@ -98,6 +98,8 @@ def test_study_runs_and_writes_its_result(study: str, tmp_path: Path) -> None:
     if result["calibration"]:
         assert result["metric"] == "z" and result["calibration"]["sigma"] > 0
     assert "best found" in proc.stdout
+    # --no-progress: no bar at all, lm-eval's own (guard tasks' request building) included
+    assert "it/s]" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
     side = result.get("side_effects")
     if side is not None:  # the front, held-out re-scored, and the chosen member exported
         assert side["front"] and all(m["heldout"] is not None for m in side["front"])
