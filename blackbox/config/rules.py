@@ -3,7 +3,8 @@
 :func:`reason` says why a combination cannot run (or ``None``); :func:`check_study` turns the
 first reason into one :class:`~blackbox.config.base.ConfigError` line naming both sides and what
 would work; :func:`allowed_cells` lists every combination of the registries that can run (the
-README's matrix and the test that walks it).  Everything here runs before any model loads.
+matrix in docs/concepts.md and tests/test_matrix.py, which walks it).  Everything here runs
+before any model loads.
 """
 
 from __future__ import annotations
