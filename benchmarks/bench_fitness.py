@@ -7,6 +7,7 @@ In one process, on the embedded model, one offline task and one fixed list of ca
   (b) the fast path in fp32 (requests once, population batching, branching at the lowest
       steered layer);
   (c) the fast path in bf16;
+  (d) which precision ``model.dtype: auto`` (the default) picks on this machine, and why;
 
 and prints candidate-evaluations per second, the ratios, fp32-vs-reference and bf16-vs-fp32
 agreement, model load times (cold GGUF vs cached, each in a fresh process) and peak RSS.
@@ -164,6 +165,16 @@ def main() -> None:
         if dtype != "float32, plain rows":
             assert p.objective.prepared("search").pack == (p.objective.scorer.packing is not False)
 
+    # what ``model.dtype: auto`` (the default) picks on this machine, and why
+    from blackbox.models import load_model
+
+    auto = load_model(base["model"]["name"], device=p32.loaded.device, dtype="auto").precision
+    features = ", ".join(auto.cpu_bf16_features) or "none"
+    pick = f"fast path {auto.chosen} ("
+    rows = {
+        (n.replace("fast path", "fast path [auto's pick]") if n.startswith(pick) else n): v
+        for n, v in rows.items()
+    }
     seed_rate = min(rate for name, (rate, _) in rows.items() if name.startswith("seed loop"))
     best_seed = max(rate for name, (rate, _) in rows.items() if name.startswith("seed loop"))
     print(
@@ -179,6 +190,10 @@ def main() -> None:
         print(
             f"{name:44s} {rate:12.3f} {rate / seed_rate:15.1f} {rate / best_seed:12.1f} {peak:13.0f}"
         )
+    print(
+        f"\nmodel.dtype auto -> {auto.chosen} ({auto.reason}); CPU bf16 features: {features}; "
+        f"the choice took {auto.seconds:.1f} s"
+    )
     fast32 = values["float32"]
     if "float32, plain rows" in values:
         same_plain = np.array_equal(values["float32, plain rows"], fast32)

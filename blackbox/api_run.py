@@ -310,6 +310,6 @@ def run(
 
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     check_out_dir(run_dir, option="out")
-    prepared = prepare(cfg, progress=progress)
+    prepared = prepare(cfg, progress=progress, run_dir=run_dir)
     raw = execute(prepared, run_dir, progress=progress)
     return Result.from_dict(raw, run_dir)

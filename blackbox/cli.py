@@ -247,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_remote(cfg)
         wrap = remote_wrapper()
     check_out_dir(run_dir)
-    prepared = prepare(cfg, progress=not args.no_progress)
+    prepared = prepare(cfg, progress=not args.no_progress, run_dir=run_dir)
     try:
         result = execute(prepared, run_dir, progress=not args.no_progress, wrap=wrap)
     except KeyboardInterrupt:

@@ -31,15 +31,42 @@ class GenRequest:
         ids: the context's token ids (truncated from the left as the HF model does).
         until: stop strings (the task's, plus the EOS text).
         max_new: ``max_gen_toks``.
+        splice: chat-template mode: where a prompt goes in ``ids``, ``(before_input,
+            after_input)`` (the start and the end of the last user turn's text); ``None``:
+            before the whole context and after it.
     """
 
     ids: tuple[int, ...]
     until: tuple[str, ...]
     max_new: int
+    splice: tuple[int, int] | None = None
 
 
-def encode_generation(lm: Any, task_name: str, context: str, gen_kwargs: dict) -> GenRequest:
+def token_at(encode: Any, text: str, char: int, ids: Sequence[int]) -> int:
+    """The token boundary of ``ids`` (``encode(text)``) at character ``char`` of ``text``:
+    the longest common prefix of ``ids`` and ``encode(text[:char])``.  That is exactly the
+    tokens of ``text[:char]`` when ``char`` falls between two tokens of ``ids``; when a token
+    straddles it, the boundary before that token."""
+    head = encode(text[:char])
+    n = 0
+    for a, b in zip(head, ids):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def encode_generation(
+    lm: Any,
+    task_name: str,
+    context: str,
+    gen_kwargs: dict,
+    span: tuple[int, int] | None = None,
+) -> GenRequest:
     """One ``generate_until`` request as ``HFLM.generate_until`` prepares it.
+
+    ``span``: chat-template mode, the characters of ``context`` holding the last user turn's
+    text: their token boundaries become :attr:`GenRequest.splice` (in the truncated ids).
 
     Raises:
         ValueError: the task samples (``do_sample: true``): its scores are not reproducible
@@ -63,7 +90,18 @@ def encode_generation(lm: Any, task_name: str, context: str, gen_kwargs: dict) -
             f"model's max_length {lm.max_length}"
         )
     ids, _ = lm.tok_batch_encode([context], left_truncate_len=max_ctx, truncation=lm.truncation)
-    return GenRequest(tuple(int(t) for t in ids[0].tolist()), tuple(until), max_new)
+    kept = tuple(int(t) for t in ids[0].tolist())
+    splice = None
+    if span is not None:
+
+        def encode(text: str) -> list[int]:
+            return [int(t) for t in lm.tok_batch_encode([text], truncation=lm.truncation)[0][0]]
+
+        whole = encode(context)
+        cut = len(whole) - len(kept)  # tokens the left truncation dropped
+        a, b = (max(0, token_at(encode, context, c, whole) - cut) for c in span)
+        splice = (a, b)
+    return GenRequest(kept, tuple(until), max_new, splice)
 
 
 def cap_generation(task: Any, max_gen_toks: int | None) -> None:
@@ -181,7 +219,9 @@ def generation_rows(
 
     ``prompts``: per candidate, its token ids (a list) or soft prompt ``(n, d)`` embeddings,
     placed before the context (``before_input``) or right after it (``after_input``, where
-    the generation starts); ``None`` for hooks (steering) or no intervention.
+    the generation starts); in chat-template mode (:attr:`GenRequest.splice`) at the start or
+    the end of the last user turn's text instead; ``None`` for hooks (steering) or no
+    intervention.
     """
     from blackbox.forward.generate import GenRow
 
@@ -190,7 +230,8 @@ def generation_rows(
         p = None if prompts is None else prompts[c]
         for g in prep_gen:
             ids = list(g.ids)
-            at = 0 if placement == "before_input" else len(ids)
+            where = (0, len(ids)) if g.splice is None else g.splice
+            at = where[0] if placement == "before_input" else where[1]
             if p is None:
                 rows.append(GenRow(ids, g.max_new, c))
             elif isinstance(p, list | tuple):

@@ -55,6 +55,12 @@ def request_items(prep: PreparedSplit, placement: str) -> ChoiceItems:
     each (the choices of most multiple-choice tasks) become one item: the context runs once
     and every choice is read at its last position.  Other requests are an item each, the
     continuation appended (teacher forcing).
+
+    Without a chat template the prompt goes before the whole context (``before_input``) or
+    right after it, before the continuation (``after_input``).  In chat-template mode
+    (``prep.splice_at``) it goes inside the rendered chat, at the start or the end of the
+    last user turn's text (the document's question; the chat template's headers, the system
+    turn and the assistant header stay where the template puts them).
     """
     if placement not in PROMPT_PLACEMENTS:
         raise UserError(
@@ -71,14 +77,11 @@ def request_items(prep: PreparedSplit, placement: str) -> ChoiceItems:
             ctx = list(prep.pairs[members[0]][0])
             conts = [list(prep.pairs[r][1]) for r in members]
             tail = conts[0] if len(members) == 1 and len(conts[0]) > 1 else []
-            if placement == "before_input":
-                out.pre.append([])
-                out.post.append(ctx + tail)
-                out.offset.append(len(ctx))
-            else:
-                out.pre.append(ctx)
-                out.post.append(tail)
-                out.offset.append(0)
+            where = (0, len(ctx)) if prep.splice_at is None else prep.splice_at[members[0]]
+            at = where[0] if placement == "before_input" else where[1]
+            out.pre.append(ctx[:at])
+            out.post.append(ctx[at:] + tail)
+            out.offset.append(len(ctx) - at)
             out.requests.append(members)
             out.choices.append(conts)
     return out

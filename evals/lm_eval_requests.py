@@ -7,12 +7,21 @@ batched scorer (each context once, its continuations packed after it as a prefix
 packed side by side without padding); :func:`aggregate` sends per-request
 ``(loglikelihood, is_greedy)`` pairs back through ``task.process_results`` and the task's
 aggregation functions, so every number is lm-eval's.
+
+In lm-eval's chat-template mode (:class:`ChatFormat`, ``lm_eval --apply_chat_template``)
+the requests are built as lm-eval's evaluator builds them then: every context rendered through
+``HFLM.apply_chat_template`` (system instruction, few-shot examples as turns or one turn), the
+same ``_encode_pair`` / ``tok_batch_encode`` on the rendered text (a context that starts with
+the BOS text gets no second BOS).  :class:`ChatRenderer` also remembers where the last user
+turn's text lies in each rendered context, so a prompt can be spliced inside that turn
+(:attr:`PreparedSplit.splice_at`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +31,7 @@ import numpy as np
 import torch
 
 from blackbox.errors import UserError
-from blackbox.evals.lm_eval_generate import GenRequest, encode_generation
+from blackbox.evals.lm_eval_generate import GenRequest, encode_generation, token_at
 from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.rows import Rows, bin_pack
@@ -43,6 +52,9 @@ class PreparedSplit:
             document's windows, summed into its one log-likelihood).
         kind: the task's request type: ``loglikelihood``, ``loglikelihood_rolling`` or
             ``generate_until`` (then ``gen`` holds the requests and ``pairs`` is empty).
+        splice_at: chat-template mode, per pair: where a prompt goes in its context ids,
+            ``(before_input, after_input)``: the start and the end of the last user turn's
+            text (``None`` without a chat template: before the whole context and after it).
     """
 
     name: str
@@ -56,6 +68,7 @@ class PreparedSplit:
     pack: bool = True
     kind: str = "loglikelihood"
     gen: list[GenRequest] = dataclasses.field(default_factory=list)
+    splice_at: list[tuple[int, int]] | None = None
 
     @property
     def n_docs(self) -> int:
@@ -89,6 +102,7 @@ class PreparedSplit:
             self.pack,
             self.kind,
             [self.gen[r] for r in flat] if self.gen else [],
+            [self.splice_at[r] for r in flat] if self.splice_at else None,
         )
 
     def repacked(self, pack: bool) -> PreparedSplit:
@@ -97,6 +111,142 @@ class PreparedSplit:
             return self
         rows, per_request = merge_rows(self.pairs, self.max_length, pack)
         return dataclasses.replace(self, rows=rows, query_of_request=per_request, pack=pack)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """lm-eval's chat-template mode: ``simple_evaluate(apply_chat_template=True,
+    system_instruction=..., fewshot_as_multiturn=...)``, i.e. ``lm_eval --apply_chat_template
+    [--system_instruction TEXT] [--fewshot_as_multiturn]``.
+
+    Attributes:
+        system_instruction: a system turn before the task's description (``None``: none).
+        fewshot_as_multiturn: few-shot examples as user/assistant turns (lm-eval's default
+            with a chat template), else collapsed into one user turn.
+    """
+
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool = True
+
+    @classmethod
+    def of(cls, task_cfg: Any) -> ChatFormat | None:
+        """The format a ``task:`` config asks for (``None``: plain contexts)."""
+        if task_cfg is None or not getattr(task_cfg, "chat_template", False):
+            return None
+        multiturn = getattr(task_cfg, "fewshot_as_multiturn", None) is not False
+        return cls(getattr(task_cfg, "system_instruction", None), multiturn)
+
+    def build_kw(self, renderer: Any, lm: Any) -> dict[str, Any]:
+        """``task.build_all_requests``'s keywords, as lm-eval's ``evaluate`` passes them."""
+        return {
+            "system_instruction": self.system_instruction,
+            "apply_chat_template": True,
+            "fewshot_as_multiturn": self.fewshot_as_multiturn,
+            "chat_template": renderer,
+            "tokenizer_name": getattr(lm, "tokenizer_name", ""),
+        }
+
+    def simple_evaluate_kw(self) -> dict[str, Any]:
+        """``lm_eval.simple_evaluate``'s keywords that build the same requests."""
+        return {
+            "apply_chat_template": True,
+            "system_instruction": self.system_instruction,
+            "fewshot_as_multiturn": self.fewshot_as_multiturn,
+        }
+
+    def cli_args(self) -> str:
+        """The ``lm_eval`` arguments that build the same requests (shell-quoted).  The few-shot
+        setting is always named: lm-eval 0.4.13's ``--apply_chat_template`` implies
+        ``--fewshot_as_multiturn``, older 0.4.x releases did not."""
+        args = "--apply_chat_template"
+        if self.system_instruction is not None:  # "=": an instruction may start with "-"
+            args += " " + shlex.quote(f"--system_instruction={self.system_instruction}")
+        return args + (
+            " --fewshot_as_multiturn"
+            if self.fewshot_as_multiturn
+            else " --fewshot_as_multiturn false"
+        )
+
+
+def check_chat(task: Any, lm: Any) -> None:
+    """What lm-eval's chat-template mode needs: a tokenizer with a chat template, and a task
+    whose requests hold a context (not perplexity).  One-line :class:`UserError`."""
+    if task.config.output_type == "loglikelihood_rolling":
+        raise UserError(
+            f"task {task.config.task!r} scores perplexity (loglikelihood_rolling), whose texts "
+            "lm-eval never renders through a chat template; allowed: false"
+        )
+    tok = getattr(lm, "tokenizer", None)
+    if not getattr(tok, "chat_template", None):
+        name = getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise UserError(
+            f"the model's tokenizer ({name}) has no chat template, so lm-eval's "
+            "--apply_chat_template cannot render the task; allowed: false, or a model whose "
+            "tokenizer has one (an instruct or chat model)"
+        )
+
+
+_OPEN, _CLOSE = "\ue000", "\ue001"
+"""Private-use characters marking a user turn's text in a second rendering (no template
+changes them)."""
+
+
+class ChatRenderer:
+    """lm-eval's ``chat_template`` callable (``HFLM.apply_chat_template``, the same string)
+    that also remembers, per rendered context, the character span of its last user turn's
+    text: rendered a second time with that text between two markers, the text before the
+    first marker and after the second must be the rendering's start and end.
+
+    Attributes:
+        spans: rendered context -> ``(start, end)`` of the last user turn's text (``None``
+            when it cannot be located: no user turn, or a template that rewrites the markers).
+    """
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        self.spans: dict[str, tuple[int, int] | None] = {}
+
+    def __call__(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        text = self.lm.apply_chat_template(
+            chat_history, add_generation_prompt=add_generation_prompt
+        )
+        if text not in self.spans:
+            self.spans[text] = self._user_span(text, chat_history, add_generation_prompt)
+        return text
+
+    def _user_span(
+        self, text: str, history: list[dict[str, str]], add_generation_prompt: bool
+    ) -> tuple[int, int] | None:
+        users = [i for i, m in enumerate(history) if m.get("role") == "user"]
+        if not users:
+            return None
+        marked = [dict(m) for m in history]
+        marked[users[-1]]["content"] = _OPEN + str(marked[users[-1]]["content"]) + _CLOSE
+        try:
+            r = self.lm.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+        except Exception:  # a template that refuses the marked text: no span
+            return None
+        if r.count(_OPEN) != 1 or r.count(_CLOSE) != 1 or r.index(_CLOSE) < r.index(_OPEN):
+            return None
+        before, after = r[: r.index(_OPEN)], r[r.index(_CLOSE) + 1 :]
+        if len(before) + len(after) > len(text):
+            return None
+        if not (text.startswith(before) and text.endswith(after)):
+            return None
+        return len(before), len(text) - len(after)
+
+
+def _splice_at(
+    encode: Any, context: str, span: tuple[int, int] | None, ids: Sequence[int]
+) -> tuple[int, int]:
+    """Where a prompt goes in ``ids`` (``context``'s tokens): the token boundaries at the
+    start and the end of the user turn's text ``span`` (without a span: before and after the
+    whole context, as without a chat template)."""
+    if span is None:
+        return 0, len(ids)
+    return tuple(token_at(encode, context, min(c, len(context)), ids) for c in span)  # type: ignore[return-value]
 
 
 def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -301,15 +451,37 @@ def _packing_verdict(
     return "packed context rows do not match plain rows"
 
 
+FEWSHOT_SEED = 1234
+"""``simple_evaluate``'s default ``fewshot_random_seed`` (``lm_eval --seed``'s fourth value): each
+split's requests are built right after seeding the task's few-shot sampler with it, as
+``simple_evaluate`` does, so a few-shot task draws the examples ``lm_eval`` draws for the same
+documents."""
+
+
 def prepare_split(
-    task: Any, lm: Any, split: str, samples: Sequence[int] | None, pack: bool = True
+    task: Any,
+    lm: Any,
+    split: str,
+    samples: Sequence[int] | None,
+    pack: bool = True,
+    chat: ChatFormat | None = None,
 ) -> PreparedSplit:
     """Build and tokenise the requests of ``split`` (all docs, or the doc indices ``samples``).
 
     ``pack``: requests sharing a context share one packed tree row (see :func:`merge_rows`).
+    ``chat``: lm-eval's chat-template mode (contexts rendered through the model's chat
+    template, as ``simple_evaluate(apply_chat_template=True, ...)`` builds them).
     """
     task.config.test_split = split
-    task.build_all_requests(samples=list(samples) if samples else None, rank=0, world_size=1)
+    if hasattr(task, "set_fewshot_seed"):  # few-shot examples drawn as simple_evaluate draws them
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)
+    renderer = ChatRenderer(lm) if chat is not None else None
+    task.build_all_requests(
+        samples=list(samples) if samples else None,
+        rank=0,
+        world_size=1,
+        **(chat.build_kw(renderer, lm) if chat is not None else {}),
+    )
     by_doc: dict[int, list[Any]] = defaultdict(list)
     kinds = {inst.request_type for inst in task.instances}
     if len(kinds) != 1 or not kinds <= set(REQUEST_TYPES):
@@ -325,9 +497,16 @@ def prepare_split(
     for d in doc_ids:
         flat.extend(sorted(by_doc[d], key=lambda i: i.idx))
     gen: list[GenRequest] = []
+    splice_at: list[tuple[int, int]] | None = None
+    spans = renderer.spans if renderer is not None else {}
     if kind == "loglikelihood":
         pairs = encode_requests(lm, [inst.args for inst in flat])
         units = [[i] for i in range(len(flat))]
+        if renderer is not None:  # _encode_pair moved the context's trailing blanks away
+            splice_at = [
+                _splice_at(lm.tok_encode, inst.args[0].rstrip(), spans.get(inst.args[0]), ctx)
+                for inst, (ctx, _) in zip(flat, pairs)
+            ]
     elif kind == "loglikelihood_rolling":
         pairs, units = [], []
         for inst in flat:
@@ -336,7 +515,10 @@ def prepare_split(
             pairs.extend(windows)
     else:
         pairs, units = [], [[i] for i in range(len(flat))]
-        gen = [encode_generation(lm, task.config.task, *inst.args) for inst in flat]
+        gen = [
+            encode_generation(lm, task.config.task, *inst.args, span=spans.get(inst.args[0]))
+            for inst in flat
+        ]
     requests_of_doc: list[list[int]] = []
     at = 0
     for d in doc_ids:
@@ -356,6 +538,7 @@ def prepare_split(
         pack=pack,
         kind=kind,
         gen=gen,
+        splice_at=splice_at,
     )
 
 

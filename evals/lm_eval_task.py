@@ -18,6 +18,11 @@ metrics are lm-eval's.  Three request types, each with its engine:
   with a key/value cache (:mod:`~blackbox.forward.generate`), stop strings and lengths as
   lm-eval's HF model applies them (:mod:`~blackbox.evals.lm_eval_generate`).
 
+In lm-eval's chat-template mode (``task.chat_template``, ``lm_eval --apply_chat_template``;
+:class:`~blackbox.evals.lm_eval_requests.ChatFormat`) every request is built as lm-eval
+builds it then, and a prompt is spliced inside the rendered chat: at the start
+(``before_input``) or the end (``after_input``) of the last user turn's text.
+
 For gradient-guided search on prompts, :meth:`LMEvalTask.stats` gives a differentiable value:
 per document, the log-probability of the gold choice among the document's choices (softmax
 over their summed log-likelihoods), averaged (multiple-choice tasks only).  Cost: one
@@ -47,9 +52,11 @@ from blackbox.evals.lm_eval_generate import (
 from blackbox.evals.lm_eval_metrics import check_metric, metric_per_document
 from blackbox.evals.lm_eval_prompts import PROMPT_PLACEMENTS, continuation_scores, request_items
 from blackbox.evals.lm_eval_requests import (
+    ChatFormat,
     PreparedSplit,
     TaskSplitSpec,
     aggregate,
+    check_chat,
     check_packing,
     prepare_split,
 )
@@ -80,6 +87,8 @@ class LMEvalTask(Differentiable):
         max_rows: prompt engine: rows (candidates x requests) per forward call.
         cache_mb: prompt engine: memory for cached context key/values.
         gen_rows: generative tasks: rows (candidates x requests) decoded together.
+        chat: lm-eval's chat-template mode (``None``: plain contexts); the model's tokenizer
+            must have a chat template.
     """
 
     traits = ObjectiveTraits(needs_task=True)
@@ -98,9 +107,13 @@ class LMEvalTask(Differentiable):
         max_rows: int = 32,
         cache_mb: int = 512,
         gen_rows: int = 64,
+        chat: ChatFormat | None = None,
     ) -> None:
         super().__init__()
         check_metric(task, metric)
+        if chat is not None:
+            check_chat(task, lm)
+        self.chat = chat
         better = task.higher_is_better().get(metric.split(",")[0], True)
         self.sign = 1.0 if better or metric == "gold_logprob" else -1.0
         if placement not in PROMPT_PLACEMENTS:
@@ -148,6 +161,12 @@ class LMEvalTask(Differentiable):
         from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 
         task, lm = ctx.task(), ctx.lm()
+        chat = ChatFormat.of(cfg.task)
+        if chat is not None:  # before any request is built or scored
+            try:
+                check_chat(task, lm)
+            except ValueError as exc:
+                raise ConfigError(f"config: task.chat_template: {exc}") from None
         splits = task_splits(task, cfg.task, cfg.seed, warn=ctx.warn)
         sc = cfg.scoring
         try:
@@ -161,6 +180,7 @@ class LMEvalTask(Differentiable):
                 branch=sc.branch,
                 trunk_cache_mb=sc.trunk_cache_mb,
                 pack=sc.pack,
+                chat=chat,
                 **ctx.objective_kw(max_rows=32),
             )
         except ValueError as exc:
@@ -179,7 +199,7 @@ class LMEvalTask(Differentiable):
         if split not in self._prepared:
             spec = self._splits[split]
             pack = self.pack and self.scorer.packing is not False
-            prep = prepare_split(self.task, self.lm, spec.split, spec.samples, pack)
+            prep = prepare_split(self.task, self.lm, spec.split, spec.samples, pack, self.chat)
             window = self.scorer.sliding_window
             if pack and window and max(len(c) + len(t) - 1 for c, t in prep.pairs) > window:
                 pack = False  # the tree mask would override the model's sliding window

@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
 from blackbox.config.base import ConfigError, Population, Strict, check_name, check_storage_url
 from blackbox.config.objectives import ObjectiveConfig
@@ -30,11 +30,29 @@ class ModelConfig(Strict):
         "smollm2-135m-instruct", min_length=1, description="hub id, local path or embedded name"
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: on CPU the faster of float32 and bfloat16 on this machine (timed at "
+        "load, bf16 only if it passes the exactness check), on CUDA bfloat16 where supported; "
+        "a run saves the precision that ran and resumes in it",
+    )
+    _adopted: str | None = PrivateAttr(None)
+    """Set when ``auto`` took the precision of a stored run (see ``adopt_dtype``)."""
+
+    def adopt(self, dtype: str, why: str) -> None:
+        """Resolve ``auto`` to ``dtype`` (a stored run's precision), saying why."""
+        self.dtype = dtype  # type: ignore[assignment]
+        self._adopted = why
 
 
-UNSET_NOT_FINGERPRINTED: tuple[tuple[str, str], ...] = (("task", "max_gen_toks"),)
-"""Fields added after studies were stored: left out of the fingerprint while unset, so that
+UNSET_NOT_FINGERPRINTED: tuple[tuple[str, str, Any], ...] = (
+    ("task", "max_gen_toks", None),
+    ("task", "chat_template", False),
+    ("task", "system_instruction", None),
+    ("task", "fewshot_as_multiturn", None),
+)
+"""Fields added after studies were stored, ``(section, key, unset value)``: left out of the
+fingerprint while they hold their unset value (the behaviour from before they existed), so that
 those studies still resume."""
 
 
@@ -210,6 +228,24 @@ class StudyConfig(Strict):
         """The full config with defaults filled in (JSON-friendly)."""
         return json.loads(self.model_dump_json())
 
+    def with_dtype(self, dtype: str) -> StudyConfig:
+        """A copy whose ``model.dtype`` is ``dtype``."""
+        copy = self.model_copy(deep=True)
+        copy.model.dtype = dtype  # type: ignore[assignment]
+        return copy
+
+    def adopt_dtype(self, fingerprint: str | None, why: str, **kwargs: Any) -> bool:
+        """``model.dtype: auto`` meets a stored run: take the concrete precision whose
+        fingerprint (``self.fingerprint(**kwargs)``) is the stored one, so a resumed run goes on
+        in the precision it started in rather than timing again.  Returns whether it did."""
+        if self.model.dtype != "auto" or not fingerprint:
+            return False
+        for dtype in ("float32", "bfloat16", "float16"):
+            if self.with_dtype(dtype).fingerprint(**kwargs) == fingerprint:
+                self.model.adopt(dtype, why)
+                return True
+        return False
+
     def fingerprint(self, ignore: tuple[str, ...] = ("budget", "storage", "scoring")) -> str:
         """Hash of everything that changes results.
 
@@ -218,7 +254,7 @@ class StudyConfig(Strict):
         other ones.
         """
         data = {k: v for k, v in self.resolved().items() if k not in ignore and v is not None}
-        for section, key in UNSET_NOT_FINGERPRINTED:  # stores made before the field existed
-            if isinstance(data.get(section), dict) and data[section].get(key) is None:
+        for section, key, unset in UNSET_NOT_FINGERPRINTED:  # stores made before the field
+            if isinstance(data.get(section), dict) and data[section].get(key, unset) is unset:
                 data[section].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from blackbox.config.base import Strict
 
@@ -25,3 +25,39 @@ class TaskConfig(Strict):
         description="generative tasks: cap the tokens generated per answer (lm-eval's "
         "max_gen_toks, as `lm_eval --gen_kwargs max_gen_toks=N`); null: the task's own",
     )
+    chat_template: bool = Field(
+        False,
+        description="render each request's context through the model's chat template, as "
+        "`lm_eval --apply_chat_template` does (the model's tokenizer must have one)",
+    )
+    system_instruction: str | None = Field(
+        None,
+        min_length=1,
+        description="chat_template: a system turn before the task's description, as "
+        "`lm_eval --system_instruction TEXT`",
+    )
+    fewshot_as_multiturn: bool | None = Field(
+        None,
+        description="chat_template: few-shot examples as user/assistant turns (true) or one "
+        "user turn (false), as `lm_eval --fewshot_as_multiturn`; null: lm-eval's default, "
+        "true with the chat template",
+    )
+
+    @model_validator(mode="after")
+    def _chat_options_need_the_chat_template(self) -> TaskConfig:
+        if self.chat_template:
+            return self
+        for key in ("system_instruction", "fewshot_as_multiturn"):
+            if getattr(self, key) is not None:
+                raise ValueError(
+                    f"{key}: applies only with task.chat_template: true (lm-eval's "
+                    f"--{key} goes with --apply_chat_template); allowed: null, or set "
+                    "task.chat_template: true"
+                )
+        return self
+
+    @property
+    def multiturn(self) -> bool:
+        """Whether few-shot examples are separate turns (lm-eval's ``fewshot_as_multiturn``
+        as ``lm_eval --apply_chat_template`` resolves it: on unless set false)."""
+        return bool(self.chat_template) and self.fewshot_as_multiturn is not False

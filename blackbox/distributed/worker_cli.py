@@ -156,13 +156,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cfg, url = _check(args)
     from blackbox.distributed.worker import Worker, install_sigint, retry_callback, search_counts
     from blackbox.masking import mask_url
-    from blackbox.study.storage import check_existing_study, make_storage, open_study
+    from blackbox.study.storage import (
+        check_existing_study,
+        make_storage,
+        open_study,
+        stored_fingerprint,
+    )
 
     if args.workers > 1:
         make_storage(url)  # fail fast, and create the tables once rather than racing on them
         return _spawn(args, url)
     storage = make_storage(url, args.heartbeat, args.grace, retry_callback(args.max_retry))
-    check_existing_study(storage, args.study or cfg.name, cfg.fingerprint(), url)  # model: later
+    name = args.study or cfg.name
+    stored = stored_fingerprint(storage, name, url)  # dtype auto: join in the study's precision
+    cfg.adopt_dtype(stored, f"joined study {name!r}: its runs use this precision")
+    check_existing_study(storage, name, cfg.fingerprint(), url)  # model: later
     from blackbox.study.pipeline import prepare
     from blackbox.study.rundir import seed_everything
 
@@ -172,8 +180,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from blackbox.config import load_config
 
         run_cfg = load_config(args.config, [*args.overrides, f"model.device={device}"])
+        if cfg.model._adopted:
+            run_cfg.model.adopt(cfg.model.dtype, cfg.model._adopted)
     prepared = prepare(run_cfg, progress=False)
-    name = args.study or cfg.name
+    if cfg.model.dtype == "auto":  # resolved at load: the study's fingerprint names it
+        cfg.model.dtype = prepared.config.model.dtype  # type: ignore[assignment]
     study = open_study(storage, name, prepared.space.box, cfg.fingerprint(), label=url)
     seed_everything(cfg.seed)
     if args.remote:

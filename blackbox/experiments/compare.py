@@ -246,7 +246,14 @@ def run_compare(cfg: CompareConfig, out: Path, progress: bool = True) -> dict[st
     from blackbox.study.runner import Budget
 
     m = cfg.study.model
+    saved = out / "compare.yaml"
+    if m.dtype == "auto" and saved.is_file():  # resume in the precision the runs started in
+        stored = ((yaml.safe_load(saved.read_text()) or {}).get("study") or {}).get("model") or {}
+        if stored.get("dtype") not in (None, "auto"):
+            m.adopt(str(stored["dtype"]), f"resumed: {str(saved)!r} names {stored['dtype']}")
     loaded = load_model(m.name, device=m.device, dtype=m.dtype)  # a bad model writes nothing
+    if m.dtype == "auto":
+        m.dtype = loaded.dtype  # type: ignore[assignment]  # saved below: resumes keep it
     out.mkdir(parents=True, exist_ok=True)
     lock_dir(out)
     url = cfg.storage or f"sqlite:///{(out / STORAGE_FILE).resolve()}"

@@ -10,6 +10,13 @@ placement        the variant
                  context and the answer's target delimiter)
 ================ ===============================================================================
 
+A run in lm-eval's chat-template mode (``task.chat_template``) spliced the prompt inside the
+user turn (at the start or the end of its text); there the variant's ``doc_to_text`` is prompt
++ ``doc_to_text`` (``before_input``: the description would become a system turn) or
+``doc_to_text`` + prompt, and the command carries ``--apply_chat_template`` (and the run's
+``--system_instruction``, ``--fewshot_as_multiturn``).  With few-shot examples lm-eval puts
+``doc_to_text`` in every example too, so only a zero-shot task's variant is exact.
+
 The prompt is wrapped in ``{% raw %}`` so lm-eval's Jinja renders it verbatim.  ``test_split``
 is the run's held-out split and ``samples.json`` holds its held-out documents, so::
 
@@ -66,27 +73,36 @@ def task_yaml_path(name: str) -> Path:
     return Path(path)
 
 
+def _doc_to_text(task: Any) -> str:
+    """The task's ``doc_to_text`` as a Jinja template (a column name made one)."""
+    c = task.config
+    doc_to_text = c.doc_to_text
+    if not isinstance(doc_to_text, str):
+        raise UserError(
+            f"export: task {c.task!r}'s doc_to_text is a Python function; a YAML variant "
+            "cannot add the prompt to it"
+        )
+    if doc_to_text in (getattr(task, "features", None) or []):
+        doc_to_text = "{{" + doc_to_text + "}}"  # a column name: as a template
+    return doc_to_text
+
+
 def variant_config(
-    task: Any, base: Path, name: str, text: str, placement: str, split: str
+    task: Any, base: Path, name: str, text: str, placement: str, split: str, chat: bool = False
 ) -> dict[str, Any]:
     """The variant's YAML content (a dict): ``include`` the task's YAML and override the field
-    that puts ``text`` where ``placement`` says."""
+    that puts ``text`` where ``placement`` says (``chat``: inside the user turn of lm-eval's
+    chat-template mode)."""
     if getattr(task, "multiple_input", False):
         raise UserError("export: a multiple-input task (one context per choice) has no variant")
     cfg: dict[str, Any] = {"include": str(base), "task": name, "test_split": split}
     c = task.config
-    if placement == "before_input":
+    if placement == "before_input" and chat:
+        cfg["doc_to_text"] = _raw(text) + _doc_to_text(task)
+    elif placement == "before_input":
         cfg["description"] = _raw(text) + (c.description or "")
     elif placement == "after_input":
-        doc_to_text = c.doc_to_text
-        if not isinstance(doc_to_text, str):
-            raise UserError(
-                f"export: task {c.task!r}'s doc_to_text is a Python function; a YAML variant "
-                "cannot append the prompt to it"
-            )
-        if doc_to_text in (getattr(task, "features", None) or []):
-            doc_to_text = "{{" + doc_to_text + "}}"  # a column name: as a template
-        cfg["doc_to_text"] = doc_to_text + _raw(text)
+        cfg["doc_to_text"] = _doc_to_text(task) + _raw(text)
     else:
         raise UserError(f"export: placement {placement!r} has no lm-eval task variant")
     return cfg
@@ -116,9 +132,11 @@ def exact_requests(
     placement: str,
     split: str,
     docs: list[int],
+    chat: Any = None,
 ) -> tuple[int, int]:
     """How many held-out requests lm-eval tokenises, under the variant, into exactly the ids
-    the search scored (``ids`` before the context or between context and continuation)."""
+    the search scored (``ids`` before the context or between context and continuation; with
+    ``chat``, lm-eval's chat-template mode, at the start or the end of the user turn's text)."""
     from lm_eval.tasks import TaskManager
 
     from blackbox.evals.lm_eval_requests import prepare_split
@@ -128,11 +146,14 @@ def exact_requests(
     lm = build_lm(loaded)
     with quiet_lm_eval():
         vt = TaskManager(include_defaults=False, include_path=str(variant)).load([name])["tasks"]
-        got = prepare_split(vt[name], lm, split, docs, False).pairs
-        want = prepare_split(task, lm, split, docs, False).pairs
+        got = prepare_split(vt[name], lm, split, docs, False, chat).pairs
+        searched = prepare_split(task, lm, split, docs, False, chat)
+    want = searched.pairs
+    where = searched.splice_at or [(0, len(co)) for co, _ in want]
     exact = 0
-    for (cv, uv), (co, uo) in zip(got, want):
-        ctx = list(ids) + list(co) if placement == "before_input" else list(co) + list(ids)
+    for (cv, uv), (co, uo), (a, b) in zip(got, want, where):
+        at = a if placement == "before_input" else b
+        ctx = list(co[:at]) + list(ids) + list(co[at:])
         exact += (list(cv), list(uv)) == (ctx, list(uo))
     return exact, len(want)
 
@@ -155,11 +176,14 @@ def write_task_variant(
             f"export: --format lm_eval needs a run whose objective is an lm-eval task (this "
             f"run's is {cfg.objective.type!r})"
         )
+    from blackbox.evals.lm_eval_requests import ChatFormat
+
     task, split, docs = heldout_documents(cfg)
     base_name = task.config.task
     name = f"{base_name}_{cfg.name}"
+    chat = ChatFormat.of(cfg.task)
     content = variant_config(
-        task, task_yaml_path(cfg.task.name), name, text, cfg.space.placement, split
+        task, task_yaml_path(cfg.task.name), name, text, cfg.space.placement, split, bool(chat)
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,14 +191,16 @@ def write_task_variant(
     header = (  # DIR, not this path: the export writes under a temporary name, then moves
         f"# blackbox run {cfg.name!r}: the searched prompt {cfg.space.placement.replace('_', ' ')}"
         f" of {base_name}.\n# lm_eval --model hf --model_args pretrained=MODEL --include_path "
-        f'DIR --tasks {name} --samples "$(cat DIR/samples.json)"  # DIR: this directory\n'
+        f'DIR --tasks {name} --samples "$(cat DIR/samples.json)"'
+        + (" " + chat.cli_args().replace("\n", "\n# ") if chat is not None else "")
+        + "  # DIR: this directory\n"  # (a system instruction's line breaks: still comments)
     )
     paths[0].write_text(header + yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
     paths[1].write_text(json.dumps({name: docs}))
     paths[2].write_text(text)
     if loaded is not None and ids is not None:
         exact, total = exact_requests(
-            loaded, task, out_dir, name, ids, cfg.space.placement, split, docs
+            loaded, task, out_dir, name, ids, cfg.space.placement, split, docs, chat
         )
         if exact < total:
             import sys

@@ -2,8 +2,9 @@
 
 PEFT prompt tuning (``PromptTuningConfig``) prepends ``num_virtual_tokens`` learned embeddings
 to the whole input.  That is the search's placement exactly when the prompt comes first in
-every sequence: ``before_input`` for an lm-eval task (before the whole context, as the search
-scored it), or ``before_input`` of a document objective without chat template (nothing is
+every sequence: ``before_input`` for an lm-eval task without lm-eval's chat-template mode
+(before the whole context, as the search scored it; in chat-template mode the prompt sat inside
+the user turn), or ``before_input`` of a document objective without chat template (nothing is
 rendered before the prompt).  Then :func:`write_peft_adapter` writes ``adapter_config.json``
 and ``adapter_model.safetensors`` (``prompt_embeddings`` ``(n, d)``) that
 ``PeftModel.from_pretrained(model, DIR)`` and ``lm_eval --model hf --model_args
@@ -34,8 +35,8 @@ def prompt_comes_first(cfg: Any, tokenizer: Any) -> bool:
     from blackbox.evals.documents import layout
 
     placement = cfg.space.placement
-    if cfg.objective.type == "lm_eval_task":
-        return placement == "before_input"
+    if cfg.objective.type == "lm_eval_task":  # chat mode: inside the user turn
+        return placement == "before_input" and not getattr(cfg.task, "chat_template", False)
     o = cfg.objective
     try:
         items, _ = layout(
@@ -83,11 +84,22 @@ def soft_template(cfg: Any, tokenizer: Any) -> dict[str, Any]:
     placement = cfg.space.placement
     if cfg.objective.type == "lm_eval_task":
         order = {"before_input": "{prompt}{context}{continuation}"}
-        return {
-            "placement": placement,
-            "task": cfg.task.name,
-            "sequence": order.get(placement, "{context}{prompt}{continuation}"),
-        }
+        sequence = order.get(placement, "{context}{prompt}{continuation}")
+        if getattr(cfg.task, "chat_template", False):  # lm-eval's chat-template mode
+            at = "start" if placement == "before_input" else "end"
+            sequence = (
+                f"{{chat-rendered context, the prompt at the {at} of its last user turn's "
+                "text}{continuation}"
+            )
+            return {
+                "placement": placement,
+                "task": cfg.task.name,
+                "sequence": sequence,
+                "chat_template": True,
+                "system_instruction": cfg.task.system_instruction,
+                "fewshot_as_multiturn": cfg.task.multiturn,
+            }
+        return {"placement": placement, "task": cfg.task.name, "sequence": sequence}
     o = cfg.objective
     _, texts = layout(tokenizer, [QUERY], o.template, placement, o.system, o.chat)
     before, after = texts[0]

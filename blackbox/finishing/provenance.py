@@ -8,7 +8,9 @@ paired bootstrap otherwise).  Objectives whose value is not a mean over document
 ``provenance`` (lm-eval task objectives): the task, its splits and the document indices used
 for search and for held-out scoring, and the ``lm_eval`` commands that reproduce the held-out
 numbers: ``RUN/lm_eval/`` holds a task YAML that includes the original task with the run's
-held-out split as its ``test_split``, and lm-eval's own ``--samples`` picks the documents.
+held-out split as its ``test_split``, and lm-eval's own ``--samples`` picks the documents.  A
+run in lm-eval's chat-template mode (``task.chat_template``) adds ``--apply_chat_template``
+(and ``--system_instruction``, ``--fewshot_as_multiturn``) to every command.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def _command(
     samples: Path,
     steer: Path | None,
     peft: Path | None = None,
+    task_cfg: Any = None,
 ) -> str:
     kind = "steered" if steer is not None else "hf"
     args = f"pretrained={model}" + (f",steer_path={steer}" if steer is not None else "")
@@ -69,8 +72,17 @@ def _command(
     return (
         f"lm_eval --model {kind} --model_args {shlex.quote(args)} --include_path "
         f"{shlex.quote(str(include))} --tasks {task} --samples "
-        f'"$(cat {shlex.quote(str(samples))})"'
+        f'"$(cat {shlex.quote(str(samples))})"' + chat_args(task_cfg)
     )
+
+
+def chat_args(task_cfg: Any) -> str:
+    """`` --apply_chat_template ...`` for a ``task:`` config in lm-eval's chat-template mode
+    (``""`` otherwise): the arguments that make ``lm_eval`` build the run's requests."""
+    from blackbox.evals.lm_eval_requests import ChatFormat
+
+    chat = ChatFormat.of(task_cfg)
+    return "" if chat is None else " " + chat.cli_args()
 
 
 def provenance(
@@ -94,6 +106,11 @@ def provenance(
             docs = range(len(obj.task.dataset[spec.split]))
         splits[name] = {"split": spec.split, "documents": [int(i) for i in docs]}
     out: dict[str, Any] = {"task": cfg.task.name, "metric": obj.metric, **splits}
+    if cfg.task.chat_template:  # how the requests were built: lm-eval's chat-template mode
+        out["chat_template"] = {
+            "system_instruction": cfg.task.system_instruction,
+            "fewshot_as_multiturn": cfg.task.multiturn,
+        }
     if "heldout" not in splits:
         return out
     try:
@@ -114,10 +131,11 @@ def provenance(
     samples = folder / "samples.json"
     samples.write_text(json.dumps({name: splits["heldout"]["documents"]}))
     model = str(Path(p.loaded.path).resolve())
-    commands = {"baseline": _command(model, name, folder.resolve(), samples.resolve(), None)}
+    where = (folder.resolve(), samples.resolve())
+    commands = {"baseline": _command(model, name, *where, None, task_cfg=cfg.task)}
     if cfg.space.type == "steering" and "steered.pt" in files:
         steer = (Path(run_dir) / "steered.pt").resolve()
-        commands[exported] = _command(model, name, folder.resolve(), samples.resolve(), steer)
+        commands[exported] = _command(model, name, *where, steer, task_cfg=cfg.task)
     else:
         fmt = {"tokens": "lm_eval", "soft_prompt": "peft"}.get(cfg.space.type)
         if fmt:
@@ -135,7 +153,11 @@ def provenance(
 
 
 def export_command(
-    result: dict[str, Any] | None, fmt: str, paths: list[Path], model: Path
+    result: dict[str, Any] | None,
+    fmt: str,
+    paths: list[Path],
+    model: Path,
+    task_cfg: Any = None,
 ) -> str | None:
     """The ``lm_eval`` command that scores the exported files on the run's held-out
     documents (``None`` for a format lm-eval does not read, or a run without an lm-eval
@@ -146,6 +168,7 @@ def export_command(
         fmt: the export format written.
         paths: the files it wrote.
         model: the model directory.
+        task_cfg: the run's ``task:`` config (its chat-template mode goes on the command).
     """
     model_s = str(Path(model).resolve())
     if fmt == "lm_eval":  # a task variant: its own include path and samples
@@ -153,17 +176,21 @@ def export_command(
         if yaml_file is None:
             return None
         folder = yaml_file.parent.resolve()
-        return _command(model_s, yaml_file.stem, folder, folder / "samples.json", None)
+        samples_file = folder / "samples.json"
+        return _command(model_s, yaml_file.stem, folder, samples_file, None, task_cfg=task_cfg)
     lm = ((result or {}).get("provenance") or {}).get("lm_eval") or {}
     if not {"include_path", "task", "samples"} <= set(lm):
         return None
     include, samples = Path(lm["include_path"]).resolve(), Path(lm["samples"]).resolve()
     if fmt == "steered":
         steer = next((p for p in paths if p.suffix == ".pt"), None)
-        return None if steer is None else _command(model_s, lm["task"], include, samples, steer)
+        if steer is None:
+            return None
+        return _command(model_s, lm["task"], include, samples, steer, task_cfg=task_cfg)
     if fmt == "peft":
         adapter = next((p.parent for p in paths if p.name == "adapter_config.json"), None)
         if adapter is None:  # embeddings + template: PEFT cannot express the placement
             return None
-        return _command(model_s, lm["task"], include, samples, None, peft=adapter.resolve())
+        peft = adapter.resolve()
+        return _command(model_s, lm["task"], include, samples, None, peft, task_cfg)
     return None

@@ -53,6 +53,8 @@ class LoadedModel:
         device: Device string, e.g. ``"cpu"`` or ``"cuda"``.
         dtype: Canonical dtype name: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         load_seconds: Wall time of the load, conversion included.
+        precision: What ``dtype="auto"`` measured and chose
+            (:class:`~blackbox.models.precision.PrecisionChoice`), ``None`` for a named dtype.
     """
 
     model: Any
@@ -62,6 +64,7 @@ class LoadedModel:
     device: str
     dtype: str
     load_seconds: float
+    precision: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,8 +83,12 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     elif isinstance(dtype, str) and dtype.strip().lower() in _DTYPES:
         return _DTYPES[dtype.strip().lower()]
     raise ModelLoadError(
-        f"dtype {dtype!r}: expected one of float32, bfloat16, float16 (aliases fp32, bf16, fp16)"
+        f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16 (aliases fp32, bf16, fp16)"
     )
+
+
+AUTO = "auto"
+"""``dtype="auto"``: measured at load (:mod:`blackbox.models.precision`)."""
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
@@ -273,7 +280,10 @@ def load_model(
         name: Embedded model name (default ``"smollm2-135m-instruct"``), hub id, local
             directory, or local ``.gguf`` file.
         device: ``"auto"`` (cuda if available, else cpu), ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (aliases fp32, bf16, fp16).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (aliases fp32, bf16, fp16), or
+            ``"auto"``: on CPU, time one decoder block in float32 and bfloat16 and keep the
+            faster one that passes the exactness check (:mod:`blackbox.models.precision`); on
+            CUDA, bfloat16 where supported.  ``LoadedModel.precision`` says what ran and why.
         cache_dir: Root of converted GGUF caches (default ``$BLACKBOX_CACHE/models`` or
             ``~/.cache/blackbox/models``); the model lives in ``cache_dir / name``.
         padding_side: Tokenizer padding side, ``"right"`` or ``"left"``.
@@ -285,8 +295,15 @@ def load_model(
         ModelLoadError: With a one-line message for any bad argument or unavailable model.
     """
     start = time.perf_counter()
-    torch_dtype = parse_dtype(dtype)
+    auto = isinstance(dtype, str) and dtype.strip().lower() == AUTO
+    torch_dtype = torch.float32 if auto else parse_dtype(dtype)
     dev = resolve_device(device)
+    choice = None
+    if auto and torch.device(dev).type == "cuda":
+        from blackbox.models.precision import choose_cuda_dtype
+
+        choice = choose_cuda_dtype(dev)
+        torch_dtype = parse_dtype(choice.chosen)
     if padding_side not in ("left", "right"):
         raise ModelLoadError(f"padding_side {padding_side!r}: expected 'left' or 'right'")
     src = resolve_source(name, cache_dir)
@@ -308,6 +325,11 @@ def load_model(
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
+    if auto and choice is None:
+        from blackbox.models.precision import choose_and_convert
+
+        choice = choose_and_convert(model, tokenizer)
+        torch_dtype = parse_dtype(choice.chosen)
     local = Path(src) if Path(src).is_dir() else _cached_snapshot(src)
     return LoadedModel(
         model=model,
@@ -317,4 +339,5 @@ def load_model(
         device=dev,
         dtype=dtype_name(torch_dtype),
         load_seconds=time.perf_counter() - start,
+        precision=choice,
     )

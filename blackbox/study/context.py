@@ -51,8 +51,11 @@ class BuildContext:
 
     @property
     def has_prompt(self) -> bool:
-        """The space splices a prompt into documents (tokens, soft prompts)."""
-        return self.cfg.space.type != "steering"
+        """The space splices a prompt into documents (its traits' intervention is ``prompt``:
+        tokens, soft prompts), rather than changing the model (hooks: steering)."""
+        from blackbox.search_spaces.registry import SPACES
+
+        return SPACES.get(self.cfg.space.type).traits.intervention == "prompt"
 
     # -- lm-eval --------------------------------------------------------------------------------
     def task(self) -> Any:

@@ -223,7 +223,9 @@ def export_run(
             by_format[f] = [staged.final(w) for w in written]
     paths = [path for written in by_format.values() for path in written]
     record_files(run_dir, paths)
-    commands = [export_command(result, f, ps, Path(loaded.path)) for f, ps in by_format.items()]
+    commands = [
+        export_command(result, f, ps, Path(loaded.path), cfg.task) for f, ps in by_format.items()
+    ]
     heldout = _heldout_score(result, space.describe(cand))
     return Exported(paths, float(best.values[0]), heldout, [c for c in commands if c])
 

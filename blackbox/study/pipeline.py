@@ -242,10 +242,16 @@ def check_budget(cfg: StudyConfig, one: float, n_docs: int, at_least: bool = Fal
     )
 
 
-def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prepared:
+def prepare(
+    cfg: StudyConfig, progress: bool = True, loaded: Any = None, run_dir: Path | None = None
+) -> Prepared:
     """Validate and build model, objective, space and strategy (writes nothing).
 
     ``loaded``: a model already loaded for this config (comparisons share one).
+    ``run_dir``: where the run will be stored; with ``model.dtype: auto`` a run stored there
+    resumes in the precision it started in (nothing is timed).  Otherwise ``auto`` is resolved
+    at load and ``cfg.model.dtype`` names the precision that ran (the saved config and the
+    fingerprint say it).
     """
     from blackbox.evals.lm_eval_tasks import quiet_lm_eval
     from blackbox.evals.registry import OBJECTIVES
@@ -266,8 +272,14 @@ def prepare(cfg: StudyConfig, progress: bool = True, loaded: Any = None) -> Prep
     guard_tasks = load_guard_tasks(cfg)  # before the model, as the task
     task_seconds = time.perf_counter() - t0
     check_with_task(cfg, task)
+    if run_dir is not None:
+        from blackbox.study.rundir import adopt_saved_dtype
+
+        adopt_saved_dtype(cfg, run_dir)
     if loaded is None:
         loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    if cfg.model.dtype == "auto":
+        cfg.model.dtype = loaded.dtype  # type: ignore[assignment]
     ctx = BuildContext(
         cfg, loaded, {"task": task_seconds, "model": loaded.load_seconds}, _task=task
     )
@@ -411,6 +423,18 @@ def scoring_status(objective: Any) -> dict[str, Any]:
     return out
 
 
+def precision_record(p: Prepared) -> dict[str, Any]:
+    """``result.json -> precision``: which dtype ran and why (``model.dtype: auto`` measured it,
+    took it from the stored run, or the config named it)."""
+    chosen = getattr(p.loaded, "precision", None)
+    if chosen is not None:
+        return dict(chosen.to_dict())
+    adopted = p.config.model._adopted
+    requested = "auto" if adopted else p.config.model.dtype
+    why = adopted or "named in the config"
+    return {"requested": requested, "chosen": p.config.model.dtype, "reason": why}
+
+
 def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
     """The sections of ``result.json`` every space shares."""
     cfg = p.config
@@ -420,9 +444,11 @@ def result_dict(p: Prepared, s: RunSummary, url: str) -> dict[str, Any]:
         "study_name": cfg.name,
         "model": cfg.model.name,
         "dtype": cfg.model.dtype,
+        "precision": precision_record(p),
         "space": cfg.space.type,
         "objective": cfg.objective.type,
         "task": cfg.task.name if cfg.task else None,
+        "chat_template": cfg.task.chat_template if cfg.task else None,  # lm-eval's chat mode
         "metric": p.objective.metric,
         "strategy": cfg.strategy.name,
         "strategy_settings": cfg.strategy.settings,
@@ -509,4 +535,4 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None)
 
 def run_config(cfg: StudyConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Prepare and execute (the CLI's ``run``)."""
-    return execute(prepare(cfg, progress=progress), run_dir, progress=progress)
+    return execute(prepare(cfg, progress=progress, run_dir=run_dir), run_dir, progress=progress)

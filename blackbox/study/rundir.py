@@ -56,6 +56,15 @@ def saved_config(run_dir: Path) -> Any:
         ) from None
 
 
+def adopt_saved_dtype(cfg: Any, run_dir: Path) -> None:
+    """``model.dtype: auto`` and a run saved in ``run_dir``: resume in the precision it ran in
+    (its saved config names it), rather than timing again and perhaps choosing another."""
+    if cfg.model.dtype == "auto" and (run_dir / "config.yaml").is_file():
+        old = saved_config(run_dir)
+        why = f"resumed: the run saved in {str(run_dir)!r} ran in {old.model.dtype}"
+        cfg.adopt_dtype(old.fingerprint(), why)
+
+
 def check_run_dir(cfg: Any, run_dir: Path) -> None:
     """Refuse a run dir that holds a run of a different config (budget changes are fine)."""
     if (run_dir / "config.yaml").exists():

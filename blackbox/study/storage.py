@@ -366,17 +366,21 @@ def records(
     return out
 
 
-def check_existing_study(storage: Any, name: str, fingerprint: str, label: str) -> None:
-    """Refuse, before the model loads, to join an existing study made with another config (a
-    study not made yet is fine: :func:`open_study` makes it)."""
+def stored_fingerprint(storage: Any, name: str, label: str) -> str | None:
+    """The config fingerprint stored with study ``name`` (``None``: no such study, or none)."""
     try:
         sid = storage.get_study_id_from_name(name)
     except KeyError:
-        return
+        return None
     except Exception as exc:  # sqlalchemy / driver errors: keep one line
         raise _unusable(label, "read", exc) from None
-    attrs = storage.get_study_user_attrs(sid)
-    if attrs.get("fingerprint") not in (None, fingerprint):
+    return storage.get_study_user_attrs(sid).get("fingerprint")
+
+
+def check_existing_study(storage: Any, name: str, fingerprint: str, label: str) -> None:
+    """Refuse, before the model loads, to join an existing study made with another config (a
+    study not made yet is fine: :func:`open_study` makes it)."""
+    if stored_fingerprint(storage, name, label) not in (None, fingerprint):
         raise _another_config(name, label)
 
 

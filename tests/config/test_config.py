@@ -299,11 +299,40 @@ def test_max_gen_toks_enters_the_fingerprint_only_when_set() -> None:
     a = validate(_demo())
     data = {k: v for k, v in a.resolved().items() if k not in ("budget", "storage", "scoring")}
     data = {k: v for k, v in data.items() if v is not None}
-    del data["task"]["max_gen_toks"]  # the config as it was before the field existed
+    for key in ("max_gen_toks", "chat_template", "system_instruction", "fewshot_as_multiturn"):
+        del data["task"][key]  # the config as it was before the fields existed
     before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     assert a.fingerprint() == before
     capped = validate(apply_overrides(_demo(), ["task.max_gen_toks=32"]))
     assert capped.fingerprint() != a.fingerprint()
+
+
+def test_chat_template_fields_enter_the_fingerprint_only_when_set() -> None:
+    """Studies stored before ``task.chat_template``, ``task.system_instruction`` and
+    ``task.fewshot_as_multiturn`` existed keep their fingerprint (and resume); turning the chat
+    template on, or changing how it renders, changes what is scored and the fingerprint."""
+    import hashlib
+    import json
+
+    a = validate(_demo())
+    data = {k: v for k, v in a.resolved().items() if k not in ("budget", "storage", "scoring")}
+    data = {k: v for k, v in data.items() if v is not None}
+    for key in ("max_gen_toks", "chat_template", "system_instruction", "fewshot_as_multiturn"):
+        del data["task"][key]  # the config as it was before the fields existed
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert a.fingerprint() == before
+    off = validate(apply_overrides(_demo(), ["task.chat_template=false"]))
+    assert off.fingerprint() == before
+    chat = ["task.chat_template=true"]
+    prints = {
+        validate(apply_overrides(_demo(), chat + extra)).fingerprint()
+        for extra in (
+            [],
+            ["task.system_instruction=Be brief."],
+            ["task.fewshot_as_multiturn=false"],
+        )
+    }
+    assert len(prints) == 3 and before not in prints
 
 
 def test_config_error_lives_in_errors_and_is_re_exported() -> None:

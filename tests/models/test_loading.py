@@ -44,7 +44,7 @@ def test_parse_dtype(given: Any, expected: torch.dtype) -> None:
 
 @pytest.mark.parametrize("bad", ["float64", "int8", "", torch.int64])
 def test_bad_dtype_is_one_clear_error(bad: Any) -> None:
-    with pytest.raises(ModelLoadError, match=r"expected one of float32, bfloat16, float16") as err:
+    with pytest.raises(ModelLoadError, match=r"expected auto, float32, bfloat16 or float16") as err:
         parse_dtype(bad)
     assert isinstance(err.value, ValueError)
     assert "\n" not in str(err.value)
