@@ -6,17 +6,34 @@ SPACES: Registry[SearchSpace] = Registry("space")
 class SteeringSpace(SearchSpace): ...
 
 SPACES.get("steering")      # the class; a one-line ValueError naming what is allowed
+
+A registry made with ``required=("from_config",)`` refuses a class that still has its base
+class's :func:`placeholder` for one of those methods: abstract for the components a config can
+name, not for helpers built by hand (``BoxSpace``, test doubles).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from blackbox.errors import UserError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def placeholder(fn: F) -> F:
+    """Mark a base class's method that every *registered* subclass must define (see
+    :class:`Registry`'s ``required``); the base's body raises ``NotImplementedError``."""
+    fn.__placeholder__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_placeholder(method: Any) -> bool:
+    """The method (plain, bound or class) is a base class's :func:`placeholder`."""
+    return bool(getattr(getattr(method, "__func__", method), "__placeholder__", False))
 
 
 class Registry(Generic[T]):
@@ -24,10 +41,14 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the names are (used in messages).
+        required: methods a registered class must define itself or inherit from a class that
+            does (not the base class's :func:`placeholder`): ``from_config`` for spaces and
+            objectives.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, required: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.required = tuple(required)
         self._classes: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -36,6 +57,16 @@ class Registry(Generic[T]):
         def add(cls: type[T]) -> type[T]:
             if name in self._classes and self._classes[name] is not cls:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            missing = [
+                m
+                for m in self.required
+                if getattr(cls, m, None) is None or is_placeholder(getattr(cls, m))
+            ]
+            if missing:
+                raise TypeError(
+                    f"{self.kind} {name!r}: {cls.__name__} does not define "
+                    f"{', '.join(missing)} (every registered {self.kind} does)"
+                )
             self._classes[name] = cls
             cls.name = name  # type: ignore[attr-defined]
             return cls

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,16 @@ from blackbox.errors import UserError
 from blackbox.evals.document_objective import Standardised, at_last
 from blackbox.evals.sae import load_sae_decoder, sae_layer
 from blackbox.forward.splice import Capture, Items, SpliceOut
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import (
+        DirectionObjectiveConfig,
+        Documents,
+        FeatureObjectiveConfig,
+        LpFeaturesObjectiveConfig,
+        NeuronObjectiveConfig,
+    )
+    from blackbox.study.context import BuildContext
 
 
 def load_direction(
@@ -114,11 +124,11 @@ class NeuronObjective(Standardised):
         return {"value": at_last(out.captured[self.captures[0]], out)[:, self.index].float()}
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> NeuronObjective:
+    def from_config(cls, section: NeuronObjectiveConfig, ctx: BuildContext) -> NeuronObjective:
         from blackbox.errors import ConfigError
         from blackbox.models.layers import mlp_width
 
-        o = cfg.objective
+        o = section
         ctx.check_layer("objective.layer", o.layer)
         try:
             width = mlp_width(ctx.model, o.layer)
@@ -127,7 +137,7 @@ class NeuronObjective(Standardised):
         if o.index >= width:
             raise ConfigError(f"config: objective.index: {o.index} is outside 0..{width - 1}")
         return cls(
-            ctx.model, _splits(ctx), o.layer, o.index, **_standardise_kw(o), **ctx.objective_kw()
+            ctx.model, _splits(o, ctx), o.layer, o.index, **_standardise_kw(o), **ctx.objective_kw()
         )
 
 
@@ -153,10 +163,12 @@ class ResidualDirectionObjective(_Residual):
         return {"value": h @ self.direction / h.norm(dim=-1).clamp_min(1e-12)}
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> ResidualDirectionObjective:
+    def from_config(
+        cls, section: DirectionObjectiveConfig, ctx: BuildContext
+    ) -> ResidualDirectionObjective:
         from blackbox.models.layers import hidden_size
 
-        o = cfg.objective
+        o = section
         ctx.check_layer("objective.layer", o.layer)
         if o.direction_file:
             direction: Any = _file_direction(o.direction_file, "objective.direction_file", ctx)
@@ -164,7 +176,12 @@ class ResidualDirectionObjective(_Residual):
             g = torch.Generator().manual_seed(int(o.direction_seed or 0))
             direction = torch.randn(hidden_size(ctx.model), generator=g)
         return cls(
-            ctx.model, _splits(ctx), o.layer, direction, **_standardise_kw(o), **ctx.objective_kw()
+            ctx.model,
+            _splits(o, ctx),
+            o.layer,
+            direction,
+            **_standardise_kw(o),
+            **ctx.objective_kw(),
         )
 
 
@@ -190,8 +207,10 @@ class FeatureDirectionObjective(_Residual):
         return {"value": self.residual(out) @ self.direction + self.bias}
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> FeatureDirectionObjective:
-        o = cfg.objective
+    def from_config(
+        cls, section: FeatureObjectiveConfig, ctx: BuildContext
+    ) -> FeatureDirectionObjective:
+        o = section
         ctx.check_layer("objective.layer", o.layer)
         if o.unembed is not None:
             v = _unembedding(o.unembed, ctx)[0]
@@ -199,7 +218,7 @@ class FeatureDirectionObjective(_Residual):
             v = _file_direction(o.file, "objective.file", ctx, row=o.row, layer=o.layer)
         return cls(
             ctx.model,
-            _splits(ctx),
+            _splits(o, ctx),
             o.layer,
             v,
             bias=o.bias,
@@ -240,10 +259,12 @@ class LpFeaturesObjective(_Residual):
         return st
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> LpFeaturesObjective:
+    def from_config(
+        cls, section: LpFeaturesObjectiveConfig, ctx: BuildContext
+    ) -> LpFeaturesObjective:
         from blackbox.errors import ConfigError
 
-        o = cfg.objective
+        o = section
         ctx.check_layer("objective.layer", o.layer)
         if o.unembed is not None:
             dirs = _unembedding(o.unembed, ctx)
@@ -258,7 +279,7 @@ class LpFeaturesObjective(_Residual):
             )
         return cls(
             ctx.model,
-            _splits(ctx),
+            _splits(o, ctx),
             o.layer,
             dirs,
             offsets=o.offsets,
@@ -268,11 +289,12 @@ class LpFeaturesObjective(_Residual):
         )
 
 
-def _splits(ctx: Any) -> dict[str, Items]:
-    """The objective's documents laid out for the study's space."""
+def _splits(section: Documents, ctx: BuildContext) -> dict[str, Items]:
+    """The documents of an objective's ``section`` laid out for the study's space."""
     from blackbox.evals.documents import layout
 
-    return {k: layout(ctx.tokenizer, v, **ctx.layout_kw())[0] for k, v in ctx.documents().items()}
+    lay = ctx.layout_kw(section)
+    return {k: layout(ctx.tokenizer, v, **lay)[0] for k, v in ctx.documents(section).items()}
 
 
 def _unembedding(words: Sequence[str], ctx: Any) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from blackbox.api import (
     TokenGradients,
 )
 from blackbox.errors import UserError
+from blackbox.registry import placeholder
+
+if TYPE_CHECKING:
+    from blackbox.study.context import BuildContext
 
 BACKWARD_COST = 2.0
 """A backward pass costs two forward-pass equivalents."""
@@ -42,7 +46,8 @@ class Objective(ABC):
     """Scores interventions on named splits (``search``, ``heldout``, ...).
 
     Subclasses set ``name`` (by registration), ``traits`` and ``metric``, and implement
-    :meth:`_score` and :meth:`n_examples`.
+    :meth:`_score` and :meth:`n_examples`; a registered objective (``objective.type``) also
+    defines :meth:`from_config`, and may refine :meth:`check_config` and :meth:`prompt_bans`.
     """
 
     name: ClassVar[str] = ""
@@ -50,6 +55,46 @@ class Objective(ABC):
     metric: str = "score"
     extra_names: tuple[str, ...] = ()
     extra_directions: tuple[str, ...] = ()
+
+    @classmethod
+    @placeholder
+    def from_config(cls, section: Any, ctx: BuildContext) -> Objective:
+        """Build the objective of a study (abstract for registered objectives: ``OBJECTIVES``
+        refuses a class without its own).  Built before the space.
+
+        Args:
+            section: the objective's own config section (``cfg.objective``: a pydantic class
+                of :mod:`blackbox.config.objectives`, such as ``LogitObjectiveConfig``).
+            ctx: the :class:`~blackbox.study.context.BuildContext`: the model, tokenizer,
+                lm-eval task and ``HFLM``, the seed, the ``task:`` and ``scoring:`` sections,
+                and what the space decides about a prompt (``ctx.space_traits``,
+                ``ctx.has_prompt``, ``ctx.placement``, ``ctx.layout_kw(section)``).  An
+                objective reads nothing else of the study config.
+
+        Raises:
+            ConfigError: one line naming the field, for what only the model can refuse.
+        """
+        raise NotImplementedError(f"{cls.__name__} is not built from a config section")
+
+    @classmethod
+    def check_config(cls, section: Any, placement: str | None) -> None:
+        """Refuse, before any model loads, what this objective cannot do with its section and
+        the study's prompt (one-line ``ConfigError``); nothing by default.
+
+        Args:
+            section: the objective's own config section.
+            placement: where the study's space puts its prompt in a document (``None``: the
+                space has no prompt: steering).
+        """
+        return None
+
+    @classmethod
+    def prompt_bans(cls, section: Any) -> tuple[str, ...]:
+        """Strings a searched prompt may not contain under this objective configured by
+        ``section`` (a token space bans them from its vocabulary and its candidates, see
+        ``ctx.prompt_bans``); none by default.  A classmethod: ``blackbox export`` rebuilds the
+        space without building the objective."""
+        return ()
 
     @property
     def per_document(self) -> bool:

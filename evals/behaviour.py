@@ -15,7 +15,7 @@ completion starts with them) and token overlap@k (the fraction that are).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,10 @@ from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, states_before
 from blackbox.evals.documents import ids_of, layout
 from blackbox.forward.splice import Items, SpliceOut
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import BehaviourObjectiveConfig, ReferenceObjectiveConfig
+    from blackbox.study.context import BuildContext
 
 
 def with_targets(items: Items, targets: Sequence[Sequence[int]]) -> Items:
@@ -95,14 +99,16 @@ class ReferenceObjective(TargetObjective):
     """Minus the teacher-forced cross-entropy of a target string after each document."""
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> ReferenceObjective:
-        o = cfg.objective
+    def from_config(
+        cls, section: ReferenceObjectiveConfig, ctx: BuildContext
+    ) -> ReferenceObjective:
+        o = section
         return cls.from_documents(
             ctx.model,
             ctx.tokenizer,
-            ctx.documents(),
+            ctx.documents(o),
             o.target,
-            ctx.layout_kw(),
+            ctx.layout_kw(o),
             k=o.k,
             weight=o.weight,
             **ctx.objective_kw(),
@@ -140,26 +146,26 @@ class BehaviourMatching(TargetObjective):
     reference_text: str = ""
 
     @classmethod
-    def check_config(cls, cfg: Any) -> None:
+    def check_config(cls, section: BehaviourObjectiveConfig, placement: str | None) -> None:
         from blackbox.errors import ConfigError
 
-        if not cfg.objective.has_documents():
+        if not section.has_documents():
             raise ConfigError(
                 "config: objective.prompts: behaviour matching needs user prompts whose "
                 "reference completions to match (objective.prompts or objective.prompts_file)"
             )
-        if getattr(cfg.space, "placement", None) == "template":
+        if placement == "template":
             raise ConfigError(
                 "config: space.placement: behaviour matching takes before_input, after_input or "
                 "system (the reference prompt goes where the prompt goes)"
             )
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> BehaviourMatching:
+    def from_config(cls, section: BehaviourObjectiveConfig, ctx: BuildContext) -> BehaviourMatching:
         from blackbox.errors import ConfigError
 
-        o = cfg.objective
-        lay = ctx.layout_kw()
+        o = section
+        lay = ctx.layout_kw(o)
         if lay["placement"] == "template":
             raise ConfigError(
                 "config: space.placement: behaviour matching takes before_input, after_input or "
@@ -177,7 +183,7 @@ class BehaviourMatching(TargetObjective):
             ctx.model,
             ctx.tokenizer,
             o.reference,
-            ctx.documents(),
+            ctx.documents(o),
             lay,
             ref,
             max_new_tokens=o.max_new_tokens,

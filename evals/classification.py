@@ -9,7 +9,7 @@ metrics: accuracy and the full-vocabulary log-probability of the gold label.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,10 @@ from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, at_last
 from blackbox.evals.documents import ids_of, layout
 from blackbox.forward.splice import Items, SpliceOut
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import ClassificationObjectiveConfig
+    from blackbox.study.context import BuildContext
 
 
 class Classification(DocumentObjective):
@@ -66,12 +70,14 @@ class Classification(DocumentObjective):
         return cls(model, splits, label_ids, **kw)
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> Classification:
+    def from_config(
+        cls, section: ClassificationObjectiveConfig, ctx: BuildContext
+    ) -> Classification:
         from blackbox.errors import ConfigError
         from blackbox.evals.data import DataError, fetch, is_ready, read_split
         from blackbox.evals.sampling import size_warning, subsample
 
-        o = cfg.objective
+        o = section
         try:
             if not is_ready(o.data):
                 fetch(o.data)
@@ -79,7 +85,7 @@ class Classification(DocumentObjective):
         except (DataError, FileNotFoundError, KeyError) as exc:
             raise ConfigError(f"config: objective.data: {o.data!r}: {exc}") from None
         search = rows[o.search_split]
-        pick = subsample(len(search), o.search_size, cfg.seed, labels=[r["gold"] for r in search])
+        pick = subsample(len(search), o.search_size, ctx.seed, labels=[r["gold"] for r in search])
         if o.search_size > len(search):
             ctx.warn(
                 size_warning("objective.search_size", o.search_size, len(search), o.search_split)
@@ -90,7 +96,7 @@ class Classification(DocumentObjective):
         data = {"search": [search[i] for i in pick], "heldout": [held_rows[i] for i in held]}
         try:
             return cls.from_rows(
-                ctx.model, ctx.tokenizer, data, o.labels, ctx.layout_kw(), **ctx.objective_kw()
+                ctx.model, ctx.tokenizer, data, o.labels, ctx.layout_kw(o), **ctx.objective_kw()
             )
         except ValueError as exc:
             raise ConfigError(f"config: objective: {exc}") from None

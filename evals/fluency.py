@@ -7,13 +7,17 @@ to search for fluent prompts alone.  Token prompts only (it reads the prompt's i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from blackbox.api import PER_DOC, PROMPT, ObjectiveTraits
 from blackbox.evals.document_objective import DocumentObjective
 from blackbox.forward.splice import Items, SpliceOut
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import FluencyObjectiveConfig
+    from blackbox.study.context import BuildContext
 
 
 class FluencyObjective(DocumentObjective):
@@ -36,7 +40,7 @@ class FluencyObjective(DocumentObjective):
         return out
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> FluencyObjective:
+    def from_config(cls, section: FluencyObjectiveConfig, ctx: BuildContext) -> FluencyObjective:
         from blackbox.evals.activation import _splits
 
-        return cls(ctx.model, _splits(ctx), **ctx.objective_kw())
+        return cls(ctx.model, _splits(section, ctx), **ctx.objective_kw())

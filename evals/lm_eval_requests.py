@@ -8,11 +8,12 @@ packed side by side without padding); :func:`aggregate` sends per-request
 ``(loglikelihood, is_greedy)`` pairs back through ``task.process_results`` and the task's
 aggregation functions, so every number is lm-eval's.
 
-In lm-eval's chat-template mode (:class:`ChatFormat`, ``lm_eval --apply_chat_template``)
+In lm-eval's chat-template mode (:class:`~blackbox.evals.lm_eval_chat.ChatFormat`,
+``lm_eval --apply_chat_template``)
 the requests are built as lm-eval's evaluator builds them then: every context rendered through
 ``HFLM.apply_chat_template`` (system instruction, few-shot examples as turns or one turn), the
 same ``_encode_pair`` / ``tok_batch_encode`` on the rendered text (a context that starts with
-the BOS text gets no second BOS).  :class:`ChatRenderer` also remembers where the last user
+the BOS text gets no second BOS).  :class:`~blackbox.evals.lm_eval_chat.ChatRenderer` also remembers where the last user
 turn's text lies in each rendered context, so a prompt can be spliced inside that turn
 (:attr:`PreparedSplit.splice_at`).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shlex
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from blackbox.errors import UserError
-from blackbox.evals.lm_eval_generate import GenRequest, encode_generation, token_at
+from blackbox.evals.lm_eval_chat import ChatFormat, ChatRenderer, splice_positions
+from blackbox.evals.lm_eval_generate import GenRequest, encode_generation
 from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.rows import Rows, bin_pack
@@ -111,142 +112,6 @@ class PreparedSplit:
             return self
         rows, per_request = merge_rows(self.pairs, self.max_length, pack)
         return dataclasses.replace(self, rows=rows, query_of_request=per_request, pack=pack)
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """lm-eval's chat-template mode: ``simple_evaluate(apply_chat_template=True,
-    system_instruction=..., fewshot_as_multiturn=...)``, i.e. ``lm_eval --apply_chat_template
-    [--system_instruction TEXT] [--fewshot_as_multiturn]``.
-
-    Attributes:
-        system_instruction: a system turn before the task's description (``None``: none).
-        fewshot_as_multiturn: few-shot examples as user/assistant turns (lm-eval's default
-            with a chat template), else collapsed into one user turn.
-    """
-
-    system_instruction: str | None = None
-    fewshot_as_multiturn: bool = True
-
-    @classmethod
-    def of(cls, task_cfg: Any) -> ChatFormat | None:
-        """The format a ``task:`` config asks for (``None``: plain contexts)."""
-        if task_cfg is None or not getattr(task_cfg, "chat_template", False):
-            return None
-        multiturn = getattr(task_cfg, "fewshot_as_multiturn", None) is not False
-        return cls(getattr(task_cfg, "system_instruction", None), multiturn)
-
-    def build_kw(self, renderer: Any, lm: Any) -> dict[str, Any]:
-        """``task.build_all_requests``'s keywords, as lm-eval's ``evaluate`` passes them."""
-        return {
-            "system_instruction": self.system_instruction,
-            "apply_chat_template": True,
-            "fewshot_as_multiturn": self.fewshot_as_multiturn,
-            "chat_template": renderer,
-            "tokenizer_name": getattr(lm, "tokenizer_name", ""),
-        }
-
-    def simple_evaluate_kw(self) -> dict[str, Any]:
-        """``lm_eval.simple_evaluate``'s keywords that build the same requests."""
-        return {
-            "apply_chat_template": True,
-            "system_instruction": self.system_instruction,
-            "fewshot_as_multiturn": self.fewshot_as_multiturn,
-        }
-
-    def cli_args(self) -> str:
-        """The ``lm_eval`` arguments that build the same requests (shell-quoted).  The few-shot
-        setting is always named: lm-eval 0.4.13's ``--apply_chat_template`` implies
-        ``--fewshot_as_multiturn``, older 0.4.x releases did not."""
-        args = "--apply_chat_template"
-        if self.system_instruction is not None:  # "=": an instruction may start with "-"
-            args += " " + shlex.quote(f"--system_instruction={self.system_instruction}")
-        return args + (
-            " --fewshot_as_multiturn"
-            if self.fewshot_as_multiturn
-            else " --fewshot_as_multiturn false"
-        )
-
-
-def check_chat(task: Any, lm: Any) -> None:
-    """What lm-eval's chat-template mode needs: a tokenizer with a chat template, and a task
-    whose requests hold a context (not perplexity).  One-line :class:`UserError`."""
-    if task.config.output_type == "loglikelihood_rolling":
-        raise UserError(
-            f"task {task.config.task!r} scores perplexity (loglikelihood_rolling), whose texts "
-            "lm-eval never renders through a chat template; allowed: false"
-        )
-    tok = getattr(lm, "tokenizer", None)
-    if not getattr(tok, "chat_template", None):
-        name = getattr(tok, "name_or_path", "") or type(tok).__name__
-        raise UserError(
-            f"the model's tokenizer ({name}) has no chat template, so lm-eval's "
-            "--apply_chat_template cannot render the task; allowed: false, or a model whose "
-            "tokenizer has one (an instruct or chat model)"
-        )
-
-
-_OPEN, _CLOSE = "\ue000", "\ue001"
-"""Private-use characters marking a user turn's text in a second rendering (no template
-changes them)."""
-
-
-class ChatRenderer:
-    """lm-eval's ``chat_template`` callable (``HFLM.apply_chat_template``, the same string)
-    that also remembers, per rendered context, the character span of its last user turn's
-    text: rendered a second time with that text between two markers, the text before the
-    first marker and after the second must be the rendering's start and end.
-
-    Attributes:
-        spans: rendered context -> ``(start, end)`` of the last user turn's text (``None``
-            when it cannot be located: no user turn, or a template that rewrites the markers).
-    """
-
-    def __init__(self, lm: Any) -> None:
-        self.lm = lm
-        self.spans: dict[str, tuple[int, int] | None] = {}
-
-    def __call__(
-        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
-    ) -> str:
-        text = self.lm.apply_chat_template(
-            chat_history, add_generation_prompt=add_generation_prompt
-        )
-        if text not in self.spans:
-            self.spans[text] = self._user_span(text, chat_history, add_generation_prompt)
-        return text
-
-    def _user_span(
-        self, text: str, history: list[dict[str, str]], add_generation_prompt: bool
-    ) -> tuple[int, int] | None:
-        users = [i for i, m in enumerate(history) if m.get("role") == "user"]
-        if not users:
-            return None
-        marked = [dict(m) for m in history]
-        marked[users[-1]]["content"] = _OPEN + str(marked[users[-1]]["content"]) + _CLOSE
-        try:
-            r = self.lm.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
-        except Exception:  # a template that refuses the marked text: no span
-            return None
-        if r.count(_OPEN) != 1 or r.count(_CLOSE) != 1 or r.index(_CLOSE) < r.index(_OPEN):
-            return None
-        before, after = r[: r.index(_OPEN)], r[r.index(_CLOSE) + 1 :]
-        if len(before) + len(after) > len(text):
-            return None
-        if not (text.startswith(before) and text.endswith(after)):
-            return None
-        return len(before), len(text) - len(after)
-
-
-def _splice_at(
-    encode: Any, context: str, span: tuple[int, int] | None, ids: Sequence[int]
-) -> tuple[int, int]:
-    """Where a prompt goes in ``ids`` (``context``'s tokens): the token boundaries at the
-    start and the end of the user turn's text ``span`` (without a span: before and after the
-    whole context, as without a chat template)."""
-    if span is None:
-        return 0, len(ids)
-    return tuple(token_at(encode, context, min(c, len(context)), ids) for c in span)  # type: ignore[return-value]
 
 
 def encode_requests(lm: Any, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -504,7 +369,7 @@ def prepare_split(
         units = [[i] for i in range(len(flat))]
         if renderer is not None:  # _encode_pair moved the context's trailing blanks away
             splice_at = [
-                _splice_at(lm.tok_encode, inst.args[0].rstrip(), spans.get(inst.args[0]), ctx)
+                splice_positions(lm.tok_encode, inst.args[0].rstrip(), spans.get(inst.args[0]), ctx)
                 for inst, (ctx, _) in zip(flat, pairs)
             ]
     elif kind == "loglikelihood_rolling":

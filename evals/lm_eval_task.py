@@ -19,7 +19,7 @@ metrics are lm-eval's.  Three request types, each with its engine:
   lm-eval's HF model applies them (:mod:`~blackbox.evals.lm_eval_generate`).
 
 In lm-eval's chat-template mode (``task.chat_template``, ``lm_eval --apply_chat_template``;
-:class:`~blackbox.evals.lm_eval_requests.ChatFormat`) every request is built as lm-eval
+:class:`~blackbox.evals.lm_eval_chat.ChatFormat`) every request is built as lm-eval
 builds it then, and a prompt is spliced inside the rendered chat: at the start
 (``before_input``) or the end (``after_input``) of the last user turn's text.
 
@@ -34,7 +34,7 @@ prefill yields the first).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from blackbox.api import Evaluation, HookIntervention, Intervention, ObjectiveTr
 from blackbox.errors import UserError
 from blackbox.evals.base import Differentiable, Docs, doc_range
 from blackbox.evals.document_objective import run_documents
+from blackbox.evals.lm_eval_chat import ChatFormat, check_chat
 from blackbox.evals.lm_eval_generate import (
     StopCheck,
     finish_text,
@@ -52,17 +53,19 @@ from blackbox.evals.lm_eval_generate import (
 from blackbox.evals.lm_eval_metrics import check_metric, metric_per_document
 from blackbox.evals.lm_eval_prompts import PROMPT_PLACEMENTS, continuation_scores, request_items
 from blackbox.evals.lm_eval_requests import (
-    ChatFormat,
     PreparedSplit,
     TaskSplitSpec,
     aggregate,
-    check_chat,
     check_packing,
     prepare_split,
 )
 from blackbox.forward.generate import GenStats, eos_ids, greedy_generate
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items, Splice
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import LmEvalTaskObjectiveConfig
+    from blackbox.study.context import BuildContext
 
 
 class LMEvalTask(Differentiable):
@@ -144,10 +147,9 @@ class LMEvalTask(Differentiable):
         self._gold: dict[str, list[int]] = {}
 
     @classmethod
-    def check_config(cls, cfg: Any) -> None:
+    def check_config(cls, section: LmEvalTaskObjectiveConfig, placement: str | None) -> None:
         from blackbox.errors import ConfigError
 
-        placement = getattr(cfg.space, "placement", None)
         if placement is not None and placement not in PROMPT_PLACEMENTS:
             raise ConfigError(
                 f"config: space.placement: an lm-eval task takes a prompt before_input or "
@@ -155,27 +157,28 @@ class LMEvalTask(Differentiable):
             )
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> LMEvalTask:
+    def from_config(cls, section: LmEvalTaskObjectiveConfig, ctx: BuildContext) -> LMEvalTask:
         from blackbox.errors import ConfigError
         from blackbox.evals.lm_eval_splits import task_splits
         from blackbox.evals.lm_eval_tasks import quiet_lm_eval
 
-        task, lm = ctx.task(), ctx.lm()
-        chat = ChatFormat.of(cfg.task)
+        task, lm, tc = ctx.task(), ctx.lm(), ctx.task_config
+        assert tc is not None  # the objective's traits need a task: the config check said so
+        chat = ChatFormat.of(tc)
         if chat is not None:  # before any request is built or scored
             try:
                 check_chat(task, lm)
             except ValueError as exc:
                 raise ConfigError(f"config: task.chat_template: {exc}") from None
-        splits = task_splits(task, cfg.task, cfg.seed, warn=ctx.warn)
-        sc = cfg.scoring
+        splits = task_splits(task, tc, ctx.seed, warn=ctx.warn)
+        sc = ctx.scoring
         try:
             obj = cls(
                 task,
                 lm,
                 splits,
-                metric=cfg.task.metric,
-                placement=cfg.space.placement if ctx.has_prompt else "before_input",
+                metric=tc.metric,
+                placement=ctx.placement,
                 max_batch_tokens=sc.max_batch_tokens,
                 branch=sc.branch,
                 trunk_cache_mb=sc.trunk_cache_mb,

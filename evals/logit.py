@@ -7,12 +7,16 @@ default) so that the prompt cannot simply contain the word.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from blackbox.evals.document_objective import Standardised, at_last
 from blackbox.forward.splice import Items, SpliceOut
+
+if TYPE_CHECKING:
+    from blackbox.config.objectives import LogitObjectiveConfig
+    from blackbox.study.context import BuildContext
 
 
 def logit_margin(logits: torch.Tensor, target: int) -> torch.Tensor:
@@ -39,10 +43,16 @@ class LogitObjective(Standardised):
         return {"value": logit_margin(logits, self.target_id)}
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> LogitObjective:
+    def from_config(cls, section: LogitObjectiveConfig, ctx: BuildContext) -> LogitObjective:
         from blackbox.evals.activation import _splits, _standardise_kw
         from blackbox.search_spaces.steering_vectors import first_token_id
 
-        o = cfg.objective
+        o = section
         target = first_token_id(ctx.tokenizer, o.target)
-        return cls(ctx.model, _splits(ctx), target, **_standardise_kw(o), **ctx.objective_kw())
+        return cls(ctx.model, _splits(o, ctx), target, **_standardise_kw(o), **ctx.objective_kw())
+
+    @classmethod
+    def prompt_bans(cls, section: LogitObjectiveConfig) -> tuple[str, ...]:
+        """The target word (``ban_variants``, the default): a prompt may not simply contain
+        it."""
+        return (section.target.strip(),) if section.ban_variants else ()

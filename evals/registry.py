@@ -16,7 +16,7 @@ from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.logit import LogitObjective
 from blackbox.registry import Registry
 
-OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES: Registry[Objective] = Registry("objective", required=("from_config",))
 for _name, _cls in (
     ("lm_eval_task", LMEvalTask),
     ("classification", Classification),

@@ -183,7 +183,7 @@ def task_inputs(cfg: Any, ctx: Any) -> list[str]:
     from blackbox.errors import ConfigError
 
     if cfg.task is None:
-        objective_docs = ctx.documents()
+        objective_docs = ctx.documents(cfg.objective)
         return [d for d in objective_docs["search"] if d]
     task = ctx.task()
     docs = task.training_docs() if task.has_training_docs() else task.test_docs()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from blackbox.api import Intervention, SpaceTraits
+from blackbox.registry import placeholder
 from blackbox.strategies.base import Box
+
+if TYPE_CHECKING:
+    from blackbox.study.context import BuildContext
 
 C = TypeVar("C")
 
@@ -19,11 +23,30 @@ class SearchSpace(ABC, Generic[C]):
     intervention (:mod:`blackbox.api`) that any objective can score.
 
     Subclasses define ``traits``, :attr:`box`, :meth:`decode`, :meth:`encode` and
-    :meth:`intervention`.
+    :meth:`intervention`; a registered space (``space.type``) also defines
+    :meth:`from_config`.
     """
 
     name: ClassVar[str] = ""
     traits: ClassVar[SpaceTraits]
+
+    @classmethod
+    @placeholder
+    def from_config(cls, section: Any, ctx: BuildContext) -> SearchSpace:
+        """Build the space of a study (abstract for registered spaces: ``SPACES`` refuses a
+        class without its own).
+
+        Args:
+            section: the space's own config section (``cfg.space``: a pydantic class of
+                :mod:`blackbox.config.spaces`, such as ``TokenSpaceConfig``).
+            ctx: the :class:`~blackbox.study.context.BuildContext`: the model and tokenizer,
+                the seed, and what the objective asks of a prompt (``ctx.prompt_bans``).  A
+                space reads nothing else of the study config.
+
+        Raises:
+            ConfigError: one line naming the field, for what only the model can refuse.
+        """
+        raise NotImplementedError(f"{cls.__name__} is not built from a config section")
 
     @property
     @abstractmethod

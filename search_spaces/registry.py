@@ -8,7 +8,7 @@ from blackbox.search_spaces.soft_prompt import SoftPromptSpace
 from blackbox.search_spaces.steering import SteeringSpace
 from blackbox.search_spaces.tokens import TokenSpace
 
-SPACES: Registry[SearchSpace] = Registry("space")
+SPACES: Registry[SearchSpace] = Registry("space", required=("from_config",))
 SPACES.add(SteeringSpace, "steering")
 SPACES.add(TokenSpace, "tokens")
 SPACES.add(SoftPromptSpace, "soft_prompt")

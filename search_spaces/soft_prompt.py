@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,10 @@ from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
+
+if TYPE_CHECKING:
+    from blackbox.config.spaces import SoftPromptSpaceConfig
+    from blackbox.study.context import BuildContext
 
 
 @dataclass
@@ -169,12 +173,12 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         return np.clip(z.numpy().astype(np.float64), -self.bound, self.bound)
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> SoftPromptSpace:
+    def from_config(cls, section: SoftPromptSpaceConfig, ctx: BuildContext) -> SoftPromptSpace:
         """``p0`` from random vocabulary rows or a text (seeded), ``sigma`` the spread of the
         allowed rows; baselines: a hand-written text in the prompt's place and no prompt."""
         from blackbox.errors import ConfigError
 
-        sc, tok = cfg.space, ctx.tokenizer
+        sc, tok = section, ctx.tokenizer
         embed = ctx.model.get_input_embeddings()
         vocab = int(embed.weight.shape[0])
         special = set(getattr(tok, "all_special_ids", []) or [])
@@ -183,14 +187,14 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
         check_subspace(sc, int(embed.weight.shape[1]))
         try:
             _, ids = init_embeddings(
-                embed.weight, sc.n_tokens, sc.init, cfg.seed, text_ids, allowed
+                embed.weight, sc.n_tokens, sc.init, ctx.seed, text_ids, allowed
             )
         except ValueError as exc:
             raise ConfigError(f"config: space.init: {exc}") from None
         with torch.no_grad():
             p0 = embed(torch.tensor(ids, device=embed.weight.device)).float().cpu()
             sigma = float(embed(torch.tensor(allowed, device=embed.weight.device)).float().std())
-        space = cls(p0, sigma, sc.subspace_dim, sc.bound, cfg.seed, init_ids=ids)
+        space = cls(p0, sigma, sc.subspace_dim, sc.bound, ctx.seed, init_ids=ids)
         with torch.no_grad():
             for label, text in (("baseline", sc.baseline), ("no prompt", "")):
                 if text is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from blackbox.forward.hooks import add_per_row
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
 from blackbox.strategies.base import Box
+
+if TYPE_CHECKING:
+    from blackbox.config.spaces import SteeringSpaceConfig
+    from blackbox.study.context import BuildContext
 
 
 @dataclass(frozen=True)
@@ -206,9 +210,9 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
         return min(layers) if layers else None
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> SteeringSpace:
+    def from_config(cls, section: SteeringSpaceConfig, ctx: BuildContext) -> SteeringSpace:
         """Build the vectors (contrastive prompts cached per model, files, logit lens) and the
-        space of ``cfg.space`` on ``ctx.model`` (one-line errors naming the field)."""
+        space of ``section`` on ``ctx.model`` (one-line errors naming the field)."""
         from pathlib import Path
 
         from blackbox.errors import ConfigError
@@ -219,7 +223,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
             unembedding_vector,
         )
 
-        sc, model, tok = cfg.space, ctx.model, ctx.tokenizer
+        sc, model, tok = section, ctx.model, ctx.tokenizer
         n_layers = num_layers(model)
         sc.check_layers(n_layers)
         lo, hi = sc.layers
@@ -255,7 +259,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
                     cached_contrastive_vector(
                         model,
                         tok,
-                        f"{cfg.model.name}|{cfg.model.dtype}",
+                        ctx.model_key,
                         v.name,
                         v.concept or [],
                         v.contrast or [],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
 from blackbox.strategies.base import Box
+
+if TYPE_CHECKING:
+    from blackbox.config.spaces import TokenSpaceConfig
+    from blackbox.study.context import BuildContext
 
 
 @dataclass(frozen=True)
@@ -193,14 +197,13 @@ class TokenSpace(SearchSpace[TokenPrompt]):
         return self.decode(self.indices_of(np.array([ids])))[0]
 
     @classmethod
-    def from_config(cls, cfg: Any, ctx: Any) -> TokenSpace:
-        """The space of ``cfg.space``; a ``logit`` objective bans its target's variants."""
+    def from_config(cls, section: TokenSpaceConfig, ctx: BuildContext) -> TokenSpace:
+        """The space of ``section``; it also bans what the objective bans from a prompt
+        (``ctx.prompt_bans``: a ``logit`` objective's target word)."""
         from blackbox.errors import ConfigError
 
-        sc, o = cfg.space, cfg.objective
-        banned = list(sc.banned)
-        if o.type == "logit" and o.ban_variants:
-            banned.append(o.target.strip())  # the prompt may not simply contain the target word
+        sc = section
+        banned = [*sc.banned, *ctx.prompt_bans]
         try:
             space = cls(
                 ctx.tokenizer, n_tokens=sc.n_tokens, ascii_only=sc.ascii_only, banned=banned

@@ -1,6 +1,8 @@
 """A user's own components (issue #26, item 3's "done when"): a toy strategy, a toy space and a
 toy objective, defined here, each registered with one registry line, pass the conformance
-suites imported from :mod:`blackbox.testing`, exactly as the bundled components do.
+suites imported from :mod:`blackbox.testing`, exactly as the bundled components do.  The space
+and the objective are built as the pipeline builds every component: ``from_config(section,
+ctx)`` with their own config section and a :class:`~blackbox.study.context.BuildContext`.
 
 They are registered for each of their tests only (the ``registered`` fixture) and unregistered
 after it, so no other test sees them.
@@ -10,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
 
 from blackbox import OBJECTIVES, SPACES, STRATEGIES, Box, Evaluation, Objective, SearchSpace
 from blackbox.api import POINT, ObjectiveTraits, PointIntervention, Problem, SpaceTraits
+from blackbox.config.base import Strict
 from blackbox.evals.base import doc_range
 from blackbox.strategies.base import Strategy
+from blackbox.study.context import BuildContext
 from blackbox.testing import ObjectiveConformance, SpaceConformance, StrategyConformance
 from blackbox.testing.strategies import Factory
 
@@ -48,15 +52,27 @@ class ToyHillClimb(Strategy):
             self.sigma = self.sigma * 0.7
 
 
+class ToyPointsConfig(Strict):
+    """The toy space's config section."""
+
+    type: Literal["toy_points"] = "toy_points"
+    top: float = 4.0
+
+
 class ToyPointSpace(SearchSpace[tuple[float, ...]]):
-    """Three coordinates (the first a whole number in 0..4), handed to the objective as points."""
+    """Three coordinates (the first a whole number in 0..``top``), handed to the objective as
+    points."""
 
     traits = SpaceTraits(POINT, continuous=True)
 
-    def __init__(self) -> None:
+    def __init__(self, top: float = 4.0) -> None:
         self._box = Box(
-            np.array([0.0, -1.0, -1.0]), np.array([4.0, 1.0, 1.0]), np.array([True, False, False])
+            np.array([0.0, -1.0, -1.0]), np.array([top, 1.0, 1.0]), np.array([True, False, False])
         )
+
+    @classmethod
+    def from_config(cls, section: ToyPointsConfig, ctx: BuildContext) -> ToyPointSpace:
+        return cls(section.top)
 
     @property
     def box(self) -> Box:
@@ -75,6 +91,12 @@ class ToyPointSpace(SearchSpace[tuple[float, ...]]):
         return dict(zip(self.box.names, candidate))
 
 
+class ToyDistanceConfig(Strict):
+    """The toy objective's config section."""
+
+    type: Literal["toy_distance"] = "toy_distance"
+
+
 class ToyDistance(Objective):
     """Minus a point's squared distance to each of 5 "documents" (targets), averaged: a value
     per document, so it races like a real objective."""
@@ -86,6 +108,10 @@ class ToyDistance(Objective):
         super().__init__()
         self.targets = np.random.default_rng(seed).uniform(-1, 1, size=(5, 3))  # (D, dim)
         self._splits = {"search": None}
+
+    @classmethod
+    def from_config(cls, section: ToyDistanceConfig, ctx: BuildContext) -> ToyDistance:
+        return cls(seed=ctx.seed)  # its targets drawn from the study's seed
 
     def n_examples(self, split: str = "search") -> int:
         return len(self.targets)
@@ -131,13 +157,30 @@ class TestToyStrategyConformance(StrategyConformance):
         return lambda box, seed: STRATEGIES.get("toy_hill_climb")(box, seed=seed, population=8)
 
 
+def context(seed: int = 0) -> BuildContext:
+    """A build context for components that need no model (the toys read only the seed)."""
+    from blackbox.config import validate
+
+    cfg = validate(
+        {
+            "name": "toys",
+            "seed": seed,
+            "space": {"type": "tokens"},
+            "objective": {"type": "fluency"},
+            "strategy": {"name": "random"},
+            "budget": {"evaluations": 1},
+        }
+    )
+    return BuildContext(cfg, loaded=None)
+
+
 @pytest.mark.usefixtures("registered")
 class TestToySpaceConformance(SpaceConformance):
     component = "toy_points"
 
     @pytest.fixture
     def space(self) -> ToyPointSpace:
-        return ToyPointSpace()
+        return SPACES.get("toy_points").from_config(ToyPointsConfig(), context())
 
 
 @pytest.mark.usefixtures("registered")
@@ -146,7 +189,11 @@ class TestToyObjectiveConformance(ObjectiveConformance):
 
     @pytest.fixture
     def problem(self) -> Problem:
-        return Problem(ToyPointSpace(), ToyDistance())
+        ctx = context()
+        return Problem(
+            SPACES.get("toy_points").from_config(ToyPointsConfig(), ctx),
+            OBJECTIVES.get("toy_distance").from_config(ToyDistanceConfig(), ctx),
+        )
 
     @pytest.fixture
     def candidates(self, problem: Problem) -> list[tuple[float, ...]]:
@@ -161,3 +208,25 @@ def test_the_toys_are_registered_only_inside_the_context() -> None:
         assert SPACES.get("toy_points") is ToyPointSpace
         assert OBJECTIVES.get("toy_distance") is ToyDistance
     assert (STRATEGIES.names(), SPACES.names(), OBJECTIVES.names()) == before
+
+
+def test_a_component_without_from_config_is_refused_at_registration() -> None:
+    """``from_config`` is abstract for registered components: the registry line of a space or
+    objective that cannot be built from its section fails, naming the class."""
+
+    class Unbuildable(ToyPointSpace):
+        from_config = SearchSpace.from_config  # the base's placeholder
+
+    class Loose(ToyDistance):
+        from_config = Objective.from_config
+
+    with pytest.raises(TypeError, match="space 'nope': Unbuildable does not define from_config"):
+        SPACES.add(Unbuildable, "nope")
+    with pytest.raises(TypeError, match="objective 'nope': Loose does not define from_config"):
+        OBJECTIVES.add(Loose, "nope")
+    assert "nope" not in SPACES and "nope" not in OBJECTIVES
+    with pytest.raises(NotImplementedError):
+        SearchSpace.from_config(ToyPointsConfig(), context())
+    assert ToyDistance.from_config(ToyDistanceConfig(), context(seed=3)).targets.tolist() == (
+        ToyDistance(seed=3).targets.tolist()
+    )

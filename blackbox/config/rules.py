@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blackbox.api import HOOKS, ObjectiveTraits, SpaceTraits, StrategyTraits
+from blackbox.api import HOOKS, PROMPT, ObjectiveTraits, SpaceTraits, StrategyTraits
 from blackbox.config.base import ConfigError
 
 SPACE_NOUN = {
@@ -27,6 +27,16 @@ def _registries() -> tuple[Any, Any, Any]:
     from blackbox.strategies import STRATEGIES
 
     return SPACES, OBJECTIVES, STRATEGIES
+
+
+def prompt_placement(cfg: Any) -> str | None:
+    """Where the study's prompt goes in each document: the space's ``placement`` when its
+    class's traits say it splices a prompt (tokens, soft prompts), ``None`` when it has no
+    prompt (steering changes the model)."""
+    spaces, _, _ = _registries()
+    if spaces.get(cfg.space.type).traits.intervention != PROMPT:
+        return None
+    return getattr(cfg.space, "placement", None)
 
 
 def objective_reason(space: SpaceTraits, objective: ObjectiveTraits) -> str | None:
@@ -176,7 +186,5 @@ def check_study(cfg: Any) -> None:
             f"config: strategy.name: {name!r} cannot search {SPACE_NOUN.get(space_name, space_name)}: "
             f"{why}; strategies for {space_name} with {obj_name}: {', '.join(fits)}{on}"
         )
-    check = getattr(obj_cls, "check_config", None)
-    if check is not None:
-        check(cfg)
+    obj_cls.check_config(cfg.objective, prompt_placement(cfg))
     _check_settings(cfg.strategy.name, strat_cls, dict(cfg.strategy.settings))

@@ -176,7 +176,7 @@ def write_task_variant(
             f"export: --format lm_eval needs a run whose objective is an lm-eval task (this "
             f"run's is {cfg.objective.type!r})"
         )
-    from blackbox.evals.lm_eval_requests import ChatFormat
+    from blackbox.evals.lm_eval_chat import ChatFormat
 
     task, split, docs = heldout_documents(cfg)
     base_name = task.config.task

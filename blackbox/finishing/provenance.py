@@ -79,7 +79,7 @@ def _command(
 def chat_args(task_cfg: Any) -> str:
     """`` --apply_chat_template ...`` for a ``task:`` config in lm-eval's chat-template mode
     (``""`` otherwise): the arguments that make ``lm_eval`` build the run's requests."""
-    from blackbox.evals.lm_eval_requests import ChatFormat
+    from blackbox.evals.lm_eval_chat import ChatFormat
 
     chat = ChatFormat.of(task_cfg)
     return "" if chat is None else " " + chat.cli_args()

@@ -153,22 +153,45 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def _on_disk(name: str) -> Path | None:
+    """The local directory holding ``name``'s files (a local directory, the embedded model's
+    converted cache, the Hugging Face cache), ``None`` when its config is not on disk."""
+    path: Path | None = Path(name).expanduser()
+    if name in EMBEDDED_MODELS:
+        path = model_cache_dir(name)
+    elif path is not None and not path.is_dir():
+        path = _cached_snapshot(name) if not name.startswith((".", "/", "~")) else None
+    if path is None or not (Path(path) / "config.json").is_file():
+        return None
+    return Path(path)
+
+
 def peek_config(name: str) -> Any | None:
     """The model's ``transformers`` config when it is on disk already (a local directory, the
     embedded model's converted cache, the Hugging Face cache), without loading any weight;
     ``None`` when it is not (checks that need it then wait for the model)."""
     from transformers import AutoConfig
 
-    path = Path(name).expanduser()
-    if name in EMBEDDED_MODELS:
-        path = model_cache_dir(name)
-    elif not path.is_dir():
-        path = _cached_snapshot(name) if not name.startswith((".", "/", "~")) else None
-    if path is None or not (Path(path) / "config.json").is_file():
+    path = _on_disk(name)
+    if path is None:
         return None
     try:
         return AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception:  # an unreadable config is the model loader's to report
+        return None
+
+
+def peek_tokenizer(name: str) -> Any | None:
+    """The model's tokenizer when it is on disk already, without loading any weight (``None``
+    when it is not, or cannot be read: the model loader reports that)."""
+    from transformers import AutoTokenizer
+
+    path = _on_disk(name)
+    if path is None:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:
         return None
 
 

@@ -200,7 +200,7 @@ def export_run(
     from blackbox.study.pipeline import Prepared
 
     loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-    space = SPACES.get(cfg.space.type).from_config(cfg, BuildContext(cfg, loaded))
+    space = SPACES.get(cfg.space.type).from_config(cfg.space, BuildContext(cfg, loaded))
     study = open_study(storage_url(cfg, run_dir), cfg.name, space.box, cfg.fingerprint())
     trials = [t for t in search_trials(study) if t.values]
     if not trials:

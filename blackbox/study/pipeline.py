@@ -17,12 +17,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from blackbox.api import Problem
 from blackbox.config.base import ConfigError
 from blackbox.config.rules import settings_field
 from blackbox.config.schema import StudyConfig
+from blackbox.errors import UserError
 from blackbox.finishing.provenance import provenance, statistics
 from blackbox.masking import mask_url
 from blackbox.staging import atomic_write
@@ -171,6 +173,22 @@ def _baselines(space: Any, objective: Any) -> dict[str, Any]:
     return out
 
 
+def _check_chat_before_load(cfg: StudyConfig, task: Any) -> None:
+    """``task.chat_template: true``: a perplexity task, or a model whose tokenizer (read from
+    disk without the weights, when it is there) has no chat template, is refused now."""
+    from blackbox.evals.lm_eval_chat import check_chat
+    from blackbox.models.loading import peek_tokenizer
+
+    try:
+        check_chat(task, SimpleNamespace(tokenizer=peek_tokenizer(cfg.model.name) or _ANY_CHAT))
+    except UserError as exc:
+        raise ConfigError(f"config: task.chat_template: {exc}") from None
+
+
+_ANY_CHAT = SimpleNamespace(chat_template="unknown until the model loads")
+"""A stand-in tokenizer when the model is not on disk yet: the check waits for the model."""
+
+
 def check_with_task(cfg: StudyConfig, task: Any) -> None:
     """What the loaded lm-eval task and the objective's class can refuse before the model
     loads: a metric the task does not have, a cost budget below one candidate's search
@@ -194,6 +212,8 @@ def check_with_task(cfg: StudyConfig, task: Any) -> None:
                 f"config: task.max_gen_toks: task {cfg.task.name!r} does not generate "
                 f"({kind}); allowed: null, or a generative (generate_until) task"
             )
+        if cfg.task.chat_template:
+            _check_chat_before_load(cfg, task)
         gen_kwargs = task.config.generation_kwargs or {}
         if kind == "generate_until" and gen_kwargs.get("do_sample"):
             raise ConfigError(
@@ -285,10 +305,10 @@ def prepare(
     )
     t0 = time.perf_counter()
     with quiet_lm_eval():
-        objective = OBJECTIVES.get(cfg.objective.type).from_config(cfg, ctx)
+        objective = OBJECTIVES.get(cfg.objective.type).from_config(cfg.objective, ctx)
     ctx.seconds["objective"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    space = SPACES.get(cfg.space.type).from_config(cfg, ctx)
+    space = SPACES.get(cfg.space.type).from_config(cfg.space, ctx)
     ctx.seconds["space"] = time.perf_counter() - t0
     if space.traits.vocabulary and hasattr(objective, "enable_fluency"):
         objective.enable_fluency()

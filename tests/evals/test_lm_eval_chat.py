@@ -16,7 +16,8 @@ import yaml
 
 from blackbox.api import PromptIntervention
 from blackbox.errors import ConfigError, UserError
-from blackbox.evals.lm_eval_requests import ChatFormat, TaskSplitSpec, prepare_split
+from blackbox.evals.lm_eval_chat import ChatFormat
+from blackbox.evals.lm_eval_requests import TaskSplitSpec, prepare_split
 from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.lm_eval_tasks import is_offline, load_tasks, quiet_lm_eval, task_manager_for
 from blackbox.models.layers import hidden_size, num_layers
@@ -228,7 +229,7 @@ def test_a_tokenizer_without_a_chat_template_is_one_line(tiny_llama, tokenizer) 
     cfg = validate(apply_overrides(_demo(), ["task.chat_template=true"]))
     loaded = SimpleNamespace(model=tiny_llama, tokenizer=plain, device="cpu")
     with pytest.raises(ConfigError) as info:
-        LMEvalTask.from_config(cfg, BuildContext(cfg, loaded))
+        LMEvalTask.from_config(cfg.objective, BuildContext(cfg, loaded))
     msg = str(info.value)
     assert "\n" not in msg
     assert msg.startswith("config: task.chat_template: the model's tokenizer (")

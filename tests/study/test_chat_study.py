@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from blackbox.cli import main
-from blackbox.evals.lm_eval_requests import ChatFormat
+from blackbox.evals.lm_eval_chat import ChatFormat
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
 
 TASK = "bb_rotten_tomatoes"
@@ -154,3 +154,49 @@ def test_a_chat_mode_soft_prompt_is_no_peft_adapter(tokenizer) -> None:
     )
     task.chat_template = False
     assert prompt_comes_first(cfg, tokenizer) is True
+
+
+def test_chat_mode_is_refused_before_the_model_loads(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A model whose tokenizer (on disk) has no chat template, and a perplexity task: one line,
+    exit 2, no model loaded and nothing written."""
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (plain / name).unlink(missing_ok=True)
+    tok_cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    tok_cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+
+    def no_load(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("blackbox.models.load_model", no_load)
+    cases = [
+        ({"name": str(plain)}, {"name": TASK}, "has no chat template"),
+        ({"name": str(tiny_model_dir)}, {"name": "bb_rotten_tomatoes_ppl"}, "perplexity"),
+    ]
+    for model, task, message in cases:
+        cfg = {
+            "name": "chat_bad",
+            "model": {**model, "device": "cpu", "dtype": "float32"},
+            "task": {**task, "search_size": 4, "heldout_size": 4, "chat_template": True},
+            "space": {
+                "layers": [0, 3],
+                "coeff": [-1.0, 1.0],
+                "vectors": [{"unembed": ["a", "b"], "name": "v"}],
+            },
+            "strategy": {"name": "random", "population": 2},
+            "budget": {"evaluations": 2},
+        }
+        if task["name"].endswith("_ppl"):
+            cfg["task"]["metric"] = "word_perplexity"
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        out = tmp_path / "run"
+        assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config: task.chat_template:" in err[0] and message in err[0]
+        assert not out.exists()
