@@ -40,10 +40,11 @@ def reference_scores(
 
 
 def evaluate_samples(
-    lm: Any, task: Any, split: str, samples: Sequence[int], apply_one: Any
+    lm: Any, task: Any, split: str, samples: Sequence[int], apply_one: Any, **kw: Any
 ) -> dict[str, Any]:
     """``simple_evaluate``'s whole output for documents ``samples`` of ``split`` (samples
-    logged), with ``apply_one()`` installed (``None``: unintervened)."""
+    logged), with ``apply_one()`` installed (``None``: unintervened); ``kw`` go to
+    ``simple_evaluate`` (e.g. the chat-template keywords)."""
     import contextlib
 
     import lm_eval
@@ -62,5 +63,6 @@ def evaluate_samples(
             bootstrap_iters=0,
             verbosity="ERROR",
             task_manager=manager,
+            **kw,
         )
     return out

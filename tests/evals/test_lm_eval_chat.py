@@ -5,7 +5,6 @@ is spliced inside the user turn; bad input is one line."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from blackbox.errors import ConfigError, UserError
 from blackbox.evals.lm_eval_chat import ChatFormat
 from blackbox.evals.lm_eval_requests import TaskSplitSpec, prepare_split
 from blackbox.evals.lm_eval_task import LMEvalTask
-from blackbox.evals.lm_eval_tasks import is_offline, load_tasks, quiet_lm_eval, task_manager_for
+from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
+from blackbox.evals.parity import evaluate_samples
 from blackbox.models.layers import hidden_size, num_layers
 from blackbox.search_spaces.steering import Edit, SteeringSpace
 from blackbox.search_spaces.steering_vectors import SteeringVector
@@ -53,22 +53,8 @@ def _space(model) -> SteeringSpace:
 
 def _simple_evaluate(lm, task, split, samples, apply=None, **kw):
     """``simple_evaluate``'s results for the task and its logged samples in document order."""
-    import lm_eval
-
-    task.config.test_split = split
+    out = evaluate_samples(lm, task, split, samples, apply, **kw)
     name = task.config.task
-    with quiet_lm_eval():
-        manager = task_manager_for([name]) if is_offline(name) else None
-    with quiet_lm_eval(), apply() if apply else contextlib.nullcontext():
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[task],
-            samples={name: list(samples)},
-            log_samples=True,
-            bootstrap_iters=0,
-            task_manager=manager,
-            **kw,
-        )
     return out["results"][name], sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
