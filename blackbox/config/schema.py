@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
@@ -54,6 +54,16 @@ UNSET_NOT_FINGERPRINTED: tuple[tuple[str, str, Any], ...] = (
 """Fields added after studies were stored, ``(section, key, unset value)``: left out of the
 fingerprint while they hold their unset value (the behaviour from before they existed), so that
 those studies still resume."""
+
+
+def _section_types(union: Any) -> tuple[str, ...]:
+    """The ``type`` names of a discriminated union of config sections, in declaration order
+    (the union is the one list of them)."""
+    members = get_args(get_args(union)[0]) if get_origin(union) is Annotated else get_args(union)
+    return tuple(get_args(m.model_fields["type"].annotation)[0] for m in members)
+
+
+_OBJECTIVES = _section_types(ObjectiveConfig)
 
 
 class StrategyConfig(Strict):
@@ -189,10 +199,12 @@ class StudyConfig(Strict):
     def _older_configs(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("objective") is None and data.get("task") is None:
             if isinstance(data.get("space"), dict):
+                names = [
+                    n if n != "lm_eval_task" else "lm_eval_task with a task:" for n in _OBJECTIVES
+                ]
                 raise ValueError(
-                    "objective: a study needs an objective (lm_eval_task with a task:, "
-                    "classification, behaviour, reference, neuron, residual_direction, "
-                    "feature_direction, lp_features, logit or fluency)"
+                    f"objective: a study needs an objective ({', '.join(names[:-1])} or "
+                    f"{names[-1]})"
                 )
         return _migrate(data)
 

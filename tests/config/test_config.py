@@ -355,3 +355,16 @@ def test_guard_task_config_is_the_task_section_the_guard_names() -> None:
     assert GuardSideEffectConfig(type="guard", task="arc_easy").task_config() == TaskConfig(
         name="arc_easy", metric="acc", search_size=32, heldout_size=100
     )
+
+
+def test_the_section_unions_name_every_registered_component_once() -> None:
+    """The config's section unions and the registries list the same names (the unions are the
+    one place the config spells them; error messages read them from there)."""
+    from blackbox.config.objectives import ObjectiveConfig
+    from blackbox.config.schema import SpaceSection, _section_types
+    from blackbox.evals.registry import OBJECTIVES
+    from blackbox.search_spaces.registry import SPACES
+
+    for union, registry in ((ObjectiveConfig, OBJECTIVES), (SpaceSection, SPACES)):
+        names = _section_types(union)
+        assert len(names) == len(set(names)) and set(names) == set(registry.names())
