@@ -29,6 +29,9 @@ class SearchSpace(ABC, Generic[C]):
 
     name: ClassVar[str] = ""
     traits: ClassVar[SpaceTraits]
+    noun: ClassVar[str] = ""
+    """How error messages name the space, e.g. "a token space (categorical token ids)"
+    (``""``: its registered name)."""
 
     @classmethod
     @placeholder

@@ -109,6 +109,7 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
     """
 
     traits = SpaceTraits("prompt", differentiable=True, continuous=True)
+    noun = "a soft-prompt space (continuous embeddings)"
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
     """
 
     traits = SpaceTraits("hooks")
+    noun = "a steering space (integer layers and coefficients, applied as hooks)"
 
     def __init__(
         self,

@@ -113,6 +113,7 @@ class TokenSpace(SearchSpace[TokenPrompt]):
     """
 
     traits = SpaceTraits("prompt", discrete=True, differentiable=True, vocabulary=True)
+    noun = "a token space (categorical token ids)"
 
     def __init__(
         self,

@@ -14,12 +14,6 @@ from typing import Any
 from blackbox.api import HOOKS, PROMPT, ObjectiveTraits, SpaceTraits, StrategyTraits
 from blackbox.config.base import ConfigError
 
-SPACE_NOUN = {
-    "steering": "a steering space (integer layers and coefficients, applied as hooks)",
-    "tokens": "a token space (categorical token ids)",
-    "soft_prompt": "a soft-prompt space (continuous embeddings)",
-}
-
 
 def _registries() -> tuple[Any, Any, Any]:
     from blackbox.evals.registry import OBJECTIVES
@@ -144,7 +138,7 @@ def check_study(cfg: Any) -> None:
     if why:
         ok = [s for s, c in spaces.items() if objective_reason(c.traits, obj_cls.traits) is None]
         raise ConfigError(
-            f"config: objective.type: {obj_name!r} cannot score {SPACE_NOUN.get(space_name, space_name)}: "
+            f"config: objective.type: {obj_name!r} cannot score {space_cls.noun or space_name}: "
             f"{why}; spaces it scores: {', '.join(ok)}"
         )
     if (
@@ -166,7 +160,7 @@ def check_study(cfg: Any) -> None:
         hint = getattr(strat_cls, "discrete_hint", "its default settings")
         raise ConfigError(
             f"config: strategy.settings: {cfg.strategy.name!r} with {settings} cannot search "
-            f"{SPACE_NOUN.get(space_name, space_name)}: {why}; use {hint}"
+            f"{space_cls.noun or space_name}: {why}; use {hint}"
         )
     if why:
         name = cfg.strategy.name
@@ -183,7 +177,7 @@ def check_study(cfg: Any) -> None:
         ]
         on = f"; {name!r} works on: {', '.join(works)}" if works else ""
         raise ConfigError(
-            f"config: strategy.name: {name!r} cannot search {SPACE_NOUN.get(space_name, space_name)}: "
+            f"config: strategy.name: {name!r} cannot search {space_cls.noun or space_name}: "
             f"{why}; strategies for {space_name} with {obj_name}: {', '.join(fits)}{on}"
         )
     obj_cls.check_config(cfg.objective, prompt_placement(cfg))
