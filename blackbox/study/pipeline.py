@@ -303,6 +303,9 @@ def prepare(
     ctx = BuildContext(
         cfg, loaded, {"task": task_seconds, "model": loaded.load_seconds}, _task=task
     )
+    choice = getattr(loaded, "precision", None)
+    if choice is not None and choice.check is not None and not choice.check["passed"]:
+        ctx.warn(f"model.dtype auto: {choice.reason}")  # a faster path refused: loud
     t0 = time.perf_counter()
     with quiet_lm_eval():
         objective = OBJECTIVES.get(cfg.objective.type).from_config(cfg.objective, ctx)

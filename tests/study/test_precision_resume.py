@@ -92,3 +92,18 @@ def test_adopt_dtype_matches_the_stored_fingerprint() -> None:
     assert auto.model.dtype == "bfloat16" and auto.fingerprint() == stored
     other = validate(data)
     assert not other.adopt_dtype("0123456789abcdef", "no match") and other.model.dtype == "auto"
+
+
+def test_a_faster_bf16_refused_by_the_check_is_a_kept_warning(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 measured faster but failing the exactness check switches a faster path off: the
+    run says so in result.json's warnings, not only in ``precision``."""
+    monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)
+    monkeypatch.setattr(precision, "_time_pair", lambda *a, **k: (0.03, 0.01))
+    monkeypatch.setattr(precision, "AGREEMENT", 1.01)
+    run_dir = tmp_path / "run"
+    blackbox.run(_study(tiny_model_dir, tmp_path, None), out=run_dir, progress=False)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["dtype"] == "float32" and result["precision"]["check"]["passed"] is False
+    assert any("fails the exactness check" in w for w in result["warnings"])
