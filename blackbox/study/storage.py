@@ -239,9 +239,18 @@ def make_storage(
                         grace_period=grace_period,
                         heartbeat_stale_trial_callback=stale_callback,
                     )
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                # workers creating the tables of a fresh database at once: one wins, retry
-                if attempt == 5:
+            except (
+                sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError,
+                sqlalchemy.exc.OperationalError,
+            ) as exc:
+                # processes creating the tables of a fresh database at once (workers, or a run
+                # and a reader such as optuna-dashboard): one wins, retry; SQLite says
+                # "table ... already exists" as an OperationalError
+                racing = not isinstance(exc, sqlalchemy.exc.OperationalError) or (
+                    "already exists" in str(exc)
+                )
+                if attempt == 5 or not racing:
                     raise
                 time.sleep(0.2 + random.random())
     except StorageError:

@@ -83,3 +83,57 @@ def test_runs_recorded_before_the_split_still_replay() -> None:
     add_record(study, box, None, 0.7, {"kind": "search", "generation": 0, "index": 0})
     assert len(records(study)) == 2
     assert Memo.load(study).get("baseline", -1, 0).value == 0.5
+
+
+def _raise_once(monkeypatch: pytest.MonkeyPatch, message: str) -> list[int]:
+    """Make Optuna's RDBStorage fail once with an SQLite OperationalError(``message``)."""
+    import sqlalchemy
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception(message))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky)
+    monkeypatch.setattr("blackbox.study.storage.time.sleep", lambda s: None)
+    return calls
+
+
+def test_a_table_made_meanwhile_by_another_process_is_retried(tmp_path, monkeypatch) -> None:
+    """SQLite reports two processes creating a fresh database's tables at once as
+    "table ... already exists" (an OperationalError): the loser opens it again (a killed-run
+    test met this when its reader opened the study while the run created it)."""
+    from blackbox.study.storage import make_storage
+
+    calls = _raise_once(monkeypatch, "table trial_user_attributes already exists")
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+
+def test_other_operational_errors_are_one_line_at_once(tmp_path, monkeypatch) -> None:
+    from blackbox.study.storage import StorageError, make_storage
+
+    calls = _raise_once(monkeypatch, "unable to open database file")
+    with pytest.raises(StorageError, match="unable to open database file") as err:
+        make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 1 and "\n" not in str(err.value)
+
+
+def _open(url: str) -> str:
+    from blackbox.study.storage import make_storage
+
+    make_storage(url)
+    return "ok"
+
+
+def test_processes_opening_a_fresh_sqlite_database_at_once_all_succeed(tmp_path) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(6, mp_context=ctx) as pool:
+        assert list(pool.map(_open, [url] * 6)) == ["ok"] * 6
