@@ -245,33 +245,27 @@ def choose_and_convert(model: Any, tokenizer: Any) -> PrecisionChoice:
     kwargs.pop("past_key_value", None)
     fp32, bf16 = _time_pair(blocks[0], args, kwargs)
     seconds = {"float32": round(fp32, 5), "bfloat16": round(bf16, 5)}
+
+    def chose(dtype: str, reason: str, check: dict[str, Any] | None = None) -> PrecisionChoice:
+        return PrecisionChoice(
+            "auto", dtype, reason, seconds, check, features, time.perf_counter() - start
+        )
+
     ratio = seconds["float32"] / max(seconds["bfloat16"], 1e-9)
     shown = f"one decoder block {seconds['bfloat16']:.4f} s in bf16 vs {seconds['float32']:.4f} s"
     if ratio < MARGIN:
         slower = "slower" if ratio < 1 else f"faster by less than {MARGIN:g}x"
-        reason = f"float32: bf16 is {slower} here ({shown}, {ratio:.2f}x)"
-        return PrecisionChoice(
-            "auto", "float32", reason, seconds, None, features, time.perf_counter() - start
-        )
+        return chose("float32", f"float32: bf16 is {slower} here ({shown}, {ratio:.2f}x)")
     ref = _logprobs(model, ids)
     trial = copy.deepcopy(model).to(torch.bfloat16)  # the fp32 weights stay exact if it fails
     check = compare_logprobs(ref, _logprobs(trial, ids))
     del trial
-    if not check["passed"]:
-        reason = (
-            f"float32: bf16 is {ratio:.2f}x faster ({shown}) but fails the exactness check "
-            f"(mean |d log p| {check['mean_abs_logprob_diff']}, top-1 agreement "
-            f"{check['top1_agreement']})"
-        )
-        return PrecisionChoice(
-            "auto", "float32", reason, seconds, check, features, time.perf_counter() - start
-        )
-    model.to(torch.bfloat16)  # the same rounding as loading in bf16
-    reason = (
-        f"bfloat16: {ratio:.2f}x faster ({shown}); probe log-probs within "
-        f"{check['mean_abs_logprob_diff']} nats of float32, top-1 agreement "
+    agreement = (
+        f"mean |d log p| {check['mean_abs_logprob_diff']}, top-1 agreement "
         f"{check['top1_agreement']}"
     )
-    return PrecisionChoice(
-        "auto", "bfloat16", reason, seconds, check, features, time.perf_counter() - start
-    )
+    if not check["passed"]:
+        why = f"float32: bf16 is {ratio:.2f}x faster ({shown}) but fails the exactness check"
+        return chose("float32", f"{why} ({agreement})", check)
+    model.to(torch.bfloat16)  # the same rounding as loading in bf16
+    return chose("bfloat16", f"bfloat16: {ratio:.2f}x faster ({shown}); probe {agreement}", check)
