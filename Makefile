@@ -38,7 +38,7 @@ bench: setup
 	$(BIN)/python -c "import nanogcg" 2>/dev/null || $(BIN)/python -m pip install -q --no-deps nanogcg==0.3.0
 	$(BIN)/python benchmarks/bench_fitness.py
 	$(BIN)/python benchmarks/bench_fitness.py --task social_iqa --skip-load-times
-	$(BIN)/python benchmarks/bench_generate.py --docs 64 --candidates 16 --loop-candidates 4
+	$(BIN)/python benchmarks/bench_generate.py --docs 64 --candidates 16
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
 	$(BIN)/python benchmarks/bench_dream_targets.py

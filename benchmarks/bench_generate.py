@@ -7,7 +7,8 @@ questions and ``--candidates`` random steering candidates of ``studies/steer_tri
 
   (a) the seed loop: steering hooks + ``lm_eval.simple_evaluate`` (lm-eval's HF model, greedy
       ``generate`` with its stop-sequence criteria) once per candidate, at batch 1 (lm-eval's
-      default) and batch 16, on the first ``--loop-candidates`` candidates;
+      default) and batch 16, on every candidate (``--loop-candidates`` scores only the first
+      few, a quicker but biased sample: candidates differ several-fold in what they generate);
   (b) the fast path: every candidate x question row in one batched decoding loop with a
       key/value cache, rows leaving the batch at their stop.
 
@@ -89,7 +90,9 @@ def main() -> None:
     )
     ap.add_argument("--docs", type=int, default=64)
     ap.add_argument("--candidates", type=int, default=16)
-    ap.add_argument("--loop-candidates", type=int, default=4, help="the slow loops score this many")
+    ap.add_argument(
+        "--loop-candidates", type=int, default=None, help="the slow loops score this many (all)"
+    )
     ap.add_argument("--loop-batch", type=int, nargs="*", default=[1, 16], help="none: fast only")
     ap.add_argument("--gen-rows", type=int, default=64, help="fast path: rows decoded together")
     ap.add_argument("--json", default="runs/bench_generate.json")
@@ -104,7 +107,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cands = [p.space.baseline()] + p.space.sample(args.candidates - 1, rng)
     spec = p.objective.spec("search")
-    k = min(args.loop_candidates, len(cands))
+    k = len(cands) if args.loop_candidates is None else min(args.loop_candidates, len(cands))
 
     rows: dict[str, float] = {}
     agree: dict[str, bool] = {}

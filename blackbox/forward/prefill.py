@@ -3,7 +3,7 @@
 :func:`plain_prefill` runs a chunk's rows through the whole model (each row's hooks on);
 :func:`shared_prefill` runs the chunk's distinct contexts once, unsteered, recording every
 layer's inputs and key/values, and resumes each candidate from its lowest steered layer with
-the contexts' key/values below it (the loglikelihood engine's trunk, with a cache);
+the contexts' key/values below it (one call per layer over the rows steered at or below it);
 :func:`same_prefill` checks the two agree.  :func:`merge` joins two running batches (key/values
 and masks left-padded to a common length) for continuous batching.
 """
@@ -187,8 +187,15 @@ def shared_prefill(
     device: torch.device,
 ) -> Prefill:
     """The chunk's distinct contexts run once, unsteered, recording each layer's inputs and
-    key/values; each candidate's rows then resume from its lowest steered layer with the
-    contexts' key/values below it (the loglikelihood engine's trunk, with a cache)."""
+    key/values; the steered rows then run the layers above the trunk in one pass, each row
+    joining at its candidate's lowest steered layer with its context's recorded input there
+    (the loglikelihood engine's trunk, with a cache).
+
+    Rows are ordered by that layer, so the rows a layer runs are a prefix of the order that
+    grows layer by layer: each layer is one call over every row steered at or below it (not
+    one call per lowest layer), and a row's key/values below its lowest layer are its
+    context's.  Rows of unsteered candidates take the trunk's logits.
+    """
     layers = decoder_layers(model)
     n_layers = len(layers)
     ctx_of: dict[tuple[int, ...], int] = {}
@@ -200,58 +207,58 @@ def shared_prefill(
     base = DynamicCache()
     with record_layer_inputs(model) as recorded:
         base_logits = call_model(model, inputs, base, None, torch.zeros(0, dtype=torch.long))
-    norm, head = final_norm(model), model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    start_of = [
-        n_layers if lowest[r.candidate] is None else int(lowest[r.candidate])
-        for r in (rows[i] for i in chunk)
-    ]
-    order: list[int] = []
-    parts_logits, parts_kv, parts_e = [], [], []
-    for start in sorted(set(start_of)):
-        members = [i for i, s in zip(chunk, start_of) if s == start]
-        e_idx = torch.tensor([ctx_of[tuple(rows[i].ids)] for i in members], device=device)
-        kv = [(base.layers[li].keys[e_idx], base.layers[li].values[e_idx]) for li in range(start)]
-        if start >= n_layers:
-            logits = base_logits[e_idx]
-        else:
-            cache = DynamicCache()
-            for li, (k, v) in enumerate(kv):
-                cache.update(k, v, li)
-            args, kwargs = recorded[start]  # type: ignore[misc]
-            hidden = (args[0] if args else kwargs["hidden_states"])[e_idx]
-            cands = torch.tensor([rows[i].candidate for i in members], dtype=torch.long)
-            with hooks(model, cands, 1):
-                for li in range(start, n_layers):
-                    args, kwargs = recorded[li]  # type: ignore[misc]
-                    rest = tuple(gather_rows(a, e_idx, e) for a in args[1:])
-                    kw = {
-                        k: cache if v is base else gather_rows(v, e_idx, e)
-                        for k, v in kwargs.items()
-                        if k != "hidden_states"
-                    }
-                    out = (
-                        layers[li](hidden, *rest, **kw)
-                        if args
-                        else layers[li](hidden_states=hidden, **kw)
-                    )
-                    hidden = layer_output_hidden(out)
-            logits = head(norm(hidden[:, -1:]))[:, -1].float()  # type: ignore[misc]
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            kv = [(cache.layers[li].keys, cache.layers[li].values) for li in range(n_layers)]
-        order += members
-        parts_logits.append(logits)
-        parts_kv.append(kv)
-        parts_e.append(e_idx)
+
+    def start_of(i: int) -> int:
+        low = lowest[rows[i].candidate]
+        return n_layers if low is None else int(low)
+
+    order = sorted(chunk, key=start_of)  # stable: chunk order within one lowest layer
+    starts = [start_of(i) for i in order]
+    e_all = torch.tensor([ctx_of[tuple(rows[i].ids)] for i in order], device=device)
+    cands = torch.tensor([rows[i].candidate for i in order], dtype=torch.long)
+    hidden: torch.Tensor | None = None  # (a, T, d): the rows steered at or below the layer
+    active = 0
     merged = DynamicCache()
     for li in range(n_layers):
+        entering = active
+        while entering < len(order) and starts[entering] <= li:
+            entering += 1
+        keys, values = base.layers[li].keys, base.layers[li].values  # (E, H, T, D)
+        if entering == 0:
+            merged.update(keys[e_all], values[e_all], li)
+            continue
+        args, kwargs = recorded[li]  # type: ignore[misc]
+        if entering > active:
+            joined = (args[0] if args else kwargs["hidden_states"])[e_all[active:entering]]
+            hidden = joined if hidden is None else torch.cat([hidden, joined])
+        active = entering
+        idx = e_all[:active]
+        cache = DynamicCache()
+        rest = tuple(gather_rows(a, idx, e) for a in args[1:])
+        kw = {
+            k: cache if v is base else gather_rows(v, idx, e)
+            for k, v in kwargs.items()
+            if k != "hidden_states"
+        }
+        with hooks(model, cands[:active], 1):
+            out = (
+                layers[li](hidden, *rest, **kw) if args else layers[li](hidden_states=hidden, **kw)
+            )
+        hidden = layer_output_hidden(out)
+        own = cache.layers[li]
+        rest_idx = e_all[active:]
         merged.update(
-            torch.cat([kv[li][0] for kv in parts_kv]), torch.cat([kv[li][1] for kv in parts_kv]), li
+            torch.cat([own.keys, keys[rest_idx]]), torch.cat([own.values, values[rest_idx]]), li
         )
-    e_all = torch.cat(parts_e)
+    parts = []
+    if hidden is not None:
+        norm, head = final_norm(model), model.get_output_embeddings()
+        logits = head(norm(hidden[:, -1:]))[:, -1].float()  # type: ignore[misc]
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        parts.append(torch.tanh(logits / softcap) * softcap if softcap else logits)
+    parts.append(base_logits[e_all[active:]])
     pos = inputs["position_ids"][:, -1]
-    return Prefill(order, torch.cat(parts_logits), merged, mask[e_all], pos[e_all])
+    return Prefill(order, torch.cat(parts), merged, mask[e_all], pos[e_all])
 
 
 def refuse_sharing(model: torch.nn.Module, exc: BaseException) -> bool:

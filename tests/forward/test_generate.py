@@ -61,18 +61,19 @@ def test_rows_equal_generate_alone_under_hooks(arch: str, request) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shared_prefill_equals_generate_alone(arch: str, request) -> None:
-    """Candidates steering from different layers (and one not at all) share each context's
-    unsteered trunk below their lowest layer; every row still equals ``generate`` alone."""
+    """Candidates steering from different layers (the first, later ones, and one not at all)
+    share each context's unsteered trunk below their lowest layer, joining the one pass over
+    the layers above it at their own; every row still equals ``generate`` alone."""
     from blackbox.forward import generate as gen
 
     model = request.getfixturevalue(f"tiny_{arch}")
     v = torch.linspace(-1, 1, model.config.hidden_size) * 3
-    plan = {0: None, 1: 1, 2: 2, 3: 1}  # candidate -> its layer (None: unsteered)
+    plan = {0: None, 1: 1, 2: 2, 3: 1, 4: 0}  # candidate -> its layer (None: unsteered)
 
     def apply(m, rows, repeat=1):
         adds = {
             layer: torch.stack([v * (plan[int(r)] == layer) * (1 + int(r)) for r in rows])
-            for layer in (1, 2)
+            for layer in (0, 1, 2)
         }
         return add_per_row(m, adds, repeat)
 
