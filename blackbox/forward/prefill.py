@@ -234,7 +234,8 @@ def shared_prefill(
         active = entering
         idx = e_all[:active]
         cache = DynamicCache()
-        rest = tuple(gather_rows(a, idx, e) for a in args[1:])
+        # the trunk's cache, given by keyword or (GPT-2) by position, becomes this pass's own
+        rest = tuple(cache if a is base else gather_rows(a, idx, e) for a in args[1:])
         kw = {
             k: cache if v is base else gather_rows(v, idx, e)
             for k, v in kwargs.items()

@@ -89,7 +89,7 @@ def test_shared_prefill_equals_generate_alone(arch: str, request) -> None:
         max_rows=8,
         lowest=[plan[k] for k in sorted(plan)],
     )
-    assert stats.shared is (arch != "gpt2")  # GPT-2 wraps the cache: it falls back, loudly
+    assert stats.shared is True  # GPT-2 too, whose layers see the cache wrapped
     for row, out in zip(rows, got):
         with apply(model, torch.tensor([row.candidate]), 1):
             assert out == _reference(model, row.ids, max_new=5), (row.ids, row.candidate)

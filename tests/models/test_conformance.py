@@ -39,6 +39,8 @@ from blackbox.errors import UserError
 from blackbox.evals import lm_eval_requests
 from blackbox.evals.activation import NeuronObjective, ResidualDirectionObjective
 from blackbox.evals.lm_eval_requests import check_packing, merge_rows
+from blackbox.forward import generate as gen
+from blackbox.forward.generate import GenRow, greedy_generate
 from blackbox.forward.hooks import Capture, add_per_row, capture
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items
@@ -327,6 +329,42 @@ def test_common_families_keep_their_fast_paths(name: str) -> None:
     rows, _ = merge_rows(pairs, max_length=64, pack=packing)
     scorer.score(rows, [(None, 0.0), (1, 2.0)], _steer, lambda c: c[0])
     assert scorer.resume_ok is True, scorer.fallbacks  # OPT and MPT found their final norm
+
+
+# BLOOM's attention takes ALiBi biases with batch and heads flattened into one dimension, which
+# the steered pass cannot pick rows from: it falls back to the plain prefill, loudly.
+NO_SHARED_PREFILL = {"bloom"}
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+@torch.no_grad()
+def test_common_families_share_the_generation_prefill(name: str) -> None:
+    """Greedy decoding whose steered rows share each context's unsteered trunk (joining the
+    pass above it at their own lowest layer: the first, the second, the last) decodes what
+    every row through the whole model decodes, and the sharing stays on."""
+    model = build(name)
+    plan = [None, 0, 1, num_layers(model) - 1]  # candidate -> its steered layer
+    v = _vector(model, 2.0)
+
+    def apply(m: nn.Module, rows: torch.Tensor, repeat: int = 1):
+        layers = {p for p in plan if p is not None}
+        adds = {i: torch.stack([v * (plan[int(r)] == i) for r in rows]) for i in layers}
+        return add_per_row(m, adds, repeat)
+
+    contexts = [[11, 12, 13, 14], [21, 22], [31, 32, 33, 34, 35, 36]]
+    rows = [GenRow(c, 4, candidate=k) for c in contexts for k in range(len(plan))]
+    gen._SHARE_VERDICTS.clear()
+    never = lambda r, ids: False  # noqa: E731
+    loud = (
+        pytest.warns(UserWarning, match="shared generation prefill failed")
+        if name in NO_SHARED_PREFILL
+        else contextlib.nullcontext()
+    )
+    with loud:
+        shared, stats = greedy_generate(model, rows, never, set(), 0, apply, 8, lowest=plan)
+    plain, _ = greedy_generate(model, rows, never, set(), 0, apply, max_rows=8)
+    assert stats.shared is (name not in NO_SHARED_PREFILL)
+    assert shared == plain
 
 
 # -- documents: token and soft prompts (cached prefixes), steering hooks, neurons -------------
