@@ -183,6 +183,7 @@ class LMEvalTask(Differentiable):
                 branch=sc.branch,
                 trunk_cache_mb=sc.trunk_cache_mb,
                 pack=sc.pack,
+                gen_rows=sc.gen_rows,
                 chat=chat,
                 **ctx.objective_kw(max_rows=32),
             )

@@ -135,6 +135,13 @@ class ScoringConfig(Strict):
     max_rows: int | None = Field(
         None, ge=1, description="rows (candidates x documents) per spliced forward call"
     )
+    gen_rows: int = Field(
+        64,
+        ge=1,
+        description="generative tasks: rows (candidates x requests) per prefill chunk and in "
+        "the running decoding batch; raise it on a GPU, where a step's cost barely grows with "
+        "its rows",
+    )
 
 
 SpaceSection = Annotated[

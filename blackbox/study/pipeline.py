@@ -435,6 +435,7 @@ def scoring_status(objective: Any) -> dict[str, Any]:
     if gen is not None and gen.rows:  # a generative task: what decoding did
         out["generation"] = {
             "shared_prefill": gen.shared,
+            "rows_per_call": getattr(objective, "gen_rows", None),
             "rows": gen.rows,
             "generated_tokens": gen.generated_tokens,
             "prefill_tokens": gen.prefill_tokens,

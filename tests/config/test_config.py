@@ -81,11 +81,19 @@ def test_override_without_equals_is_one_line() -> None:
 def test_fingerprint_ignores_budget_and_speed_settings_only() -> None:
     a = validate(_demo())
     b = validate(apply_overrides(_demo(), ["budget.evaluations=999"]))
-    s = validate(apply_overrides(_demo(), ["scoring.pack=false", "scoring.max_batch_tokens=512"]))
+    speed = ["scoring.pack=false", "scoring.max_batch_tokens=512", "scoring.gen_rows=8"]
+    s = validate(apply_overrides(_demo(), speed))
     c = validate(apply_overrides(_demo(), ["seed=7"]))
     d = validate(apply_overrides(_demo(), ["task.metric=acc_norm"]))
     assert a.fingerprint() == b.fingerprint() == s.fingerprint() != c.fingerprint()
     assert d.fingerprint() not in (a.fingerprint(), c.fingerprint())
+
+
+def test_gen_rows_is_a_whole_number_of_rows() -> None:
+    assert validate(_demo()).scoring.gen_rows == 64
+    for bad in ("0", "-4", "abc"):
+        with pytest.raises(ConfigError, match="scoring.gen_rows"):
+            validate(apply_overrides(_demo(), [f"scoring.gen_rows={bad}"]))
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def test_steering_for_triviaqa_records_decoding(
     standard_data_dir, tiny_model_dir, vector, tmp_path
 ) -> None:
     space = {"layers": [0, 3], "vectors": [{"name": "v", "file": vector}]}
-    cfg = _study(tiny_model_dir, space=space, scoring={"racing": {"schedule": [3]}})
+    scoring = {"racing": {"schedule": [3]}, "gen_rows": 5}
+    cfg = _study(tiny_model_dir, space=space, scoring=scoring)
     result = run_config(validate(cfg), tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     best = saved["best"]["heldout"]
@@ -52,6 +53,7 @@ def test_steering_for_triviaqa_records_decoding(
     assert (
         gen["shared_prefill"] is True and gen["rows"] <= gen["generated_tokens"] <= 8 * gen["rows"]
     )
+    assert gen["rows_per_call"] == 5  # scoring.gen_rows reached the decoder
     assert result["evaluations"] >= 4
     variant = (tmp_path / "run" / "lm_eval" / "triviaqa_heldout.yaml").read_text()
     assert "max_gen_toks: 8" in variant  # the reproducing lm_eval command caps it too
