@@ -24,7 +24,7 @@ import torch
 from blackbox.forward.fallbacks import is_oom as _is_oom
 from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.rows import Rows
-from blackbox.forward.trunk import Trunk, capture, final_norm, resume
+from blackbox.forward.trunk import Trunk, capture, final_norm, resume, soft_cap
 from blackbox.models.layers import num_layers
 
 
@@ -326,9 +326,7 @@ class LoglikScorer:
         for c in range(n):
             b = torch.as_tensor(c * e + local_row, device=self.device)
             h = hidden[b, pos]  # (q, d)
-            logits = self.lm_head(h).float()  # (q, V)
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits = soft_cap(self.lm_head(h).float(), self.softcap)  # (q, V)
             logp = torch.log_softmax(logits, dim=-1)
             lp = logp.gather(1, tok[:, None])[:, 0]
             gr = logits.argmax(dim=-1) == tok

@@ -10,6 +10,7 @@ and masks left-padded to a common length) for continuous batching.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from blackbox.forward.trunk import final_norm, record_layer_inputs
+from blackbox.forward.trunk import final_norm, record_layer_inputs, soft_cap
 from blackbox.models.compat import cache_kwargs
 from blackbox.models.layers import decoder_layers, layer_output_hidden
 
@@ -220,9 +221,7 @@ def shared_prefill(
     active = 0
     merged = DynamicCache()
     for li in range(n_layers):
-        entering = active
-        while entering < len(order) and starts[entering] <= li:
-            entering += 1
+        entering = bisect.bisect_right(starts, li)  # rows steered at or below this layer
         keys, values = base.layers[li].keys, base.layers[li].values  # (E, H, T, D)
         if entering == 0:
             merged.update(keys[e_all], values[e_all], li)
@@ -246,17 +245,15 @@ def shared_prefill(
                 layers[li](hidden, *rest, **kw) if args else layers[li](hidden_states=hidden, **kw)
             )
         hidden = layer_output_hidden(out)
-        own = cache.layers[li]
-        rest_idx = e_all[active:]
+        own, waiting = cache.layers[li], e_all[active:]  # waiting: their contexts' key/values
         merged.update(
-            torch.cat([own.keys, keys[rest_idx]]), torch.cat([own.values, values[rest_idx]]), li
+            torch.cat([own.keys, keys[waiting]]), torch.cat([own.values, values[waiting]]), li
         )
     parts = []
     if hidden is not None:
         norm, head = final_norm(model), model.get_output_embeddings()
         logits = head(norm(hidden[:, -1:]))[:, -1].float()  # type: ignore[misc]
-        softcap = getattr(model.config, "final_logit_softcapping", None)
-        parts.append(torch.tanh(logits / softcap) * softcap if softcap else logits)
+        parts.append(soft_cap(logits, getattr(model.config, "final_logit_softcapping", None)))
     parts.append(base_logits[e_all[active:]])
     pos = inputs["position_ids"][:, -1]
     return Prefill(order, torch.cat(parts), merged, mask[e_all], pos[e_all])

@@ -40,6 +40,7 @@ from blackbox.api import HookIntervention
 from blackbox.forward.fallbacks import is_oom as _is_oom
 from blackbox.forward.fallbacks import switch_off
 from blackbox.forward.hooks import Capture, capture
+from blackbox.forward.trunk import soft_cap
 from blackbox.models.compat import cache_kwargs, output_cache
 
 
@@ -174,10 +175,7 @@ class Splice:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` final hidden states -> ``(..., V)`` logits (with final soft-capping)."""
-        out = self.model.get_output_embeddings()(hidden)
-        if self.softcap:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        return soft_cap(self.model.get_output_embeddings()(hidden), self.softcap)
 
     # -- the pre cache -------------------------------------------------------------------------
     @staticmethod

@@ -67,6 +67,12 @@ class Trunk:
         return total
 
 
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """The model's final logit soft-capping (``config.final_logit_softcapping``, Gemma-2):
+    ``cap * tanh(logits / cap)``; ``logits`` unchanged when ``cap`` is unset."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
     """The base model's final norm module, if it has one we know (`FINAL_NORMS`).
 
