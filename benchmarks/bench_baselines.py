@@ -327,8 +327,8 @@ def unsteered(model: Any) -> tuple[Any, Any]:
     import torch
 
     from blackbox.models.layers import hidden_size, num_layers
-    from blackbox.search_spaces.steering import SteeringSpace
-    from blackbox.search_spaces.steering_vectors import SteeringVector
+    from blackbox.search_spaces.steering.space import SteeringSpace
+    from blackbox.search_spaces.steering.vectors import SteeringVector
 
     n, d = num_layers(model), hidden_size(model)
     vec = SteeringVector("none", torch.zeros(n, d), torch.ones(n))

@@ -31,7 +31,7 @@ from blackbox.evals.activation import NeuronObjective, ResidualDirectionObjectiv
 from blackbox.evals.documents import layout
 from blackbox.models import load_model
 from blackbox.models.layers import mlp_width
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.strategies.epo import EPO
 from blackbox.strategies.genetic import TokenGA
 

@@ -48,7 +48,7 @@ from blackbox.evals.documents import layout
 from blackbox.models.layers import hidden_size, mlp_width, num_layers
 from blackbox.multiobjective import pareto_mask
 from blackbox.pareto import FLUENCY
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.staging import atomic_write
 from blackbox.stats import paired
 from blackbox.strategies.epo import EPO, GCG

@@ -28,7 +28,7 @@ from blackbox.api import Problem
 from blackbox.evals.behaviour import ReferenceObjective, with_targets
 from blackbox.forward.splice import Items
 from blackbox.models import load_model
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.strategies.epo import GCG
 from blackbox.strategies.proposals import topk_tokens
 

@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "ObjectiveTraits": "blackbox.api",
     "StrategyTraits": "blackbox.api",
     "Evaluation": "blackbox.api",
+    "Strict": "blackbox.sections",
+    "Finisher": "blackbox.search_spaces.finishing",
 }
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "ObjectiveTraits",
     "StrategyTraits",
     "Evaluation",
+    "Strict",
+    "Finisher",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
@@ -73,7 +77,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from blackbox.evals.registry import OBJECTIVES
     from blackbox.registry import Registry
     from blackbox.search_spaces.base import SearchSpace
+    from blackbox.search_spaces.finishing import Finisher
     from blackbox.search_spaces.registry import SPACES
+    from blackbox.sections import Strict
     from blackbox.strategies import STRATEGIES
     from blackbox.strategies.base import Box, Strategy
 

@@ -190,7 +190,7 @@ def _print_summary(result: dict[str, Any]) -> None:
                 "[..] 95% bootstrap intervals"
             )
     if result.get("stages"):
-        from blackbox.finishing.soft import stage_table
+        from blackbox.search_spaces.soft_prompt.finishing import stage_table
 
         print(stage_table(result))
     # plain prints below: rich would wrap them at the terminal's width

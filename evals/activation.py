@@ -32,16 +32,16 @@ import torch
 from blackbox.errors import UserError
 from blackbox.evals.document_objective import Standardised, at_last
 from blackbox.evals.sae import load_sae_decoder, sae_layer
+from blackbox.evals.sections import (
+    DirectionObjectiveConfig,
+    Documents,
+    FeatureObjectiveConfig,
+    LpFeaturesObjectiveConfig,
+    NeuronObjectiveConfig,
+)
 from blackbox.forward.splice import Capture, Items, SpliceOut
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import (
-        DirectionObjectiveConfig,
-        Documents,
-        FeatureObjectiveConfig,
-        LpFeaturesObjectiveConfig,
-        NeuronObjectiveConfig,
-    )
     from blackbox.study.context import BuildContext
 
 
@@ -111,6 +111,8 @@ class _Residual(Standardised):
 class NeuronObjective(Standardised):
     """Activation of MLP neuron ``index`` of decoder block ``layer`` at the last position."""
 
+    config = NeuronObjectiveConfig
+
     raw_metric = "activation"
 
     def __init__(
@@ -143,6 +145,8 @@ class NeuronObjective(Standardised):
 
 class ResidualDirectionObjective(_Residual):
     """Cosine alignment of the residual after ``layer`` with ``direction`` ``(d,)`` (eq. 4)."""
+
+    config = DirectionObjectiveConfig
 
     raw_metric = "alignment"
 
@@ -188,6 +192,8 @@ class ResidualDirectionObjective(_Residual):
 class FeatureDirectionObjective(_Residual):
     """``<h, v> + bias`` for a direction ``v`` ``(d,)`` (an SAE decoder row)."""
 
+    config = FeatureObjectiveConfig
+
     raw_metric = "feature"
 
     def __init__(
@@ -229,6 +235,8 @@ class FeatureDirectionObjective(_Residual):
 
 class LpFeaturesObjective(_Residual):
     """L_p (p < 1 by default) combination of several feature dot products."""
+
+    config = LpFeaturesObjectiveConfig
 
     raw_metric = "lp"
 

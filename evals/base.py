@@ -47,11 +47,16 @@ class Objective(ABC):
 
     Subclasses set ``name`` (by registration), ``traits`` and ``metric``, and implement
     :meth:`_score` and :meth:`n_examples`; a registered objective (``objective.type``) also
-    defines :meth:`from_config`, and may refine :meth:`check_config` and :meth:`prompt_bans`.
+    defines :attr:`config` and :meth:`from_config`, and may refine :meth:`check_config` and
+    :meth:`prompt_bans`.
     """
 
     name: ClassVar[str] = ""
     traits: ClassVar[ObjectiveTraits] = ObjectiveTraits()
+    config: ClassVar[Any] = None
+    """The objective's config section: a :class:`~blackbox.sections.Strict` class with a
+    ``type: Literal["<its registered name>"]`` field.  The study schema's ``objective:`` is the
+    union of the registered objectives' sections (required of a registered objective)."""
     metric: str = "score"
     extra_names: tuple[str, ...] = ()
     extra_directions: tuple[str, ...] = ()
@@ -63,8 +68,8 @@ class Objective(ABC):
         refuses a class without its own).  Built before the space.
 
         Args:
-            section: the objective's own config section (``cfg.objective``: a pydantic class
-                of :mod:`blackbox.config.objectives`, such as ``LogitObjectiveConfig``).
+            section: the objective's own config section (``cfg.objective``, an instance of
+                :attr:`config`, such as ``LogitObjectiveConfig``).
             ctx: the :class:`~blackbox.study.context.BuildContext`: the model, tokenizer,
                 lm-eval task and ``HFLM``, the seed, the ``task:`` and ``scoring:`` sections,
                 and what the space decides about a prompt (``ctx.space_traits``,

@@ -23,10 +23,10 @@ from blackbox.api import ObjectiveTraits
 from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, states_before
 from blackbox.evals.documents import ids_of, layout
+from blackbox.evals.sections import BehaviourObjectiveConfig, ReferenceObjectiveConfig
 from blackbox.forward.splice import Items, SpliceOut
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import BehaviourObjectiveConfig, ReferenceObjectiveConfig
     from blackbox.study.context import BuildContext
 
 
@@ -98,6 +98,8 @@ class TargetObjective(DocumentObjective):
 class ReferenceObjective(TargetObjective):
     """Minus the teacher-forced cross-entropy of a target string after each document."""
 
+    config = ReferenceObjectiveConfig
+
     @classmethod
     def from_config(
         cls, section: ReferenceObjectiveConfig, ctx: BuildContext
@@ -141,6 +143,8 @@ class BehaviourMatching(TargetObjective):
 
     ``reference_completions`` holds the completions' text by split (reported in result.json).
     """
+
+    config = BehaviourObjectiveConfig
 
     reference_completions: dict[str, list[str]]
     reference_text: str = ""

@@ -17,10 +17,10 @@ import torch
 from blackbox.errors import UserError
 from blackbox.evals.document_objective import DocumentObjective, at_last
 from blackbox.evals.documents import ids_of, layout
+from blackbox.evals.sections import ClassificationObjectiveConfig
 from blackbox.forward.splice import Items, SpliceOut
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import ClassificationObjectiveConfig
     from blackbox.study.context import BuildContext
 
 
@@ -32,6 +32,8 @@ class Classification(DocumentObjective):
         splits: ``Items`` with ``gold`` per split.
         label_ids: first token id of each label word, in gold-index order.
     """
+
+    config = ClassificationObjectiveConfig
 
     metric = "label_logprob"
 

@@ -13,15 +13,17 @@ import torch
 
 from blackbox.api import PER_DOC, PROMPT, ObjectiveTraits
 from blackbox.evals.document_objective import DocumentObjective
+from blackbox.evals.sections import FluencyObjectiveConfig
 from blackbox.forward.splice import Items, SpliceOut
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import FluencyObjectiveConfig
     from blackbox.study.context import BuildContext
 
 
 class FluencyObjective(DocumentObjective):
     """``-mean_i CE(token_i | tokens_<i, pre)`` averaged over documents (higher: more fluent)."""
+
+    config = FluencyObjectiveConfig
 
     # measured in one document's context: nothing per document to race on
     traits = ObjectiveTraits(

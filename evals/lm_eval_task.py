@@ -59,12 +59,12 @@ from blackbox.evals.lm_eval_requests import (
     check_packing,
     prepare_split,
 )
+from blackbox.evals.sections import LmEvalTaskObjectiveConfig
 from blackbox.forward.generate import GenStats, eos_ids, greedy_generate
 from blackbox.forward.loglik import LoglikScorer
 from blackbox.forward.splice import Items, Splice
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import LmEvalTaskObjectiveConfig
     from blackbox.study.context import BuildContext
 
 
@@ -93,6 +93,8 @@ class LMEvalTask(Differentiable):
         chat: lm-eval's chat-template mode (``None``: plain contexts); the model's tokenizer
             must have a chat template.
     """
+
+    config = LmEvalTaskObjectiveConfig
 
     traits = ObjectiveTraits(needs_task=True)
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from blackbox.evals.document_objective import Standardised, at_last
+from blackbox.evals.sections import LogitObjectiveConfig
 from blackbox.forward.splice import Items, SpliceOut
 
 if TYPE_CHECKING:
-    from blackbox.config.objectives import LogitObjectiveConfig
     from blackbox.study.context import BuildContext
 
 
@@ -29,6 +29,8 @@ def logit_margin(logits: torch.Tensor, target: int) -> torch.Tensor:
 
 class LogitObjective(Standardised):
     """Margin of ``target_id`` over every other token at each document's last position."""
+
+    config = LogitObjectiveConfig
 
     raw_metric = "logit_margin"
 
@@ -45,7 +47,7 @@ class LogitObjective(Standardised):
     @classmethod
     def from_config(cls, section: LogitObjectiveConfig, ctx: BuildContext) -> LogitObjective:
         from blackbox.evals.activation import _splits, _standardise_kw
-        from blackbox.search_spaces.steering_vectors import first_token_id
+        from blackbox.models.loading import first_token_id
 
         o = section
         target = first_token_id(ctx.tokenizer, o.target)

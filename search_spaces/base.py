@@ -10,6 +10,7 @@ import numpy as np
 
 from blackbox.api import Intervention, SpaceTraits
 from blackbox.registry import placeholder
+from blackbox.search_spaces.finishing import Finisher
 from blackbox.strategies.base import Box
 
 if TYPE_CHECKING:
@@ -23,12 +24,19 @@ class SearchSpace(ABC, Generic[C]):
     intervention (:mod:`blackbox.api`) that any objective can score.
 
     Subclasses define ``traits``, :attr:`box`, :meth:`decode`, :meth:`encode` and
-    :meth:`intervention`; a registered space (``space.type``) also defines
-    :meth:`from_config`.
+    :meth:`intervention`; a registered space (``space.type``) also defines :attr:`config`
+    and :meth:`from_config`, and may define :attr:`finisher`.
     """
 
     name: ClassVar[str] = ""
     traits: ClassVar[SpaceTraits]
+    config: ClassVar[Any] = None
+    """The space's config section: a :class:`~blackbox.sections.Strict` class with a
+    ``type: Literal["<its registered name>"]`` field.  The study schema's ``space:`` is the
+    union of the registered spaces' sections (required of a registered space)."""
+    finisher: ClassVar[type[Finisher]] = Finisher
+    """What a run writes after the search (:mod:`blackbox.search_spaces.finishing`); the base
+    writes no file."""
     noun: ClassVar[str] = ""
     """How error messages name the space, e.g. "a token space (categorical token ids)"
     (``""``: its registered name)."""
@@ -40,8 +48,8 @@ class SearchSpace(ABC, Generic[C]):
         class without its own).
 
         Args:
-            section: the space's own config section (``cfg.space``: a pydantic class of
-                :mod:`blackbox.config.spaces`, such as ``TokenSpaceConfig``).
+            section: the space's own config section (``cfg.space``, an instance of
+                :attr:`config`, such as ``TokenSpaceConfig``).
             ctx: the :class:`~blackbox.study.context.BuildContext`: the model and tokenizer,
                 the seed, and what the objective asks of a prompt (``ctx.prompt_bans``).  A
                 space reads nothing else of the study config.

@@ -100,7 +100,7 @@ def _vector_file(content: Callable[[Path], None], name: str = "vec.pt") -> Calla
 
 
 def _control_vector(path: Path) -> None:
-    from blackbox.search_spaces.vector_files import write_control_vector
+    from blackbox.search_spaces.steering.vector_files import write_control_vector
 
     write_control_vector({1: torch.ones(32)}, path)
 

@@ -20,8 +20,8 @@ import yaml
 
 from blackbox.config import apply_overrides, validate
 from blackbox.evals.parity import reference_scores
-from blackbox.finishing.steering import export_steered
-from blackbox.search_spaces.steering import Edit
+from blackbox.search_spaces.steering.finishing import export_steered
+from blackbox.search_spaces.steering.space import Edit
 from blackbox.study.storage import records
 
 pytestmark = pytest.mark.slow

@@ -222,6 +222,42 @@ def test_no_folder_level_import_cycles() -> None:
     assert seen == set(ALLOWED), f"allowed imports no longer made: {set(ALLOWED) - seen}"
 
 
+LIGHT = ("torch", "transformers", "lm_eval", "nevergrad", "pyswarms", "optuna", "numpy")
+"""What a config section module may not import: the schema is assembled from the sections and
+validated before any of these load."""
+
+
+def test_each_space_folder_stands_alone_and_its_section_is_light() -> None:
+    """A space's folder (``search_spaces/<space>/``) imports no other space's folder, so a
+    space is added or removed as one folder; its ``config.py`` imports pydantic and leaf modules
+    only (nothing of torch, numpy or the libraries), as ``evals/sections.py`` does."""
+    mods = modules()
+    spaces = sorted(
+        p.name for p in (ROOT / "search_spaces").iterdir() if (p / "config.py").exists()
+    )
+    assert {"steering", "tokens", "soft_prompt"} <= set(spaces)
+    for space in spaces:
+        own = f"blackbox.search_spaces.{space}"
+        for f in sorted((ROOT / "search_spaces" / space).rglob("*.py")):
+            module = own + "." + f.stem if f.stem != "__init__" else own
+            for target, line in imported(module, f, mods):
+                other = target.split(".")[2] if target.count(".") >= 2 else ""
+                assert other not in spaces or other == space, f"{f}:{line} imports {target}"
+    sections = [ROOT / "search_spaces" / s / "config.py" for s in spaces] + [
+        ROOT / "evals" / "sections.py"
+    ]
+    for f in sections:
+        tree = ast.parse(f.read_text(), str(f))
+        for stmt, line in _imports(tree):
+            names = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else [stmt.module]
+            for name in names:
+                assert (name or "").split(".")[0] not in LIGHT, f"{f}:{line} imports {name}"
+                if name and name.startswith("blackbox."):
+                    assert name in ("blackbox.sections", "blackbox.errors") or (
+                        name.startswith("blackbox.evals.sections")
+                    ), f"{f}:{line} imports {name}"
+
+
 def main() -> int:
     edges, _ = graph()
     found = cycles(edges)

@@ -255,9 +255,9 @@ def test_component_files_cover_the_registered_modules() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in component_files()}
     for f in (
         "search_spaces/base.py",
-        "search_spaces/steering.py",
-        "search_spaces/tokens.py",
-        "search_spaces/soft_prompt.py",
+        "search_spaces/steering/space.py",
+        "search_spaces/tokens/space.py",
+        "search_spaces/soft_prompt/space.py",
         "evals/base.py",
         "evals/lm_eval_task.py",
         "evals/behaviour.py",
@@ -284,9 +284,6 @@ def _registered() -> list[tuple[str, str, type]]:
 def test_builders_take_the_section_and_the_context(kind: str, name: str, cls: type) -> None:
     """``from_config(section, ctx)`` (``check_config(section, placement)``, ``prompt_bans(section)``
     for objectives), ``section`` annotated with the config class whose ``type`` is ``name``."""
-    import blackbox.config.objectives as objective_sections
-    import blackbox.config.spaces as space_sections
-
     want = {"from_config": ["section", "ctx"]}
     if kind == "objective":
         want |= {"check_config": ["section", "placement"], "prompt_bans": ["section"]}
@@ -295,9 +292,10 @@ def test_builders_take_the_section_and_the_context(kind: str, name: str, cls: ty
         assert list(sig.parameters) == params, (cls.__name__, method, list(sig.parameters))
     section = inspect.signature(cls.from_config).parameters["section"].annotation
     assert section not in ("Any", "StudyConfig", inspect.Parameter.empty), (cls.__name__, section)
-    module = space_sections if kind == "space" else objective_sections
-    section_cls = getattr(module, section, None)
-    assert section_cls is not None, f"{cls.__name__}.from_config: {section} is not a section"
+    section_cls = cls.config
+    assert section == section_cls.__name__, (
+        f"{cls.__name__}.from_config: {section} is not its section"
+    )
     types = typing.get_args(section_cls.model_fields["type"].annotation)
     assert name in types, (cls.__name__, section, types)
 

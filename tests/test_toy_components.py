@@ -1,8 +1,11 @@
-"""A user's own components (issue #26, item 3's "done when"): a toy strategy, a toy space and a
-toy objective, defined here, each registered with one registry line, pass the conformance
-suites imported from :mod:`blackbox.testing`, exactly as the bundled components do.  The space
-and the objective are built as the pipeline builds every component: ``from_config(section,
-ctx)`` with their own config section and a :class:`~blackbox.study.context.BuildContext`.
+"""A user's own components (issue #26's "done when"): a toy strategy, a toy space and a toy
+objective, each defined in this one module with (for the space and the objective) its config
+section, and registered with one registry line each, pass the conformance suites imported from
+:mod:`blackbox.testing`, exactly as the bundled components do.  The space and the objective are
+built as the pipeline builds every component: ``from_config(section, ctx)`` with their own
+config section and a :class:`~blackbox.study.context.BuildContext`.  Registered, their sections
+are in the study schema (assembled from the registries): a config naming them validates, and a
+whole study runs from it through :func:`blackbox.run`.
 
 They are registered for each of their tests only (the ``registered`` fixture) and unregistered
 after it, so no other test sees them.
@@ -10,16 +13,18 @@ after it, so no other test sees them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
+import yaml
 
-from blackbox import OBJECTIVES, SPACES, STRATEGIES, Box, Evaluation, Objective, SearchSpace
+from blackbox import OBJECTIVES, SPACES, STRATEGIES, Box, Evaluation, Objective, SearchSpace, Strict
 from blackbox.api import POINT, ObjectiveTraits, PointIntervention, Problem, SpaceTraits
-from blackbox.config.base import Strict
 from blackbox.evals.base import doc_range
 from blackbox.strategies.base import Strategy
 from blackbox.study.context import BuildContext
@@ -64,6 +69,7 @@ class ToyPointSpace(SearchSpace[tuple[float, ...]]):
     points."""
 
     traits = SpaceTraits(POINT, continuous=True)
+    config = ToyPointsConfig
 
     def __init__(self, top: float = 4.0) -> None:
         self._box = Box(
@@ -102,6 +108,7 @@ class ToyDistance(Objective):
     per document, so it races like a real objective."""
 
     traits = ObjectiveTraits(interventions=frozenset({POINT}), per_document=True)
+    config = ToyDistanceConfig
     metric = "neg_distance"
 
     def __init__(self, seed: int = 0) -> None:
@@ -131,15 +138,19 @@ class ToyDistance(Objective):
 @contextmanager
 def toys_registered() -> Iterator[None]:
     """The three toys registered (one registry line each), and unregistered on the way out."""
-    STRATEGIES.add(ToyHillClimb)
-    SPACES.add(ToyPointSpace, "toy_points")
-    OBJECTIVES.add(ToyDistance, "toy_distance")
     try:
+        STRATEGIES.add(ToyHillClimb)
+        SPACES.add(ToyPointSpace, "toy_points")
+        OBJECTIVES.add(ToyDistance, "toy_distance")
         yield
     finally:
-        STRATEGIES.unregister("toy_hill_climb")
-        SPACES.unregister("toy_points")
-        OBJECTIVES.unregister("toy_distance")
+        for registry, name in (
+            (STRATEGIES, "toy_hill_climb"),
+            (SPACES, "toy_points"),
+            (OBJECTIVES, "toy_distance"),
+        ):
+            if name in registry:
+                registry.unregister(name)
 
 
 @pytest.fixture
@@ -230,3 +241,56 @@ def test_a_component_without_from_config_is_refused_at_registration() -> None:
     assert ToyDistance.from_config(ToyDistanceConfig(), context(seed=3)).targets.tolist() == (
         ToyDistance(seed=3).targets.tolist()
     )
+
+
+TOY_STUDY = {
+    "name": "toys",
+    "seed": 3,
+    "space": {"type": "toy_points", "top": 2.0},
+    "objective": {"type": "toy_distance"},
+    "strategy": {"name": "toy_hill_climb", "population": 4},
+    "budget": {"evaluations": 12},
+}
+
+
+def test_a_registered_toy_is_in_the_schema_and_runs_a_whole_study(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Once registered (one line each), the toys' sections are in the study schema: a config
+    naming them validates, a wrong field of theirs is one line naming it, and the study runs end
+    to end through :func:`blackbox.run` as a bundled one does (storage, result.json, the
+    resolved config); unregistered, the same config is refused, naming what is allowed."""
+    import blackbox
+    from blackbox.config import ConfigError, validate
+
+    study = {**TOY_STUDY, "model": {"name": str(tiny_model_dir), "device": "cpu"}}
+    with pytest.raises(
+        ConfigError, match=r"objective\.type: 'toy_distance' is not a known type; allowed"
+    ):
+        validate(study)
+    with toys_registered():
+        cfg = validate(study)
+        assert isinstance(cfg.space, ToyPointsConfig) and cfg.space.top == 2.0
+        assert isinstance(cfg.objective, ToyDistanceConfig)
+        with pytest.raises(ConfigError) as bad:
+            validate({**study, "space": {"type": "toy_points", "top": "high"}})
+        assert str(bad.value).startswith("config: space.top:") and "\n" not in str(bad.value)
+        result = blackbox.run(study, out=tmp_path / "run")
+    raw = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (result.space, result.objective, result.strategy) == (
+        "toy_points",
+        "toy_distance",
+        "toy_hill_climb",
+    )
+    assert raw["evaluations"] == 12 and raw["files"] == []  # the base finishing step
+    best = raw["best"]
+    assert result.best.search.score == best["search"]["score"] <= 0  # minus a squared distance
+    assert best["candidate"]["x0"] in (0.0, 1.0, 2.0)  # the integer axis, within top 2
+    toy = ToyDistance(seed=3)  # the study's seed draws the targets: the score is recomputed
+    point = np.array([[best["candidate"][f"x{i}"] for i in range(3)]])
+    iv = ToyPointSpace(2.0).intervention([tuple(point[0])])
+    assert toy.evaluate(iv).values[0] == pytest.approx(best["search"]["score"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["space"] == {"type": "toy_points", "top": 2.0}
+    with pytest.raises(ConfigError, match="toy_distance. is not a known type"):
+        validate(study)  # unregistered again

@@ -5,7 +5,6 @@
 strategy can meet).
 """
 
-from blackbox.config.base import ConfigError, Strict
 from blackbox.config.loading import (
     apply_overrides,
     format_validation_error,
@@ -14,6 +13,7 @@ from blackbox.config.loading import (
     validate,
 )
 from blackbox.config.schema import BudgetConfig, StudyConfig
+from blackbox.sections import ConfigError, Strict
 
 __all__ = [
     "BudgetConfig",

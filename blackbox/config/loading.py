@@ -5,7 +5,7 @@ mapping is an error, not "the last one wins"), applies the overrides (values par
 scalars; list items addressed as ``a.1.b`` or ``a[1].b``), validates the result into a
 :class:`~blackbox.config.schema.StudyConfig` and checks that its space, objective and strategy
 can meet (:mod:`blackbox.config.rules`).  Every problem is a
-:class:`~blackbox.config.base.ConfigError` with one line naming the field and what
+:class:`~blackbox.sections.ConfigError` with one line naming the field and what
 is allowed.  No ``exec``, no pickle.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from blackbox.config.base import ConfigError
-from blackbox.config.schema import StudyConfig
+from blackbox.config.schema import StudyConfig, study_schema
 from blackbox.masking import mask_url, short_repr
+from blackbox.sections import ConfigError
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -94,8 +94,10 @@ def _shown(value: Any, msg: str) -> str:
     return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel] = StudyConfig) -> str:
-    """One line for the first error: the field, what is wrong, what is allowed."""
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for the first error: the field, what is wrong, what is allowed (``model``: the
+    class validated, default the study schema of the registered components)."""
+    model = model or study_schema()
     err = exc.errors()[0]
     raw = tuple(err.get("loc", ()))
     loc, _ = _walk(model, raw)
@@ -279,10 +281,11 @@ def validate(data: dict[str, Any], rules: bool = True) -> StudyConfig:
 
     With ``rules``, also check that the space, objective and strategy can meet.
     """
+    schema = study_schema()
     try:
-        cfg = StudyConfig.model_validate(data)
+        cfg = schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, schema)) from None
     if rules:
         from blackbox.config.rules import check_study
 

@@ -1,7 +1,7 @@
 """Which space, objective and strategy can meet, derived from the traits on their classes.
 
 :func:`reason` says why a combination cannot run (or ``None``); :func:`check_study` turns the
-first reason into one :class:`~blackbox.config.base.ConfigError` line naming both sides and what
+first reason into one :class:`~blackbox.sections.ConfigError` line naming both sides and what
 would work; :func:`allowed_cells` lists every combination of the registries that can run (the
 matrix in docs/concepts.md and tests/test_matrix.py, which walks it).  Everything here runs
 before any model loads.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from blackbox.api import HOOKS, PROMPT, ObjectiveTraits, SpaceTraits, StrategyTraits
-from blackbox.config.base import ConfigError
+from blackbox.sections import ConfigError
 
 
 def _registries() -> tuple[Any, Any, Any]:

@@ -1,7 +1,10 @@
 """The study config: typed pydantic sections (model, task, space, objective, strategy, budget).
 
-One schema for every study: any space (:mod:`.spaces`) with any objective (:mod:`.objectives`)
-and any strategy; which combinations can run is derived from the classes' traits
+One schema for every study: any space with any objective and any strategy.  The ``space:`` and
+``objective:`` sections are the unions of the sections the registries hold
+(:data:`~blackbox.search_spaces.registry.SPACES`, :data:`~blackbox.evals.registry.OBJECTIVES`),
+so a new component's section is in the schema once it is registered
+(:func:`study_schema`); which combinations can run is derived from the classes' traits
 (:mod:`.rules`).  Older configs keep working: a space without ``type`` is steering, a study
 with a ``task`` and no ``objective`` scores the task, and a few moved fields are moved
 (``space.chat_template`` -> ``objective.chat``, ``objective.projection`` ->
@@ -12,15 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from blackbox.config.base import ConfigError, Population, Strict, check_name, check_storage_url
-from blackbox.config.objectives import ObjectiveConfig
 from blackbox.config.side_effects import SideEffectConfig, duplicate_column
-from blackbox.config.spaces import SoftPromptSpaceConfig, SteeringSpaceConfig, TokenSpaceConfig
 from blackbox.config.task import TaskConfig
+from blackbox.evals.registry import OBJECTIVES
+from blackbox.registry import Registry
+from blackbox.search_spaces.registry import SPACES
+from blackbox.sections import ConfigError, Population, Strict, check_name, check_storage_url
 
 __all__ = ["ConfigError", "StudyConfig", "TaskConfig"]
 
@@ -56,14 +67,15 @@ fingerprint while they hold their unset value (the behaviour from before they ex
 those studies still resume."""
 
 
-def _section_types(union: Any) -> tuple[str, ...]:
-    """The ``type`` names of a discriminated union of config sections, in declaration order
-    (the union is the one list of them)."""
-    members = get_args(get_args(union)[0]) if get_origin(union) is Annotated else get_args(union)
-    return tuple(get_args(m.model_fields["type"].annotation)[0] for m in members)
+def section_union(sections: tuple[Any, ...]) -> Any:
+    """The config sections of a registry as one field type, told apart by ``type``."""
+    if len(sections) == 1:
+        return sections[0]
+    return Annotated[Union[sections], Field(discriminator="type")]  # noqa: UP007
 
 
-_OBJECTIVES = _section_types(ObjectiveConfig)
+def _sections(registry: Registry) -> tuple[Any, ...]:
+    return tuple(registry.sections())
 
 
 class StrategyConfig(Strict):
@@ -144,9 +156,10 @@ class ScoringConfig(Strict):
     )
 
 
-SpaceSection = Annotated[
-    SteeringSpaceConfig | TokenSpaceConfig | SoftPromptSpaceConfig, Field(discriminator="type")
-]
+SpaceSection = section_union(_sections(SPACES))
+"""``space:``: the sections of the registered spaces (at import; see :func:`study_schema`)."""
+ObjectiveSection = section_union(_sections(OBJECTIVES))
+"""``objective:``: the sections of the registered objectives."""
 
 
 def _migrate(data: Any) -> Any:
@@ -189,7 +202,7 @@ class StudyConfig(Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds data, strategy and torch")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig | None = Field(None, description="lm-eval task (objective lm_eval_task)")
-    objective: ObjectiveConfig
+    objective: ObjectiveSection
     space: SpaceSection
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(evaluations=64))
@@ -207,7 +220,8 @@ class StudyConfig(Strict):
         if isinstance(data, dict) and data.get("objective") is None and data.get("task") is None:
             if isinstance(data.get("space"), dict):
                 names = [
-                    n if n != "lm_eval_task" else "lm_eval_task with a task:" for n in _OBJECTIVES
+                    n if n != "lm_eval_task" else "lm_eval_task with a task:"
+                    for n in OBJECTIVES.ordered_names()
                 ]
                 raise ValueError(
                     f"objective: a study needs an objective ({', '.join(names[:-1])} or "
@@ -277,3 +291,26 @@ class StudyConfig(Strict):
             if isinstance(data.get(section), dict) and data[section].get(key, unset) is unset:
                 data[section].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_BUILT_WITH = (_sections(SPACES), _sections(OBJECTIVES))
+_SCHEMAS: dict[tuple[tuple[Any, ...], tuple[Any, ...]], type[StudyConfig]] = {}
+
+
+def study_schema() -> type[StudyConfig]:
+    """The study schema for the components registered now: :class:`StudyConfig` itself, or,
+    after a user registered a space or objective of their own (``SPACES.add(MySpace)``), a
+    subclass whose ``space:`` and ``objective:`` also take its section (built once per set of
+    sections)."""
+    key = (_sections(SPACES), _sections(OBJECTIVES))
+    if key == _BUILT_WITH:
+        return StudyConfig
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = create_model(
+            "StudyConfig",
+            __base__=StudyConfig,
+            __module__=__name__,
+            objective=(section_union(key[1]), ...),
+            space=(section_union(key[0]), ...),
+        )
+    return _SCHEMAS[key]

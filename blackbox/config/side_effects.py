@@ -19,8 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from blackbox.config.base import Strict
 from blackbox.config.task import TaskConfig
+from blackbox.sections import Strict
 
 
 class _Bounded(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from blackbox.config.base import Strict
+from blackbox.sections import Strict
 
 
 class TaskConfig(Strict):

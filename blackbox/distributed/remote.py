@@ -277,7 +277,7 @@ class RemoteRunner(Runner):
 def check_remote(cfg: Any) -> None:
     """What ``--remote`` needs, checked before the model loads (one-line ``ConfigError``):
     a storage every worker can open, and no racing (workers score whole documents sets)."""
-    from blackbox.config.base import ConfigError
+    from blackbox.sections import ConfigError
 
     url = cfg.storage or ""
     if not url or url.startswith("sqlite:///:memory:") or url == "sqlite://":

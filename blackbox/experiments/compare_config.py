@@ -22,9 +22,9 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
-from blackbox.config.base import NAME_PATTERN, Population, Seed, StorageURL
 from blackbox.config.schema import SpaceSection
 from blackbox.masking import short_repr
+from blackbox.sections import NAME_PATTERN, Population, Seed, StorageURL
 
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.+-]+")
 

@@ -48,9 +48,10 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
-from blackbox.config.base import StorageURL
+from blackbox.config.schema import study_schema
 from blackbox.experiments.compare import stop_at_cost
 from blackbox.masking import masked
+from blackbox.sections import StorageURL
 
 if TYPE_CHECKING:  # torch, transformers and the strategies load when a study runs
     from blackbox.study.runner import Budget, Progress
@@ -305,7 +306,7 @@ def tuned_config(cfg: StudyConfig, best_params: dict[str, Any]) -> StudyConfig:
     data = cfg.resolved()
     data["name"] = f"{cfg.name}_tuned"
     data["strategy"] = json.loads(strategy.model_dump_json())
-    return StudyConfig.model_validate(data)
+    return study_schema().model_validate(data)
 
 
 def trials_markdown(study: optuna.Study) -> str:

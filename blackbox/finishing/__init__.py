@@ -1,13 +1,9 @@
-"""Finishing steps, one per search space: what a run writes after the search.
+"""What every run writes after its search, whatever its space: provenance and statistics
+(:mod:`.provenance`), the lm-eval task variant a finished run is re-scored with
+(:mod:`.lm_eval_variant`) and the run's plots (:mod:`.plots`).
 
-``FINISHERS`` (:mod:`.registry`) maps a space name to a :class:`~blackbox.finishing.base.Finisher`:
-
-- ``steering`` (:mod:`.steering`): the best candidate as lm-eval's ``steered`` .pt;
-- ``tokens`` (:mod:`.tokens`): the best prompt's text, per-token attribution, the fluency Pareto
-  front over every evaluation;
-- ``soft_prompt`` (:mod:`.soft`): the soft prompt as safetensors, its nearest-token projection,
-  a beam and HotFlip repair, every stage scored on every split.
-
-``blackbox export RUN_DIR`` re-runs a space's :meth:`~blackbox.finishing.base.Finisher.export`
-on a finished run.
+A space's own finishing step (its files: a ``steered`` .pt, a prompt's text, a soft prompt and
+its projection) lives in the space's folder as its ``finisher``
+(:mod:`blackbox.search_spaces.finishing`); ``blackbox export RUN_DIR`` re-runs its
+:meth:`~blackbox.search_spaces.finishing.Finisher.export` on a finished run.
 """

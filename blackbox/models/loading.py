@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from blackbox.errors import UserError
 from blackbox.models.cache import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
@@ -256,6 +257,24 @@ def prepare_tokenizer(tokenizer: Any, padding_side: str = "right") -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def first_token_id(tokenizer, text: str) -> int:
+    """The one token of ``text`` (as it would follow other text), for unembedding vectors.
+
+    A word of several tokens is refused (its first token's row is another word's direction);
+    a leading space usually makes a word one token (``" positive"``).
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise UserError(f"unembed: {text!r} encodes to no token")
+    if len(ids) > 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise UserError(
+            f"unembed: {text!r} is {len(ids)} tokens {pieces}; give a word that is one token "
+            "(often with a leading space)"
+        )
+    return int(ids[0])
 
 
 def load_tokenizer(

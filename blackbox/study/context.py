@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blackbox.config.base import ConfigError
 from blackbox.config.schema import StudyConfig
+from blackbox.sections import ConfigError
 
 if TYPE_CHECKING:
     from blackbox.api import SpaceTraits
-    from blackbox.config.objectives import Documents
     from blackbox.config.schema import ScoringConfig
     from blackbox.config.task import TaskConfig
+    from blackbox.evals.sections import Documents
 
 
 @dataclass

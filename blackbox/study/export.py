@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.config.base import ConfigError
+from blackbox.sections import ConfigError
 from blackbox.staging import Staged, atomic_write
 from blackbox.study.context import BuildContext
 from blackbox.study.rundir import saved_config, storage_url
@@ -176,9 +176,9 @@ def export_run(
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)  # before torch loads: a wrong directory is told at once
     result = read_result(run_dir)
-    from blackbox.finishing.registry import FINISHERS
+    from blackbox.search_spaces.registry import SPACES
 
-    finisher = FINISHERS.get(cfg.space.type)
+    finisher = SPACES.get(cfg.space.type).finisher
     formats = (
         list(finisher.formats) if fmt == "all" else [finisher.check_format(fmt, cfg.space.type)]
     )
@@ -196,7 +196,6 @@ def export_run(
 
     from blackbox.finishing.plots import search_trials
     from blackbox.models import load_model
-    from blackbox.search_spaces.registry import SPACES
     from blackbox.study.pipeline import Prepared
 
     loaded = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)

@@ -21,12 +21,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from blackbox.api import Problem
-from blackbox.config.base import ConfigError
 from blackbox.config.rules import settings_field
 from blackbox.config.schema import StudyConfig
 from blackbox.errors import UserError
 from blackbox.finishing.provenance import provenance, statistics
 from blackbox.masking import mask_url
+from blackbox.sections import ConfigError
 from blackbox.staging import atomic_write
 from blackbox.strategies import make_strategy
 from blackbox.strategies.base import dummy_box
@@ -124,7 +124,7 @@ def check(cfg: StudyConfig) -> None:
     if getattr(sc, "subspace_dim", None) is not None:
         width = getattr(mc, "hidden_size", None) if mc is not None else None
         if width:
-            from blackbox.search_spaces.soft_prompt import check_subspace
+            from blackbox.search_spaces.soft_prompt.space import check_subspace
 
             check_subspace(sc, int(width))
     if cfg.storage:
@@ -535,7 +535,7 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None)
     ``wrap``: a function turning the built :class:`Runner` into another one (``--remote``:
     :func:`blackbox.distributed.remote.remote_wrapper`, generations scored by workers)."""
     from blackbox.finishing.plots import plot_run
-    from blackbox.finishing.registry import FINISHERS
+    from blackbox.search_spaces.registry import SPACES
 
     study, url, runner = start_run(p, run_dir, progress)
     if wrap is not None:
@@ -546,7 +546,8 @@ def execute(p: Prepared, run_dir: Path, progress: bool = True, wrap: Any = None)
         from blackbox.study.side_effects import front_section
 
         result["side_effects"], summary = front_section(p, summary, study, run_dir)
-    result.update(FINISHERS.get(p.config.space.type).finish(p, summary, study, run_dir, progress))
+    finisher = SPACES.get(p.config.space.type).finisher
+    result.update(finisher.finish(p, summary, study, run_dir, progress))
     exported = "chosen" if (result.get("side_effects") or {}).get("chosen") else "best"
     prov = provenance(p, run_dir, list(result.get("files") or []), exported)
     if prov is not None:

@@ -17,8 +17,8 @@ import numpy as np
 import optuna
 import yaml
 
-from blackbox.config.base import ConfigError
 from blackbox.masking import masked
+from blackbox.sections import ConfigError
 from blackbox.staging import atomic_write
 from blackbox.study.storage import StorageError, open_study
 

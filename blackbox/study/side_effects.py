@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from optuna.trial import TrialState
 
-from blackbox.config.base import ConfigError
 from blackbox.multiobjective import ObjectiveSpec, choose, pareto_mask
+from blackbox.sections import ConfigError
 
 MAX_FRONT = 16
 """Front members re-scored on the held-out split (the highest primary values first)."""

@@ -156,7 +156,7 @@ def expand_secrets(url: str) -> str:
 def checked_option(url: str, option: str = "--storage") -> str:
     """A storage URL given on the command line, checked like a config's ``storage`` (scheme,
     unencoded ``@``) and reachable; a one-line :class:`StorageError` names ``option``."""
-    from blackbox.config.base import check_storage_url
+    from blackbox.sections import check_storage_url
 
     try:
         check_storage_url(url)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from blackbox.search_spaces.steering_vectors import first_token_id
+from blackbox.models.loading import first_token_id
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -346,10 +347,9 @@ def test_chat_template_fields_enter_the_fingerprint_only_when_set() -> None:
 def test_config_error_lives_in_errors_and_is_re_exported() -> None:
     """Objectives and spaces raise it without importing the config package (no folder cycle)."""
     import blackbox
-    from blackbox import errors
-    from blackbox.config import base
+    from blackbox import errors, sections
 
-    assert ConfigError is errors.ConfigError is base.ConfigError is blackbox.ConfigError
+    assert ConfigError is errors.ConfigError is sections.ConfigError is blackbox.ConfigError
     assert issubclass(ConfigError, errors.UserError)
 
 
@@ -365,14 +365,19 @@ def test_guard_task_config_is_the_task_section_the_guard_names() -> None:
     )
 
 
-def test_the_section_unions_name_every_registered_component_once() -> None:
-    """The config's section unions and the registries list the same names (the unions are the
-    one place the config spells them; error messages read them from there)."""
-    from blackbox.config.objectives import ObjectiveConfig
-    from blackbox.config.schema import SpaceSection, _section_types
+def test_the_schema_is_assembled_from_the_registries() -> None:
+    """The study schema's ``space:`` and ``objective:`` unions are the registries' sections, in
+    registration order (no list of names is written twice), each section's ``type`` literal its
+    registered name, and each registered class names that same section."""
+    from blackbox.config.schema import ObjectiveSection, SpaceSection, StudyConfig, study_schema
     from blackbox.evals.registry import OBJECTIVES
+    from blackbox.registry import section_type
     from blackbox.search_spaces.registry import SPACES
 
-    for union, registry in ((ObjectiveConfig, OBJECTIVES), (SpaceSection, SPACES)):
-        names = _section_types(union)
-        assert len(names) == len(set(names)) and set(names) == set(registry.names())
+    assert study_schema() is StudyConfig
+    for union, registry in ((ObjectiveSection, OBJECTIVES), (SpaceSection, SPACES)):
+        members = typing.get_args(typing.get_args(union)[0])
+        assert list(members) == registry.sections()
+        assert [section_type(m) for m in members] == registry.ordered_names()
+        for name, cls in registry.items():
+            assert cls.config is registry.section(name), name

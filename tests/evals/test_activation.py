@@ -19,10 +19,10 @@ from blackbox.evals.activation import (
 from blackbox.evals.documents import layout
 from blackbox.forward.hooks import add_per_row
 from blackbox.models.layers import decoder_layers, mlp_output_projection, mlp_width
-from blackbox.search_spaces.soft_prompt import SoftPromptSpace
-from blackbox.search_spaces.steering import SteeringSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.soft_prompt.space import SoftPromptSpace
+from blackbox.search_spaces.steering.space import SteeringSpace
+from blackbox.search_spaces.steering.vectors import SteeringVector
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.testing.objectives import ObjectiveConformance
 
 ARCHS = ["llama", "gpt2", "qwen2", "gemma", "neox"]

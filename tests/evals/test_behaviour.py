@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.behaviour import BehaviourMatching, ReferenceObjective
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.testing.objectives import ObjectiveConformance
 
 LAYOUT = {"placement": "after_input", "prefix": "", "suffix": " ok"}

@@ -8,7 +8,7 @@ import torch
 
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.classification import Classification
-from blackbox.search_spaces.soft_prompt import SoftPromptSpace
+from blackbox.search_spaces.soft_prompt.space import SoftPromptSpace
 from blackbox.testing.objectives import ObjectiveConformance
 
 ROWS = [

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.documents import layout
 from blackbox.evals.fluency import FluencyObjective
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.testing.objectives import ObjectiveConformance
 
 

@@ -21,8 +21,8 @@ from blackbox.evals.lm_eval_task import LMEvalTask
 from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
 from blackbox.evals.parity import evaluate_samples
 from blackbox.models.layers import hidden_size, num_layers
-from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+from blackbox.search_spaces.steering.vectors import SteeringVector
 
 CHAT = ChatFormat()
 STUDY = Path(__file__).resolve().parents[2] / "studies" / "steer_rotten_tomatoes.yaml"

@@ -16,8 +16,8 @@ from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
 from blackbox.evals.parity import reference_scores
 from blackbox.forward.rows import ancestry
 from blackbox.models.layers import hidden_size, num_layers
-from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+from blackbox.search_spaces.steering.vectors import SteeringVector
 from blackbox.testing.objectives import ObjectiveConformance
 
 

@@ -9,7 +9,7 @@ import torch
 from blackbox.api import Problem, PromptIntervention
 from blackbox.evals.documents import layout
 from blackbox.evals.logit import LogitObjective, logit_margin
-from blackbox.search_spaces.tokens import TokenSpace
+from blackbox.search_spaces.tokens.space import TokenSpace
 from blackbox.testing.objectives import ObjectiveConformance
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from blackbox.config.base import ConfigError
 from blackbox.evals.activation import _file_direction, load_direction
 from blackbox.evals.sae import load_sae_decoder, sae_layer
+from blackbox.sections import ConfigError
 
 D_SAE, D_IN = 8, 64
 

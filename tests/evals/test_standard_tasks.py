@@ -27,8 +27,8 @@ from blackbox.evals.standard_tasks import (
     standard_tasks,
 )
 from blackbox.models.layers import hidden_size, num_layers
-from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+from blackbox.search_spaces.steering.vectors import SteeringVector
 
 # Documents lm-eval evaluates each task on (its validation split; MMLU subjects: test).
 EXPECTED_DOCS = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from blackbox.api import Evaluation, Problem, TokenGradients
-from blackbox.finishing.attribution import substitution_grid, token_attribution
+from blackbox.search_spaces.tokens.attribution import substitution_grid, token_attribution
 from blackbox.strategies.base import Box
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blackbox.finishing.peft_export import (
+from blackbox.search_spaces.soft_prompt.peft_export import (
     prompt_comes_first,
     write_peft_adapter,
     write_soft_template,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from blackbox.evals.classification import Classification
-from blackbox.finishing.projection import (
+from blackbox.search_spaces.soft_prompt.projection import (
     beam_projection,
     hotflip_repair,
     nearest_tokens,

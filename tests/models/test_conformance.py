@@ -477,8 +477,8 @@ def test_steering_scored_by_an_lm_eval_task_equals_simple_evaluate(name, tokeniz
     from blackbox.evals.lm_eval_task import LMEvalTask
     from blackbox.evals.lm_eval_tasks import load_tasks, quiet_lm_eval
     from blackbox.evals.parity import reference_scores
-    from blackbox.search_spaces.steering import Edit, SteeringSpace
-    from blackbox.search_spaces.steering_vectors import SteeringVector
+    from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+    from blackbox.search_spaces.steering.vectors import SteeringVector
 
     config = shrink(transformers.AutoConfig.for_model(name))
     config.vocab_size = len(tokenizer)  # real text: the tokenizer's vocabulary and ids

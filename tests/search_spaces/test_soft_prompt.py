@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.search_spaces.soft_prompt import SoftPrompt, SoftPromptSpace, init_embeddings
+from blackbox.search_spaces.soft_prompt.space import SoftPrompt, SoftPromptSpace, init_embeddings
 from blackbox.testing.spaces import SpaceConformance
 
 N, D = 4, 16

@@ -8,8 +8,8 @@ import torch
 
 from blackbox.forward.hooks import add_per_row
 from blackbox.models.layers import decoder_layers, hidden_size, num_layers
-from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_vectors import (
+from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+from blackbox.search_spaces.steering.vectors import (
     SteeringVector,
     contrastive_vector,
     load_vector_file,
@@ -161,7 +161,7 @@ def test_vector_file_errors(tmp_path) -> None:
 
 
 def test_unembedding_vector_is_logit_lens_direction(tiny_llama, tokenizer) -> None:
-    from blackbox.search_spaces.steering_vectors import first_token_id, unembedding_vector
+    from blackbox.search_spaces.steering.vectors import first_token_id, unembedding_vector
 
     v = unembedding_vector(tiny_llama, tokenizer, "bias", " positive", " negative")
     w = tiny_llama.get_output_embeddings().weight
@@ -203,7 +203,7 @@ def test_zero_edits_share_the_unsteered_key() -> None:
 def test_cached_contrastive_vector_is_written_once_and_read_back(
     tiny_llama, tokenizer, tmp_path
 ) -> None:
-    from blackbox.search_spaces.steering_vectors import cached_contrastive_vector
+    from blackbox.search_spaces.steering.vectors import cached_contrastive_vector
 
     args = (tiny_llama, tokenizer, "tiny", "s", ["I love this."], ["I hate this."])
     first = cached_contrastive_vector(*args, cache_dir=tmp_path / "vectors")

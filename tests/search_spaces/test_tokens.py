@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blackbox.search_spaces.tokens import TokenPrompt, TokenSpace, allowed_vocabulary
+from blackbox.search_spaces.tokens.space import TokenPrompt, TokenSpace, allowed_vocabulary
 from blackbox.testing.spaces import SpaceConformance
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from blackbox.finishing.steering import export_control_vector, export_steered
 from blackbox.models.layers import layer_path
-from blackbox.search_spaces.steering import Edit, SteeringSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector, load_vector_file
-from blackbox.search_spaces.vector_files import read_control_vector, write_control_vector
+from blackbox.search_spaces.steering.finishing import export_control_vector, export_steered
+from blackbox.search_spaces.steering.space import Edit, SteeringSpace
+from blackbox.search_spaces.steering.vector_files import read_control_vector, write_control_vector
+from blackbox.search_spaces.steering.vectors import SteeringVector, load_vector_file
 
 L, D = 4, 64
 

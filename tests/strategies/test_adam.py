@@ -8,7 +8,7 @@ import torch
 
 from blackbox.api import Problem
 from blackbox.evals.classification import Classification
-from blackbox.search_spaces.soft_prompt import SoftPromptSpace
+from blackbox.search_spaces.soft_prompt.space import SoftPromptSpace
 from blackbox.strategies import make_strategy
 from blackbox.strategies.adam import Adam
 from blackbox.study.runner import Budget, Runner

@@ -127,7 +127,7 @@ def test_without_extra_the_strategy_computes_and_charges_xentropy() -> None:
 def test_epo_end_to_end_on_embedded_model() -> None:
     from blackbox.evals.activation import NeuronObjective
     from blackbox.models import load_model
-    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.search_spaces.tokens.space import TokenSpace
 
     t0 = time.time()
     from blackbox.evals.documents import layout
@@ -160,7 +160,7 @@ def test_banned_strings_never_evaluated_tiny_model() -> None:
 
     from blackbox.evals.logit import LogitObjective
     from blackbox.models import load_tokenizer
-    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.search_spaces.tokens.space import TokenSpace
     from blackbox.strategies.genetic import TokenGA
 
     torch.manual_seed(0)

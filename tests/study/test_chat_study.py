@@ -135,7 +135,7 @@ def test_a_token_variant_builds_the_searched_ids_under_the_chat_template(
 
 
 def test_a_chat_mode_soft_prompt_is_no_peft_adapter(tokenizer) -> None:
-    from blackbox.finishing.peft_export import prompt_comes_first, soft_template
+    from blackbox.search_spaces.soft_prompt.peft_export import prompt_comes_first, soft_template
 
     task = SimpleNamespace(
         name=TASK, chat_template=True, system_instruction=None, fewshot_as_multiturn=None

@@ -121,7 +121,7 @@ def test_a_failing_export_changes_nothing(
     no temporary file is left."""
     import shutil
 
-    import blackbox.finishing.steering as steering
+    import blackbox.search_spaces.steering.finishing as steering
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

@@ -110,8 +110,8 @@ def test_a_soft_prompt_for_triviaqa(standard_data_dir, tiny_model_dir, tmp_path)
 def test_a_sampling_task_is_refused_before_the_model_loads(
     standard_data_dir, tiny_model_dir, vector
 ) -> None:
-    from blackbox.config.base import ConfigError
     from blackbox.evals.lm_eval_splits import load_task
+    from blackbox.sections import ConfigError
     from blackbox.study.pipeline import check_with_task
 
     task = load_task("triviaqa")

@@ -160,7 +160,7 @@ def test_gradient_strategies_stop_before_paying_for_nothing(name, tmp_path, tiny
     budget still pays for the gradients and at least one candidate."""
     from blackbox.evals.activation import NeuronObjective
     from blackbox.evals.documents import layout
-    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.search_spaces.tokens.space import TokenSpace
     from blackbox.strategies import make_strategy
 
     space = TokenSpace(tokenizer, n_tokens=3)
@@ -187,7 +187,7 @@ def test_a_resumed_epo_run_reads_fluency_from_its_records(tmp_path, tiny_llama, 
     the resumed run makes the same asks, spends the same budget and evaluates nothing."""
     from blackbox.evals.activation import NeuronObjective
     from blackbox.evals.documents import layout
-    from blackbox.search_spaces.tokens import TokenSpace
+    from blackbox.search_spaces.tokens.space import TokenSpace
     from blackbox.strategies import make_strategy
 
     space = TokenSpace(tokenizer, n_tokens=3)

@@ -1,4 +1,4 @@
-"""Config sections of the search spaces (``space.type``: steering, tokens, soft_prompt)."""
+"""The steering space's config section (``space.type: steering``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from blackbox.config.base import Strict
-
-Placement = Literal["before_input", "after_input", "system", "template"]
+from blackbox.errors import ConfigError
+from blackbox.sections import Strict
 
 COEFF_LIMIT = 1000.0
 """The largest ``|coeff|`` bound: a coefficient is relative to the layer's typical residual norm,
 so 1000 is already far past any useful steering (and the box's width stays finite)."""
-BOUND_LIMIT = 1000.0
-"""The largest soft-prompt ``bound``, in embedding spreads."""
 
 
 class VectorConfig(Strict):
@@ -84,8 +81,6 @@ class SteeringSpaceConfig(Strict):
     def check_layers(self, n_layers: int) -> None:
         """``layers`` and ``fixed_layers`` within a model of ``n_layers`` decoder layers (from
         its saved config before it loads, or the loaded model): one-line ``ConfigError``."""
-        from blackbox.config.base import ConfigError
-
         lo, hi = self.layers
         if not 0 <= lo <= hi < n_layers:
             raise ConfigError(
@@ -97,64 +92,3 @@ class SteeringSpaceConfig(Strict):
                 raise ConfigError(
                     f"config: space.fixed_layers.{name}: {layer} is outside 0..{n_layers - 1}"
                 )
-
-
-class TokenSpaceConfig(Strict):
-    """A sequence of ``n_tokens`` token ids from an allowed vocabulary."""
-
-    type: Literal["tokens"]
-    n_tokens: int = Field(8, ge=1, le=256)
-    ascii_only: bool = True
-    banned: list[str] = Field(default_factory=list, description="case-insensitive substrings")
-    placement: Placement = Field(
-        "before_input", description="where the tokens go in each of the objective's documents"
-    )
-    prefix: str = Field("", description="fixed text right before the tokens")
-    suffix: str = Field("", description="fixed text right after the tokens")
-    baseline: str | None = Field(
-        None, description="hand-written text in the tokens' place, scored as a baseline"
-    )
-
-
-class ProjectionConfig(Strict):
-    """Soft prompt -> tokens after the search: nearest-token beam, then HotFlip repair."""
-
-    enabled: bool = True
-    beam_k: int = Field(3, ge=1, description="nearest tokens per position in the beam")
-    beam_max: int = Field(81, ge=1, description="most beam combinations scored")
-    repair_steps: int = Field(16, ge=0)
-    repair_topk: int = Field(16, ge=1, description="swaps proposed per position and step")
-    ban: list[str] = Field(
-        default_factory=list, description="texts whose tokens repair may not use"
-    )
-
-
-class SoftPromptSpaceConfig(Strict):
-    """``n_tokens`` soft vectors ``p = A z + p0`` (``subspace_dim: null`` = the full space)."""
-
-    type: Literal["soft_prompt"]
-    n_tokens: int = Field(4, ge=1, le=256)
-    placement: Placement = Field(
-        "after_input", description="where the vectors go in each of the objective's documents"
-    )
-    init: Literal["random", "text"] = "random"
-    init_text: str | None = Field(None, description="text whose token embeddings start p0")
-    subspace_dim: int | None = Field(
-        None, ge=1, description="k of the random subspace z (Black-Box Tuning); null: full n*d"
-    )
-    bound: float = Field(
-        5.0, gt=0, le=BOUND_LIMIT, description="box half-width of z, in embedding spreads"
-    )
-    baseline: str | None = Field(
-        None, description="hand-written text in the soft prompt's place, scored as a baseline"
-    )
-    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
-
-    @model_validator(mode="after")
-    def _init_text(self) -> SoftPromptSpaceConfig:
-        if self.init == "text" and not self.init_text:
-            raise ValueError("init_text: init 'text' needs a non-empty init_text")
-        return self
-
-
-SpaceConfig = SteeringSpaceConfig | TokenSpaceConfig | SoftPromptSpaceConfig

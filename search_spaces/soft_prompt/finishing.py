@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.finishing.base import Finisher
+from blackbox.search_spaces.finishing import Finisher
 
 
 def stage_row(p: Any, label: str, cand: Any) -> dict[str, Any]:
@@ -46,13 +46,13 @@ def stage_row(p: Any, label: str, cand: Any) -> dict[str, Any]:
 
 def token_stages(p: Any, best: Any, progress: bool = True) -> list[Any]:
     """Projected, beam and repaired token prompts of the soft prompt ``best``."""
-    from blackbox.finishing.projection import (
+    from blackbox.search_spaces.soft_prompt.projection import (
         beam_projection,
         hotflip_repair,
         nearest_tokens,
         objective_fns,
     )
-    from blackbox.search_spaces.soft_prompt import SoftPrompt
+    from blackbox.search_spaces.soft_prompt.space import SoftPrompt
 
     pc = p.config.space.projection
     tok, emb = p.loaded.tokenizer, p.objective.embedder
@@ -165,7 +165,7 @@ def export_peft(p: Any, candidate: Any, out_dir: Path) -> list[Path]:
     """The soft prompt as a PEFT prompt-tuning adapter (plus ``samples.json``, the held-out
     documents, for an lm-eval task), or embeddings + template where PEFT cannot express the
     placement (:mod:`.peft_export`)."""
-    from blackbox.finishing.peft_export import (
+    from blackbox.search_spaces.soft_prompt.peft_export import (
         prompt_comes_first,
         write_peft_adapter,
         write_soft_template,

@@ -6,7 +6,7 @@
 pretrained=DIR,steer_path=FILE`` then reproduces the candidate's score.
 
 ``gguf`` (``control_vector.gguf``): one F32 ``direction.{layer}`` per steered layer, the
-coefficient folded in (:func:`~blackbox.search_spaces.vector_files.write_control_vector`);
+coefficient folded in (:func:`~blackbox.search_spaces.steering.vector_files.write_control_vector`);
 ``llama-cli -m MODEL.gguf --control-vector FILE`` adds it after the same blocks (llama.cpp
 cannot steer layer 0).  Vectors of one candidate on the same layer are summed in both.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from blackbox.finishing.base import Finisher
 from blackbox.models.layers import layer_path
+from blackbox.search_spaces.finishing import Finisher
 
 
 def steer_config(space: Any, candidate: Any, model: torch.nn.Module) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def export_steered(space: Any, candidate: Any, model: torch.nn.Module, path: Pat
 
 def export_control_vector(space: Any, candidate: Any, model: torch.nn.Module, path: Path) -> Path:
     """Write ``candidate`` as a llama.cpp / repeng GGUF control vector; returns the path."""
-    from blackbox.search_spaces.vector_files import write_control_vector
+    from blackbox.search_spaces.steering.vector_files import write_control_vector
 
     hint = str(getattr(getattr(model, "config", None), "model_type", "") or "")
     return write_control_vector(space.steer_config(candidate), path, model_hint=hint)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from blackbox.errors import UserError
 from blackbox.models.layers import decoder_layers, layer_output_hidden
+from blackbox.models.loading import first_token_id
 from blackbox.staging import Staged
 
 READ_MODES = ("last", "mean")
@@ -197,7 +198,7 @@ def load_vector_file(
     Raises:
         ValueError: one line naming the file and what is wrong (shape, layer, width, dtype).
     """
-    from blackbox.search_spaces.vector_files import (
+    from blackbox.search_spaces.steering.vector_files import (
         check_layers,
         is_gguf,
         read_control_vector,
@@ -271,24 +272,6 @@ NEUTRAL_PROMPTS = (
     "Answer the question below in one word.",
 )
 """Generic prompts whose last-token norms give the per-layer scale of prompt-free vectors."""
-
-
-def first_token_id(tokenizer, text: str) -> int:
-    """The one token of ``text`` (as it would follow other text), for unembedding vectors.
-
-    A word of several tokens is refused (its first token's row is another word's direction);
-    a leading space usually makes a word one token (``" positive"``).
-    """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise UserError(f"unembed: {text!r} encodes to no token")
-    if len(ids) > 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        raise UserError(
-            f"unembed: {text!r} is {len(ids)} tokens {pieces}; give a word that is one token "
-            "(often with a leading space)"
-        )
-    return int(ids[0])
 
 
 @torch.no_grad()

@@ -1,4 +1,13 @@
-"""Config sections of the objectives (``objective.type``).
+"""The config sections of the bundled objectives (``objective.type``), and what they share:
+where their documents come from (:class:`Documents`), z-scoring against random candidates
+(:class:`Standardise`) and a feature direction's source (:class:`FeatureSource`).
+
+Each objective class names its section (``NeuronObjective.config = NeuronObjectiveConfig``),
+and the study schema's ``objective:`` is assembled from :data:`~blackbox.evals.registry.OBJECTIVES`.
+The bundled sections live here, in one module of pydantic alone, and not beside their
+objectives, because a config is validated before torch is imported (a mistyped field is told in
+well under a second, not after the 4-8 s of torch, transformers and lm-eval imports); a user's
+own objective may keep its section in its module.
 
 Every objective but ``lm_eval_task`` measures candidates over *documents*
 (:mod:`blackbox.evals.documents`): a list of prompts (or a text file, one per line) rendered
@@ -10,11 +19,11 @@ an lm-eval task.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from blackbox.config.base import Strict
+from blackbox.sections import Strict
 
 
 class Documents(Strict):
@@ -41,6 +50,21 @@ class Standardise(Strict):
     calibrate: int = Field(
         256, ge=0, description="random candidates the z-score is measured against (0: raw value)"
     )
+
+
+class FeatureSource(Strict):
+    """A feature direction from a tensor file (an SAE decoder) or the unembedding of words."""
+
+    file: str | None = Field(None, description=".pt or .safetensors: a vector or a matrix")
+    unembed: list[str] | None = Field(
+        None, min_length=1, description="words whose unembedding rows are the directions"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FeatureSource:
+        if (self.file is None) == (self.unembed is None):
+            raise ValueError("file: give exactly one of file or unembed")
+        return self
 
 
 class LmEvalTaskObjectiveConfig(Strict):
@@ -102,22 +126,7 @@ class DirectionObjectiveConfig(Documents, Standardise):
     direction_file: str | None = None
 
 
-class _FeatureSource(Strict):
-    """A feature direction from a tensor file (an SAE decoder) or the unembedding of words."""
-
-    file: str | None = Field(None, description=".pt or .safetensors: a vector or a matrix")
-    unembed: list[str] | None = Field(
-        None, min_length=1, description="words whose unembedding rows are the directions"
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> _FeatureSource:
-        if (self.file is None) == (self.unembed is None):
-            raise ValueError("file: give exactly one of file or unembed")
-        return self
-
-
-class FeatureObjectiveConfig(Documents, Standardise, _FeatureSource):
+class FeatureObjectiveConfig(Documents, Standardise, FeatureSource):
     type: Literal["feature_direction"]
     layer: int = Field(ge=0)
     row: int | None = Field(None, ge=0, description="row of a 2-D matrix (an SAE decoder)")
@@ -130,7 +139,7 @@ class FeatureObjectiveConfig(Documents, Standardise, _FeatureSource):
         return self
 
 
-class LpFeaturesObjectiveConfig(Documents, Standardise, _FeatureSource):
+class LpFeaturesObjectiveConfig(Documents, Standardise, FeatureSource):
     type: Literal["lp_features"]
     layer: int = Field(ge=0)
     rows: list[int] | None = Field(None, min_length=1, description="rows of a 2-D matrix")
@@ -146,18 +155,3 @@ class LogitObjectiveConfig(Documents, Standardise):
 
 class FluencyObjectiveConfig(Documents):
     type: Literal["fluency"]
-
-
-ObjectiveConfig = Annotated[
-    LmEvalTaskObjectiveConfig
-    | ClassificationObjectiveConfig
-    | BehaviourObjectiveConfig
-    | ReferenceObjectiveConfig
-    | NeuronObjectiveConfig
-    | DirectionObjectiveConfig
-    | FeatureObjectiveConfig
-    | LpFeaturesObjectiveConfig
-    | LogitObjectiveConfig
-    | FluencyObjectiveConfig,
-    Field(discriminator="type"),
-]

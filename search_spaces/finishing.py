@@ -1,4 +1,5 @@
-"""The finishing-step interface."""
+"""The finishing-step interface: what a run of one space writes after its search (a space names
+its step as :attr:`~blackbox.search_spaces.base.SearchSpace.finisher`)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class Finisher:
         cls, p: Any, summary: Any, study: Any, run_dir: Path, progress: bool = True
     ) -> dict[str, Any]:
         """Write the space's files into ``run_dir``; returns sections for ``result.json``."""
-        if summary.best is None:
+        if summary.best is None or not cls.formats:  # the base step writes no file
             return {"files": []}
         return {"files": [f.name for f in cls.export(p, summary.best.candidate, run_dir)]}
 
@@ -50,6 +51,8 @@ class Finisher:
     def check_format(cls, fmt: str | None, space: str) -> str:
         """``fmt`` or the default; one-line :class:`ValueError` for a format of another space."""
         names = list(cls.formats)
+        if not names:
+            raise UserError(f"export: a {space} run writes no files to export")
         if fmt is None:
             return names[0]
         if fmt not in cls.formats:

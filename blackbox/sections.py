@@ -1,13 +1,18 @@
-"""The config's strict base model (unknown keys are errors, no NaN or infinity in
-any float, no boolean where a number is expected); its error type, :class:`ConfigError`, lives
-in :mod:`blackbox.errors` and is re-exported here."""
+"""The base of every config section: :class:`Strict` (unknown keys are errors, no NaN or
+infinity in any float, no boolean where a number is expected) and the checks sections share.
+
+A leaf module: each component declares its own section next to its code (a space's in
+``search_spaces/<space>/config.py``, an objective's in its ``evals`` module) on this base, and
+:mod:`blackbox.config` assembles the study schema from the registries, so no component imports
+:mod:`blackbox.config`.  The error type, :class:`ConfigError`, lives in :mod:`blackbox.errors`
+and is re-exported here."""
 
 from __future__ import annotations
 
 import re
 import types
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -130,3 +135,6 @@ Population = Annotated[
     int, Field(ge=1, le=POPULATION_LIMIT, description="candidates per generation (ask)")
 ]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+Placement = Literal["before_input", "after_input", "system", "template"]
+"""Where a prompt space's tokens or vectors go in each of the objective's documents."""

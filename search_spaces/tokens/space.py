@@ -24,10 +24,11 @@ import numpy as np
 from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
+from blackbox.search_spaces.tokens.config import TokenSpaceConfig
+from blackbox.search_spaces.tokens.finishing import TokensFinisher
 from blackbox.strategies.base import Box
 
 if TYPE_CHECKING:
-    from blackbox.config.spaces import TokenSpaceConfig
     from blackbox.study.context import BuildContext
 
 
@@ -114,6 +115,8 @@ class TokenSpace(SearchSpace[TokenPrompt]):
 
     traits = SpaceTraits("prompt", discrete=True, differentiable=True, vocabulary=True)
     noun = "a token space (categorical token ids)"
+    config = TokenSpaceConfig
+    finisher = TokensFinisher
 
     def __init__(
         self,

@@ -20,11 +20,12 @@ from blackbox.api import HookIntervention, SpaceTraits
 from blackbox.errors import UserError
 from blackbox.forward.hooks import add_per_row
 from blackbox.search_spaces.base import SearchSpace
-from blackbox.search_spaces.steering_vectors import SteeringVector
+from blackbox.search_spaces.steering.config import SteeringSpaceConfig
+from blackbox.search_spaces.steering.finishing import SteeringFinisher
+from blackbox.search_spaces.steering.vectors import SteeringVector
 from blackbox.strategies.base import Box
 
 if TYPE_CHECKING:
-    from blackbox.config.spaces import SteeringSpaceConfig
     from blackbox.study.context import BuildContext
 
 
@@ -53,6 +54,8 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
 
     traits = SpaceTraits("hooks")
     noun = "a steering space (integer layers and coefficients, applied as hooks)"
+    config = SteeringSpaceConfig
+    finisher = SteeringFinisher
 
     def __init__(
         self,
@@ -218,7 +221,7 @@ class SteeringSpace(SearchSpace[SteeringCandidate]):
 
         from blackbox.errors import ConfigError
         from blackbox.models.layers import layer_path, num_layers
-        from blackbox.search_spaces.steering_vectors import (
+        from blackbox.search_spaces.steering.vectors import (
             cached_contrastive_vector,
             load_vector_file,
             unembedding_vector,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.finishing.base import Finisher
+from blackbox.search_spaces.finishing import Finisher
 
 
 def front_from_trials(study: Any) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ class TokensFinisher(Finisher):
     def finish(
         cls, p: Any, summary: Any, study: Any, run_dir: Path, progress: bool = True
     ) -> dict[str, Any]:
-        from blackbox.finishing.attribution import token_attribution
+        from blackbox.search_spaces.tokens.attribution import token_attribution
 
         out: dict[str, Any] = {"pareto_front": front_from_trials(study), "files": []}
         best = summary.best

@@ -27,10 +27,11 @@ import torch
 from blackbox.api import PromptIntervention, SpaceTraits
 from blackbox.errors import UserError
 from blackbox.search_spaces.base import SearchSpace
+from blackbox.search_spaces.soft_prompt.config import SoftPromptSpaceConfig
+from blackbox.search_spaces.soft_prompt.finishing import SoftFinisher
 from blackbox.strategies.base import Box
 
 if TYPE_CHECKING:
-    from blackbox.config.spaces import SoftPromptSpaceConfig
     from blackbox.study.context import BuildContext
 
 
@@ -110,6 +111,8 @@ class SoftPromptSpace(SearchSpace[SoftPrompt]):
 
     traits = SpaceTraits("prompt", differentiable=True, continuous=True)
     noun = "a soft-prompt space (continuous embeddings)"
+    config = SoftPromptSpaceConfig
+    finisher = SoftFinisher
 
     def __init__(
         self,
