@@ -276,6 +276,11 @@ def test_a_registered_toy_is_in_the_schema_and_runs_a_whole_study(
             validate({**study, "space": {"type": "toy_points", "top": "high"}})
         assert str(bad.value).startswith("config: space.top:") and "\n" not in str(bad.value)
         result = blackbox.run(study, out=tmp_path / "run")
+        from blackbox.errors import UserError
+        from blackbox.study.export import export_run
+
+        with pytest.raises(UserError, match="a toy_points run writes no files to export"):
+            export_run(tmp_path / "run")  # the base finishing step: nothing, said in one line
     raw = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (result.space, result.objective, result.strategy) == (
         "toy_points",
