@@ -299,3 +299,27 @@ def test_a_registered_toy_is_in_the_schema_and_runs_a_whole_study(
     assert saved["space"] == {"type": "toy_points", "top": 2.0}
     with pytest.raises(ConfigError, match="toy_distance. is not a known type"):
         validate(study)  # unregistered again
+
+
+def test_a_registered_toy_space_can_be_compared() -> None:
+    """``blackbox compare``'s schema follows the registries too: a comparison whose study and
+    extra spaces are the toy's validates while it is registered, and each entry's study config
+    takes the toy space's section (another ``top``); unregistered, it is one line naming the
+    unknown type."""
+    from blackbox.config import ConfigError
+    from blackbox.experiments.compare_config import validate_compare
+
+    data = {
+        "study": {k: v for k, v in TOY_STUDY.items() if k not in ("strategy", "budget")},
+        "spaces": {"wide": {"type": "toy_points", "top": 8.0}},
+        "strategies": [{"name": "toy_hill_climb"}, {"name": "random", "space": "wide"}],
+        "seeds": [0],
+        "budget": {"evaluations": 8},
+    }
+    with toys_registered():
+        cmp = validate_compare(data)
+        wide = cmp.study_for(cmp.strategies[1])
+        assert isinstance(wide.space, ToyPointsConfig) and wide.space.top == 8.0
+        assert cmp.study_for(cmp.strategies[0]).space.top == 2.0
+    with pytest.raises(ConfigError, match=r"is not a known type; allowed"):
+        validate_compare(data)

@@ -6,12 +6,13 @@ Validated before any model loads: every entry's space, objective and strategy mu
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from blackbox.config import (
     BudgetConfig,
@@ -22,7 +23,7 @@ from blackbox.config import (
     format_validation_error,
     read_yaml,
 )
-from blackbox.config.schema import SpaceSection
+from blackbox.config.schema import SpaceSection, section_union, study_schema
 from blackbox.masking import short_repr
 from blackbox.sections import NAME_PATTERN, Population, Seed, StorageURL
 
@@ -128,13 +129,34 @@ def _check_raw(data: dict[str, Any]) -> None:
                 )
 
 
+@functools.cache
+def _compare_for(study: type[StudyConfig]) -> type[CompareConfig]:
+    """:class:`CompareConfig` over a study schema that takes a user's registered components."""
+    spaces = section_union(tuple(study.model_fields["space"].annotation.__args__))
+    return create_model(
+        "CompareConfig",
+        __base__=CompareConfig,
+        __module__=__name__,
+        study=(study, ...),
+        spaces=(dict[str, spaces], Field(default_factory=dict)),  # type: ignore[valid-type]
+    )
+
+
+def compare_schema() -> type[CompareConfig]:
+    """The compare schema for the components registered now (see
+    :func:`blackbox.config.schema.study_schema`)."""
+    study = study_schema()
+    return CompareConfig if study is StudyConfig else _compare_for(study)
+
+
 def validate_compare(data: dict[str, Any]) -> CompareConfig:
     """Validate a compare mapping (one-line :class:`ConfigError`)."""
     _check_raw(data)
+    schema = compare_schema()
     try:
-        return CompareConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, CompareConfig)) from None
+        raise ConfigError(format_validation_error(exc, schema)) from None
 
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
