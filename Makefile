@@ -41,7 +41,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_generate.py --docs 64 --candidates 16
 	$(BIN)/python benchmarks/bench_gcg.py
 	$(BIN)/python benchmarks/bench_dream.py
-	$(BIN)/python benchmarks/bench_dream_targets.py
+	$(BIN)/python benchmarks/bench_dream_targets.py --json benchmarks/results/dream_targets_t0.json
+	$(BIN)/python benchmarks/bench_dream_targets.py --target-seed 1 \
+		--json benchmarks/results/dream_targets_t1.json
 	$(BIN)/python benchmarks/bench_soft_prompt.py
 	$(BIN)/python benchmarks/bench_baselines.py --docs 200 --mmlu-docs 5 --json runs/bench_baselines.json
 	$(BIN)/python benchmarks/bench_racing.py --tasks bb_rotten_tomatoes rte boolq \
