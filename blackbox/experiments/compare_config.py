@@ -132,7 +132,9 @@ def _check_raw(data: dict[str, Any]) -> None:
 @functools.cache
 def _compare_for(study: type[StudyConfig]) -> type[CompareConfig]:
     """:class:`CompareConfig` over a study schema that takes a user's registered components."""
-    spaces = section_union(tuple(study.model_fields["space"].annotation.__args__))
+    from blackbox.search_spaces.registry import SPACES
+
+    spaces = section_union(tuple(SPACES.sections()))  # the sections the study schema took
     return create_model(
         "CompareConfig",
         __base__=CompareConfig,
